@@ -1,0 +1,229 @@
+"""params.yaml -> typed, checked config objects: the only module that knows the file's shape.
+
+Each section of params.yaml maps to one frozen dataclass below. A stage loads only the sections
+it reads (and dvc.yaml declares exactly those keys for it), so editing one section reruns only
+the stages that depend on it. Every problem found is reported at once, each with its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed or holds values outside what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str  # a folder in the Kaggle layout or with image/ and mask/ inside
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_images: int = 200
+    seed: int = 0
+    min_size: int = 512
+    max_size: int = 1500
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, n_images=1, min_size=16)
+        if self.max_size < self.min_size:
+            out.append(f"synthetic.max_size={self.max_size}: must be >= synthetic.min_size ({self.min_size})")
+        return out
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    image_size: int = 128
+    mask_threshold: int = 127  # 0..255 scale: a resized mask pixel is lung when above it
+    normalize: str = "minmax"  # minmax: stretch each image to the full range; none: keep values
+    metadata_columns: tuple[str, ...] = ("county", "ptb")  # carried into the index; nothing else is kept
+    workers: int = 0  # processes; 0 = every core
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, image_size=8, workers=0)
+        if not 0 <= self.mask_threshold < 255:
+            out.append(f"preprocess.mask_threshold={self.mask_threshold}: must be in 0..254")
+        out += _one_of(self, normalize=("minmax", "none"))
+        return out
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 42
+    stratify_by: str = "county"  # a metadata column; "" or a column the data lacks: no stratification
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        return (self.train, self.val, self.test)
+
+    def problems(self) -> list[str]:
+        out = [f"split.{k}={v}: must be > 0" for k, v in zip(("train", "val", "test"), self.fractions) if v <= 0]
+        if abs(sum(self.fractions) - 1) > 1e-6:
+            out.append(f"split.train + split.val + split.test = {sum(self.fractions):g}: must be 1")
+        return out
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: int = 4  # number of 2x poolings
+    base_width: int = 16  # channels at full resolution; doubles at each level
+
+    def problems(self) -> list[str]:
+        return _at_least(self, depth=1, base_width=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    bce_weight: float = 0.5
+    dice_weight: float = 0.5
+    seed: int = 42
+    device: str = "auto"  # auto: CUDA, then Apple MPS, then CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA cards that support it, else fp32
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, epochs=1, batch_size=1)
+        out += [f"train.{k}={getattr(self, k)}: must be > 0" for k in ("lr",) if getattr(self, k) <= 0]
+        out += [f"train.{k}={getattr(self, k)}: must be >= 0" for k in ("bce_weight", "dice_weight") if getattr(self, k) < 0]
+        if self.bce_weight + self.dice_weight <= 0:
+            out.append("train.bce_weight + train.dice_weight must be > 0")
+        return out + _one_of(self, device=DEVICES, precision=PRECISIONS)
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    threshold: float = 0.5  # on sigmoid(logits)
+    batch_size: int = 32
+    device: str = "auto"
+
+    def problems(self) -> list[str]:
+        out = [] if 0 < self.threshold < 1 else [f"infer.threshold={self.threshold}: must be in (0, 1)"]
+        return out + _at_least(self, batch_size=1) + _one_of(self, device=DEVICES)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    subgroups: tuple[str, ...] = ("county", "ptb")  # metadata columns to report means per value of
+    baseline_steps: int = 64  # intensity thresholds tried by the threshold baseline
+
+    def problems(self) -> list[str]:
+        return _at_least(self, baseline_steps=2)
+
+
+@dataclass(frozen=True)
+class VisualizeConfig:
+    n_examples: int = 6  # montage rows: best, median, worst, then evenly spaced by Dice
+    overlay_alpha: float = 0.4
+    dpi: int = 100
+
+    def problems(self) -> list[str]:
+        out = _at_least(self, n_examples=1, dpi=10)
+        if not 0 < self.overlay_alpha <= 1:
+            out.append(f"visualize.overlay_alpha={self.overlay_alpha}: must be in (0, 1]")
+        return out
+
+
+SECTIONS = {
+    "data": DataConfig, "synthetic": SyntheticConfig, "preprocess": PreprocessConfig, "split": SplitConfig,
+    "model": ModelConfig, "train": TrainConfig, "infer": InferConfig, "evaluate": EvaluateConfig,
+    "visualize": VisualizeConfig,
+}
+
+
+def _section_name(config) -> str:
+    return next(name for name, cls in SECTIONS.items() if isinstance(config, cls))
+
+
+def _at_least(config, **minimums) -> list[str]:
+    name = _section_name(config)
+    return [f"{name}.{k}={getattr(config, k)}: must be >= {m}" for k, m in minimums.items() if getattr(config, k) < m]
+
+
+def _one_of(config, **choices) -> list[str]:
+    name = _section_name(config)
+    return [f"{name}.{k}={getattr(config, k)!r}: must be one of {list(allowed)}" for k, allowed in choices.items() if getattr(config, k) not in allowed]
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project folder, or pass --params") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def load(params: dict, *names: str, source: str = "params.yaml"):
+    """Build the config objects for sections `names`; raise one ParamsError listing every problem."""
+    problems: list[str] = []
+    configs = [_build(params, name, problems) for name in names]
+    for config in configs:
+        if config is not None and hasattr(config, "problems"):
+            problems += config.problems()
+    if problems:
+        raise ParamsError(f"{source} has {len(problems)} problem(s):" + "".join(f"\n  - {p}" for p in problems))
+    return configs[0] if len(configs) == 1 else tuple(configs)
+
+
+def _build(params: dict, name: str, problems: list[str]):
+    cls = SECTIONS[name]
+    raw = params.get(name, {})
+    if not isinstance(raw, dict):
+        problems.append(f"{name}: must be a mapping of keys, got {raw!r}")
+        return None
+    before = len(problems)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw.keys() - fields.keys():
+        close = difflib.get_close_matches(key, fields, n=1)
+        problems.append(f"{name}.{key}: unknown key" + (f" (did you mean {name}.{close[0]}?)" if close else f"; allowed: {sorted(fields)}"))
+    values = {}
+    for key, field in fields.items():
+        if key not in raw:
+            if field.default is dataclasses.MISSING:
+                problems.append(f"{name}.{key}: missing (required)")
+            continue
+        value, error = _coerce(raw[key], hints[key])
+        if error:
+            problems.append(f"{name}.{key}={raw[key]!r}: {error}")
+        values[key] = value
+    return cls(**values) if len(problems) == before else None
+
+
+def _coerce(value, hint):
+    """Return (value converted to the declared type, error message or None)."""
+    if hint is bool:
+        return (value, None) if isinstance(value, bool) else (value, "expected true or false")
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (value, None) if ok else (value, "expected an integer")
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (float(value), None) if ok else (value, "expected a number")
+    if hint is str:
+        return ("" if value is None else value, None) if value is None or isinstance(value, str) else (value, "expected text")
+    if typing.get_origin(hint) is tuple:
+        items = [] if value is None else value
+        ok = isinstance(items, list) and all(isinstance(v, str) for v in items)
+        return (tuple(items), None) if ok else (value, "expected a list of names")
+    raise TypeError(f"unsupported config type {hint}")

@@ -1,0 +1,96 @@
+"""Find the image/mask pairs of a data folder, in either supported layout.
+
+Supported layouts (auto-detected, first match wins):
+  kaggle: DIR/Chest-X-Ray/Chest-X-Ray/image/<id>.png and .../mask/<id>.png, plus DIR/MetaData.csv
+  plain:  DIR/image/<id>.png and DIR/mask/<id>.png (MetaData.csv beside them is optional)
+Image and mask files pair up by file stem (<id>); PNG and JPEG are accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lungseg.data.images import IMAGE_SUFFIXES
+
+# Where image/ and mask/ may sit inside the data folder, most specific first.
+PAIR_ROOTS = {"kaggle": Path("Chest-X-Ray/Chest-X-Ray"), "kaggle-flat": Path("Chest-X-Ray"), "plain": Path(".")}
+METADATA_NAME = "MetaData.csv"
+MAX_LISTED = 20
+
+
+class DataError(ValueError):
+    """One or more problems with the input data; the message lists each with its file."""
+
+    def __init__(self, summary: str, problems: list[str] | None = None):
+        self.problems = problems or []
+        listed = "".join(f"\n  - {p}" for p in self.problems[:MAX_LISTED])
+        more = len(self.problems) - MAX_LISTED
+        super().__init__(summary + listed + (f"\n  ... and {more} more" if more > 0 else ""))
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str
+    image_dir: Path
+    mask_dir: Path
+    metadata_path: Path | None
+
+
+def find_layout(data_dir: str | Path) -> Layout:
+    """Detect which layout `data_dir` uses, or explain what was expected and where we looked."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist (set data.dir in params.yaml)")
+    for kind, root in PAIR_ROOTS.items():
+        image_dir, mask_dir = data_dir / root / "image", data_dir / root / "mask"
+        if image_dir.is_dir() and mask_dir.is_dir():
+            return Layout(kind, image_dir, mask_dir, _find_metadata(data_dir, data_dir / root))
+    looked = ", ".join(str(data_dir / root / "image") for root in PAIR_ROOTS.values())
+    raise DataError(
+        f"{data_dir} is not a lungseg data folder: expected an image/ and a mask/ folder in the Kaggle layout "
+        f"(Chest-X-Ray/Chest-X-Ray/image and .../mask, with MetaData.csv) or directly inside it; looked for {looked}"
+    )
+
+
+def _find_metadata(data_dir: Path, pair_root: Path) -> Path | None:
+    for folder in (data_dir, pair_root):
+        if (folder / METADATA_NAME).is_file():
+            return folder / METADATA_NAME
+    return None
+
+
+def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Map file stem -> path for the image files in `folder`; also report stems seen twice."""
+    found: dict[str, Path] = {}
+    problems = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.stem in found:
+            problems.append(f"id {path.stem!r} appears twice: {found[path.stem]} and {path}")
+        else:
+            found[path.stem] = path
+    return found, problems
+
+
+def list_pairs(layout: Layout) -> pd.DataFrame:
+    """Table of id, image_path, mask_path for every pair; raises DataError naming every unpaired file."""
+    images, problems = _images_by_id(layout.image_dir)
+    masks, mask_problems = _images_by_id(layout.mask_dir)
+    problems += mask_problems
+    problems += [f"image without a mask: {images[i]} (expected {layout.mask_dir}/{i}.png)" for i in sorted(images.keys() - masks.keys())]
+    problems += [f"mask without an image: {masks[i]} (expected {layout.image_dir}/{i}.png)" for i in sorted(masks.keys() - images.keys())]
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:", problems)
+    if not images:
+        raise DataError(f"no images found in {layout.image_dir} (expected <id>.png or <id>.jpg files)")
+    ids = sorted(images, key=_natural_key)
+    return pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]})
+
+
+def _natural_key(stem: str):
+    """Sort '2' before '10' while still ordering arbitrary names."""
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)

@@ -1,0 +1,19 @@
+"""Where each stage writes, relative to the project folder. dvc.yaml declares the same paths."""
+
+from pathlib import Path
+
+SYNTHETIC_DIR = Path("data/raw/synthetic")
+PROCESSED_DIR = Path("data/processed")
+SPLIT_CSV = Path("data/split.csv")
+
+RESULTS = Path("results")
+MODEL = RESULTS / "best_unet.pth"
+HISTORY = RESULTS / "history.csv"
+TRAIN_METRICS = RESULTS / "train_metrics.json"
+METRICS = RESULTS / "metrics.json"
+PER_IMAGE = RESULTS / "per_image.csv"
+PREDICTIONS = RESULTS / "test_predictions.npz"
+MONTAGE_DIR = RESULTS / "montage"
+PREDS_DIR = RESULTS / "preds"
+LOSS_CURVES = RESULTS / "loss_curves.png"
+DICE_CURVES = RESULTS / "dice_curves.png"

@@ -1,0 +1,45 @@
+"""Stage visualize: montages (X-ray | truth | prediction | overlay), predicted mask PNGs, curves."""
+
+import numpy as np
+import pandas as pd
+
+from lungseg import config, paths, stage, viz
+from lungseg.data.preprocess import load_processed
+from lungseg.evaluate import pick_examples
+from lungseg.io import atomic_path
+
+
+def montage_rows(test, predictions: dict, scores: pd.DataFrame, n: int) -> list[dict]:
+    rows = []
+    for label, row in pick_examples(scores, n):
+        position = test.index.index[test.index["id"] == row["id"]][0]
+        rows.append({"image": test.images[position], "truth": test.masks[position], "pred": predictions[row["id"]],
+                     "title": f"{label} · id {row['id']} · Dice {row['dice']:.3f}", "name": f"{label}_{row['id']}"})
+    return rows
+
+
+def main(params: dict) -> None:
+    settings = config.load(params, "visualize")
+    saved = np.load(paths.PREDICTIONS)
+    predictions = dict(zip(saved["ids"].tolist(), saved["masks"]))
+    scores = pd.read_csv(paths.PER_IMAGE, dtype={"id": str}, keep_default_na=False)
+    test = load_processed(paths.PROCESSED_DIR).subset(scores["id"])
+
+    rows = montage_rows(test, predictions, scores, settings.n_examples)
+    with atomic_path(paths.MONTAGE_DIR) as tmp:
+        tmp.mkdir()
+        viz.save_montage(rows, tmp / "montage.png", settings.dpi, settings.overlay_alpha)
+        for row in rows:
+            viz.save_montage([row], tmp / f"{row['name']}.png", settings.dpi, settings.overlay_alpha)
+    with atomic_path(paths.PREDS_DIR) as tmp:
+        tmp.mkdir()
+        for image_id, mask in predictions.items():
+            viz.save_mask_png(mask, tmp / f"{image_id}.png")
+    history = pd.read_csv(paths.HISTORY)
+    viz.save_loss_curves(history, paths.LOSS_CURVES, settings.dpi)
+    viz.save_dice_curves(history, paths.DICE_CURVES, settings.dpi)
+    print(f"wrote {len(rows)} montage rows to {paths.MONTAGE_DIR}, {len(predictions)} masks to {paths.PREDS_DIR}, curves to {paths.RESULTS}")
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,342 @@
+"""Tests for lungseg.viz: overlay maths, PNG writers, validation and atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from lungseg import viz
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _row(size: int = 16, title: str = "best · id 17 · Dice 0.973", dtype=np.float32) -> dict:
+    rng = np.random.default_rng(size)
+    image = rng.random((size, size)).astype(dtype)
+    truth = np.zeros((size, size), dtype=np.uint8)
+    truth[4:12, 3:8] = 1
+    pred = truth.copy()
+    pred[4:12, 8:10] = 1
+    return {"image": image, "truth": truth, "pred": pred, "title": title}
+
+
+def _history(n_epochs: int = 3) -> pd.DataFrame:
+    epochs = np.arange(1, n_epochs + 1)
+    return pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": 1.0 / epochs,
+            "val_loss": 1.2 / epochs,
+            "val_dice": [0.80, 0.95, 0.90][:n_epochs],
+            "val_iou": [0.70, 0.90, 0.82][:n_epochs],
+            "lr": 1e-3,
+        }
+    )
+
+
+def _png_size(path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.verify()  # raises on a truncated/corrupt file
+        return img.size
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def test_overlay_shape_and_dtype():
+    out = viz.overlay(np.zeros((5, 7), np.float32), np.zeros((5, 7), bool))
+    assert out.shape == (5, 7, 3)
+    assert out.dtype == np.uint8
+
+
+def test_overlay_outside_mask_is_grey_image_value():
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[0, 0] = True
+    out = viz.overlay(image, mask)
+    outside = ~mask
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c][outside], image[outside])
+
+
+def test_overlay_inside_mask_exact_alpha_blend():
+    image = np.full((2, 2), 100, dtype=np.uint8)
+    mask = np.array([[1, 0], [0, 0]], dtype=np.uint8)
+    out = viz.overlay(image, mask, color=(255, 0, 0), alpha=0.4)
+    # R = 0.6*100 + 0.4*255 = 162; G = B = 0.6*100 = 60
+    assert out[0, 0].tolist() == [162, 60, 60]
+    assert out[1, 1].tolist() == [100, 100, 100]
+
+
+def test_overlay_alpha_zero_and_one():
+    image = np.full((1, 1), 50, dtype=np.uint8)
+    mask = np.ones((1, 1), dtype=bool)
+    assert viz.overlay(image, mask, alpha=0.0)[0, 0].tolist() == [50, 50, 50]
+    assert viz.overlay(image, mask, color=(10, 20, 30), alpha=1.0)[0, 0].tolist() == [10, 20, 30]
+
+
+def test_overlay_uint8_and_float_agree():
+    rng = np.random.default_rng(0)
+    as_uint8 = rng.integers(0, 256, size=(9, 11), dtype=np.uint8)
+    as_float = as_uint8.astype(np.float64) / 255.0
+    mask = rng.random((9, 11)) > 0.5
+    np.testing.assert_array_equal(viz.overlay(as_uint8, mask), viz.overlay(as_float, mask))
+    np.testing.assert_array_equal(
+        viz.overlay(as_uint8, mask), viz.overlay(as_float.astype(np.float32), mask)
+    )
+
+
+def test_overlay_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"image shape \(128, 128\) != mask shape \(64, 64\)"):
+        viz.overlay(np.zeros((128, 128)), np.zeros((64, 64)))
+
+
+@pytest.mark.parametrize(
+    ("image", "mask", "message"),
+    [
+        (np.zeros((4, 4, 3)), np.zeros((4, 4)), "2-D"),
+        (np.full((4, 4), 2.0), np.zeros((4, 4)), r"\[0, 1\]"),
+        (np.zeros((4, 4), np.int64), np.zeros((4, 4)), "dtype int64"),
+        (np.zeros((4, 4)), np.full((4, 4), 0.5), "binary"),
+    ],
+)
+def test_overlay_rejects_bad_inputs(image, mask, message):
+    with pytest.raises(ValueError, match=message):
+        viz.overlay(image, mask)
+
+
+# --------------------------------------------------------------------------- montage
+
+
+def test_save_montage_writes_png_that_grows_with_rows(tmp_path):
+    one, three = tmp_path / "one.png", tmp_path / "three.png"
+    viz.save_montage([_row()], one, dpi=40)
+    viz.save_montage([_row(), _row(20, "median", np.uint8), _row(12, "worst")], three, dpi=40)
+    (w1, h1), (w3, h3) = _png_size(one), _png_size(three)
+    assert w1 == w3
+    assert h3 > h1
+    assert h3 == pytest.approx(3 * h1, rel=0.05)
+
+
+def test_save_montage_accepts_uint8_images(tmp_path):
+    row = _row()
+    row["image"] = (row["image"] * 255).astype(np.uint8)
+    viz.save_montage([row], tmp_path / "m.png", dpi=30)
+    _png_size(tmp_path / "m.png")
+
+
+def test_save_montage_creates_parent_dirs(tmp_path):
+    path = tmp_path / "a" / "b" / "montage.png"
+    viz.save_montage([_row()], path, dpi=30)
+    assert path.is_file()
+
+
+def test_save_montage_empty_rows_raises(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        viz.save_montage([], tmp_path / "m.png")
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_save_montage_row_shape_mismatch_names_row(tmp_path):
+    bad = _row()
+    bad["pred"] = np.zeros((8, 8), np.uint8)
+    expected = r"rows\[1\] image shape \(16, 16\) != pred shape \(8, 8\)"
+    with pytest.raises(ValueError, match=expected):
+        viz.save_montage([_row(), bad], tmp_path / "m.png")
+
+
+def test_save_montage_missing_key_raises(tmp_path):
+    row = _row()
+    del row["truth"]
+    with pytest.raises(ValueError, match="truth"):
+        viz.save_montage([row], tmp_path / "m.png")
+
+
+# --------------------------------------------------------------------------- curves
+
+
+@pytest.mark.parametrize("writer", [viz.save_loss_curves, viz.save_dice_curves])
+@pytest.mark.parametrize("n_epochs", [1, 3])
+def test_curves_write_valid_png(tmp_path, writer, n_epochs):
+    path = tmp_path / "curve.png"
+    writer(_history(n_epochs), path, dpi=50)
+    assert _png_size(path) == (300, 200)  # 6x4 inches at 50 dpi
+
+
+def test_curves_accept_unsorted_epochs(tmp_path):
+    hist = _history(3).iloc[::-1].reset_index(drop=True)
+    viz.save_dice_curves(hist, tmp_path / "d.png", dpi=30)
+    _png_size(tmp_path / "d.png")
+
+
+@pytest.mark.parametrize(
+    ("writer", "column"),
+    [
+        (viz.save_loss_curves, "val_loss"),
+        (viz.save_loss_curves, "train_loss"),
+        (viz.save_dice_curves, "val_dice"),
+        (viz.save_dice_curves, "val_iou"),
+    ],
+)
+def test_curves_missing_column_raises_naming_it(tmp_path, writer, column):
+    hist = _history().drop(columns=[column])
+    with pytest.raises(ValueError, match=rf"missing column '{column}'.*'epoch'"):
+        writer(hist, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_curves_empty_history_raises(tmp_path):
+    with pytest.raises(ValueError, match="no rows"):
+        viz.save_loss_curves(_history().iloc[:0], tmp_path / "c.png")
+
+
+def test_best_epoch_is_first_max_of_val_dice():
+    hist = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_dice": [0.5, 0.9, 0.9, 0.7]})
+    assert viz._best_epoch(hist) == (2, 0.9)
+
+
+def test_dice_curves_all_nan_raises(tmp_path):
+    hist = _history().assign(val_dice=np.nan)
+    with pytest.raises(ValueError, match="val_dice"):
+        viz.save_dice_curves(hist, tmp_path / "d.png")
+
+
+# --------------------------------------------------------------------------- mask png
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32])
+def test_save_mask_png_round_trips(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    mask = (rng.random((13, 17)) > 0.5).astype(dtype)
+    path = tmp_path / "mask.png"
+    viz.save_mask_png(mask, path)
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.mode == "L"
+        pixels = np.array(img)
+    assert set(np.unique(pixels).tolist()) == {0, 255}
+    np.testing.assert_array_equal(pixels == 255, mask.astype(bool))
+
+
+def test_save_mask_png_rejects_non_binary_and_wrong_suffix(tmp_path):
+    with pytest.raises(ValueError, match="binary"):
+        viz.save_mask_png(np.full((4, 4), 255, np.uint8), tmp_path / "m.png")
+    with pytest.raises(ValueError, match=r"\.png"):
+        viz.save_mask_png(np.zeros((4, 4), bool), tmp_path / "m.jpg")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_no_temp_files_after_success(tmp_path):
+    viz.save_montage([_row()], tmp_path / "montage.png", dpi=30)
+    viz.save_loss_curves(_history(), tmp_path / "loss.png", dpi=30)
+    viz.save_dice_curves(_history(), tmp_path / "dice.png", dpi=30)
+    viz.save_mask_png(np.eye(4, dtype=bool), tmp_path / "mask.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dice.png",
+        "loss.png",
+        "mask.png",
+        "montage.png",
+    ]
+
+
+def _failing_savefig(self, fname, *args, **kwargs):
+    # Simulate a crash half-way through writing: bytes reach the temp file, then boom.
+    with open(fname, "wb") as f:
+        f.write(b"\x89PNG partial")
+    raise RuntimeError("disk on fire")
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: viz.save_montage([_row()], p, dpi=30),
+        lambda p: viz.save_loss_curves(_history(), p, dpi=30),
+        lambda p: viz.save_dice_curves(_history(), p, dpi=30),
+    ],
+)
+def test_failed_render_keeps_old_file_and_removes_temp(tmp_path, monkeypatch, write):
+    path = tmp_path / "out.png"
+    path.write_bytes(b"old contents")
+    monkeypatch.setattr(Figure, "savefig", _failing_savefig)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write(path)
+    assert path.read_bytes() == b"old contents"
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_mask_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
+    path = tmp_path / "mask.png"
+    path.write_bytes(b"old mask")
+
+    def boom(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"partial")
+        raise OSError("no space left")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(OSError, match="no space"):
+        viz.save_mask_png(np.eye(3, dtype=bool), path)
+    assert path.read_bytes() == b"old mask"
+    assert _leftovers(tmp_path) == []
+
+
+def test_error_discovered_while_drawing_keeps_old_file(tmp_path, monkeypatch):
+    # A failure inside drawing (after validation passed) must not touch the target.
+    path = tmp_path / "montage.png"
+    path.write_bytes(b"old montage")
+
+    def bad_overlay(*args, **kwargs):
+        raise ValueError("bad pixel discovered while drawing")
+
+    monkeypatch.setattr(viz, "overlay", bad_overlay)
+    with pytest.raises(ValueError, match="while drawing"):
+        viz.save_montage([_row()], path, dpi=30)
+    assert path.read_bytes() == b"old montage"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_path_temp_is_hidden_sibling_with_same_suffix(tmp_path):
+    target = tmp_path / "sub" / "plot.png"
+    with viz._atomic_path(target) as tmp:
+        assert tmp.parent == target.parent
+        assert tmp.name.startswith(".plot.") and tmp.name.endswith(".tmp.png")
+        tmp.write_bytes(b"new")
+        assert not target.exists()  # nothing visible until the body succeeds
+    assert target.read_bytes() == b"new"
+    assert _leftovers(target.parent) == []
+
+
+def test_figure_without_suffix_is_png_and_unknown_suffix_raises(tmp_path):
+    viz.save_loss_curves(_history(), tmp_path / "loss", dpi=30)
+    _png_size(tmp_path / "loss")
+    with pytest.raises(ValueError, match="supported"):
+        viz.save_loss_curves(_history(), tmp_path / "loss.xyz", dpi=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss"]
+
+
+def test_bad_dpi_raises(tmp_path):
+    with pytest.raises(ValueError, match="dpi"):
+        viz.save_loss_curves(_history(), tmp_path / "l.png", dpi=0)
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2, 3], list(range(0, 40))])
+def test_epoch_axis_ticks_are_integers(epochs):
+    ax = Figure().subplots()
+    ax.plot(epochs, np.zeros(len(epochs)), marker="o")
+    viz._epoch_axis(ax, pd.Series(epochs))
+    ticks = ax.get_xticks()
+    assert len(ticks) > 0
+    np.testing.assert_array_equal(ticks, np.round(ticks))
+    if len(epochs) <= 3:
+        assert ticks.tolist() == epochs  # every epoch of a short run is labelled
