@@ -306,17 +306,6 @@ def test_error_discovered_while_drawing_keeps_old_file(tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
-def test_atomic_path_temp_is_hidden_sibling_with_same_suffix(tmp_path):
-    target = tmp_path / "sub" / "plot.png"
-    with viz._atomic_path(target) as tmp:
-        assert tmp.parent == target.parent
-        assert tmp.name.startswith(".plot.") and tmp.name.endswith(".tmp.png")
-        tmp.write_bytes(b"new")
-        assert not target.exists()  # nothing visible until the body succeeds
-    assert target.read_bytes() == b"new"
-    assert _leftovers(target.parent) == []
-
-
 def test_figure_without_suffix_is_png_and_unknown_suffix_raises(tmp_path):
     viz.save_loss_curves(_history(), tmp_path / "loss", dpi=30)
     _png_size(tmp_path / "loss")

@@ -166,8 +166,10 @@ def read_params(path: str | Path = "params.yaml") -> dict:
         params = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run from the project folder, or pass --params") from None
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ParamsError(f"{path} cannot be read: {error}") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params
@@ -218,6 +220,11 @@ def _coerce(value, hint):
         ok = isinstance(value, int) and not isinstance(value, bool)
         return (value, None) if ok else (value, "expected an integer")
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text; accept it as the number it means
+            try:
+                return float(value), None
+            except ValueError:
+                return value, "expected a number"
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return (float(value), None) if ok else (value, "expected a number")
     if hint is str:

@@ -32,6 +32,8 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Lung probability per pixel for preprocessed uint8 images (N x S x S) -> float32 N x S x S."""
+        if images.dtype != np.uint8:
+            raise ValueError(f"expected preprocessed uint8 images (0..255), got dtype {images.dtype}")
         if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
             raise ValueError(f"expected preprocessed images of shape (N, {self.image_size}, {self.image_size}), got {images.shape}")
         logits = forward_in_batches(self.model, images_to_tensor(images, self.device), batch_size, self.dtype)

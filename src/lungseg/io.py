@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -27,15 +28,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    _remove(tmp)
+    # unique per writer, so two processes writing the same target never share a temporary
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         yield tmp
-        if tmp.is_dir() and path.is_dir():
-            _remove(path)
-        os.replace(tmp, path)
+        _replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Move `new` onto `target`. A directory cannot be renamed over a non-empty one, so the old
+    one is first renamed aside: at every instant `target` is the old complete output or the new."""
+    if not (new.is_dir() and target.is_dir()):
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.replace(target, old)
+    os.replace(new, target)
+    _remove(old)
 
 
 def _remove(path: Path) -> None:

@@ -8,7 +8,7 @@ Design choices:
 
 * Figures are built with :class:`matplotlib.figure.Figure` directly (never pyplot), so
   no GUI backend is selected, no global figure registry grows, and it runs headless in CI.
-* Every writer is atomic (:func:`_atomic_path`): a crash or bad input mid-render never
+* Every writer is atomic (:func:`lungseg.io.atomic_path`): a crash or bad input mid-render never
   leaves a truncated PNG at the final path, which DVC would otherwise happily cache.
 * Inputs are validated up front with ``ValueError`` messages that say what is wrong.
 """
@@ -28,6 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from lungseg.io import atomic_path
+
 __all__ = ["overlay", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
 
 MONTAGE_COLUMNS = ("X-ray", "ground truth", "prediction", "overlay")
@@ -36,25 +38,6 @@ _CURVE_FIGSIZE = (6.0, 4.0)
 
 
 # --------------------------------------------------------------------------- atomic IO
-
-
-@contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; move it onto ``path`` only if the body succeeds.
-
-    The temp file lives in the same directory so ``os.replace`` is a same-filesystem
-    rename (atomic). It keeps the final suffix because writers infer the format from it.
-    A random token keeps concurrent writers of the same target from sharing a temp file.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
@@ -68,7 +51,7 @@ def _save_figure(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
         raise ValueError(
             f"cannot save a figure as {fmt!r} ({path}); supported: {sorted(supported)}"
         )
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt)
 
 
@@ -335,5 +318,5 @@ def save_mask_png(mask: np.ndarray, path) -> None:
         raise ValueError(f"mask path must end in .png, got {str(path)!r}")
     mask = _check_mask(mask)
     pixels = mask.astype(np.uint8) * 255
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")  # 2-D uint8 -> mode "L"

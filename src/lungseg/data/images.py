@@ -54,6 +54,15 @@ def _scale_wide(values: np.ndarray) -> np.ndarray:
     return ((values - low) / max(high - low, 1e-12)).astype(np.float32)
 
 
+def mask_levels(image: Image.Image) -> np.ndarray:
+    """A mask image as float32 in [0, 1]; masks saved with values 0/1 (in any bit depth) map to 0/1,
+    not to 1/255 or 1/65535, which would vanish under any threshold."""
+    raw = np.asarray(image)
+    if raw.ndim == 2 and raw.dtype.kind in "biu" and raw.max() <= 1:
+        return raw.astype(np.float32)
+    return to_float_gray(image)
+
+
 def read_grayscale(path: str | Path) -> np.ndarray:
     """Read an image file as a float32 HxW array in [0, 1]."""
     return to_float_gray(open_image(path))
@@ -64,6 +73,6 @@ def read_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: cannot read image ({error})") from error
     return height, width

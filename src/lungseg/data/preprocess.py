@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from lungseg.config import PreprocessConfig
-from lungseg.data.images import ImageReadError, open_image, to_float_gray
+from lungseg.data.images import ImageReadError, mask_levels, open_image, to_float_gray
 from lungseg.data.layout import DataError, find_layout, list_pairs
 from lungseg.data.metadata import read_metadata
 from lungseg.io import atomic_path, save_npy, write_csv, write_json
@@ -48,8 +48,6 @@ def prepare_image(values: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
 
 
 def prepare_mask(values: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
-    if values.max() <= 1 / 255 + 1e-6:  # a mask saved as 0/1 rather than 0/255
-        values = values * 255
     small = resize(values, settings.image_size) * 255
     return (small > settings.mask_threshold).astype(np.uint8)
 
@@ -65,7 +63,7 @@ def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> Prepar
     if image.size != mask.size:
         return f"{mask_path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image's {image.size[0]}x{image.size[1]} ({image_path})"
     original_size = (image.size[1], image.size[0])
-    return PreparedPair(prepare_image(to_float_gray(image), settings), prepare_mask(to_float_gray(mask), settings), original_size)
+    return PreparedPair(prepare_image(to_float_gray(image), settings), prepare_mask(mask_levels(mask), settings), original_size)
 
 
 def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[PreparedPair | str]:
@@ -130,6 +128,7 @@ class ProcessedSet:
 def load_processed(folder: str | Path) -> ProcessedSet:
     """Read what save_processed wrote."""
     folder = Path(folder)
-    index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False)
+    index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False)  # ids and metadata stay text
+    index[["height", "width"]] = index[["height", "width"]].astype(int)
     settings = json.loads((folder / "settings.json").read_text())
     return ProcessedSet(np.load(folder / "images.npy"), np.load(folder / "masks.npy"), index, settings)

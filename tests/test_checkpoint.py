@@ -1,0 +1,189 @@
+"""Tests for lungseg.checkpoint (safe save/load) and lungseg.inference (Predictor)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lungseg.checkpoint import CheckpointError, build_model, load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.inference import Predictor
+from lungseg.model import UNet
+
+MODEL_ARGS = {"depth": 2, "base_width": 4}
+SIZE = 16
+
+
+def _trained_model(seed: int = 0) -> UNet:
+    """A small UNet whose weights and BatchNorm statistics are not the defaults."""
+    torch.manual_seed(seed)
+    model = UNet(**MODEL_ARGS)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        model.train()
+        model(torch.rand(4, 1, SIZE, SIZE))  # moves the BatchNorm running statistics
+    return model.eval()
+
+
+def _save(model: UNet, path, threshold: float = 0.5) -> dict:
+    checkpoint = make_checkpoint(model, MODEL_ARGS, {"image_size": SIZE, "normalize": "minmax"}, threshold, epoch=3, val_dice=0.9)
+    save_checkpoint(checkpoint, path)
+    return checkpoint
+
+
+class _WritesMarker:
+    """Unpickling this object calls open(marker, "w"): loading it runs code that creates a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def test_round_trip_rebuilds_a_model_with_identical_outputs(tmp_path):
+    model = _trained_model()
+    path = tmp_path / "model.pth"
+    _save(model, path, threshold=0.4)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["format"] == "lungseg-checkpoint" and checkpoint["version"] == 1
+    assert checkpoint["model"] == MODEL_ARGS
+    assert checkpoint["preprocess"]["image_size"] == SIZE
+    assert checkpoint["threshold"] == 0.4
+    assert checkpoint["info"] == {"epoch": 3, "val_dice": 0.9}
+    rebuilt = build_model(checkpoint).eval()
+    x = torch.rand(3, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+    # and it is not just a fresh model that happens to agree
+    with torch.no_grad():
+        assert not torch.allclose(UNet(**MODEL_ARGS).eval()(x), model(x))
+
+
+def test_checkpoint_weights_are_copies_on_the_cpu():
+    model = _trained_model()
+    checkpoint = make_checkpoint(model, MODEL_ARGS, {"image_size": SIZE}, 0.5)
+    name = next(iter(checkpoint["state_dict"]))
+    with torch.no_grad():
+        model.state_dict()[name].add_(1.0)  # later training must not change a saved checkpoint
+    assert not torch.equal(checkpoint["state_dict"][name], model.state_dict()[name])
+    assert all(t.device.type == "cpu" for t in checkpoint["state_dict"].values())
+
+
+def test_save_leaves_no_temporary_file(tmp_path):
+    _save(_trained_model(), tmp_path / "best.pth")
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    path = tmp_path / "absent.pth"
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value) and "not found" in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"hello, I am a text file\n", b"", b"PK\x03\x04 broken zip"])
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_torch_file_without_our_marker_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": UNet(**MODEL_ARGS).state_dict()}, path)  # e.g. someone else's bare weights
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value) and "lungseg-checkpoint" in str(caught.value)
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="not a lungseg checkpoint"):
+        load_checkpoint(path)
+
+
+def test_an_unsupported_version_is_refused(tmp_path):
+    path = tmp_path / "future.pth"
+    checkpoint = make_checkpoint(UNet(**MODEL_ARGS), MODEL_ARGS, {"image_size": SIZE}, 0.5)
+    checkpoint["version"] = 99
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(path)
+
+
+def test_payload_really_runs_code_when_loaded_unsafely(tmp_path):
+    """Control for the next test: the malicious file does create the marker under plain pickle."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "lungseg-checkpoint", "payload": _WritesMarker(marker)}, path)
+    torch.load(path, weights_only=False).get("payload").close()
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_a_pickle_carrying_code_is_refused_and_never_run(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = {"format": "lungseg-checkpoint", "version": 1, "payload": _WritesMarker(marker)}
+    if writer == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- Predictor
+
+
+def test_predictor_masks_are_binary_uint8_of_the_input_shape(tmp_path):
+    model = _trained_model()
+    path = tmp_path / "model.pth"
+    _save(model, path, threshold=0.5)
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    assert predictor.image_size == SIZE and predictor.threshold == 0.5 and predictor.device.type == "cpu"
+    images = np.random.default_rng(0).integers(0, 256, size=(5, SIZE, SIZE), dtype=np.uint8)
+    masks = predictor.masks(images, batch_size=2)
+    assert masks.shape == (5, SIZE, SIZE) and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1}
+    # the masks are the model's own: sigmoid(logits) > threshold on images / 255
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images).float().div(255).unsqueeze(1))
+    expected = (torch.sigmoid(logits)[:, 0] > 0.5).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(masks, expected)
+    probabilities = predictor.probabilities(images)
+    assert probabilities.dtype == np.float32 and probabilities.min() >= 0 and probabilities.max() <= 1
+
+
+def test_predictor_threshold_can_be_overridden(tmp_path):
+    path = tmp_path / "model.pth"
+    _save(_trained_model(), path, threshold=0.5)
+    images = np.random.default_rng(1).integers(0, 256, size=(3, SIZE, SIZE), dtype=np.uint8)
+    low = Predictor.from_checkpoint(path, device="cpu", threshold=0.0).masks(images)
+    high = Predictor.from_checkpoint(path, device="cpu", threshold=1.0).masks(images)
+    assert low.all() and not high.any()
+
+
+@pytest.mark.parametrize("shape", [(2, SIZE, SIZE * 2), (2, 32, 32), (SIZE, SIZE), (2, 1, SIZE, SIZE)])
+def test_predictor_rejects_a_wrong_input_size(tmp_path, shape):
+    path = tmp_path / "model.pth"
+    _save(_trained_model(), path)
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    with pytest.raises(ValueError, match=rf"\(N, {SIZE}, {SIZE}\)"):
+        predictor.masks(np.zeros(shape, dtype=np.uint8))
+
+
+def test_predictor_from_a_bad_file_raises_checkpoint_error(tmp_path):
+    path = tmp_path / "bad.pth"
+    path.write_text("nope")
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        Predictor.from_checkpoint(path, device="cpu")

@@ -1,0 +1,166 @@
+"""Tests for lungseg.config: params.yaml -> checked dataclasses, every problem reported at once."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from lungseg import config
+from lungseg.config import SECTIONS, ParamsError, load, read_params
+
+
+@pytest.fixture(scope="module")
+def repo_params(repo_root) -> dict:
+    return read_params(repo_root / "params.yaml")
+
+
+def _problems(error: ParamsError) -> list[str]:
+    return [line[4:] for line in str(error).splitlines() if line.startswith("  - ")]
+
+
+def test_every_section_of_the_repo_params_loads(repo_params):
+    assert set(repo_params) == set(SECTIONS)
+    for name, cls in SECTIONS.items():
+        loaded = load(repo_params, name)
+        assert isinstance(loaded, cls)
+    everything = load(repo_params, *SECTIONS)
+    assert [type(c) for c in everything] == list(SECTIONS.values())
+
+
+def test_repo_params_values_come_through_typed(repo_params):
+    data, preprocess, split, train, infer = load(repo_params, "data", "preprocess", "split", "train", "infer")
+    assert data.dir == repo_params["data"]["dir"]
+    assert preprocess.image_size == repo_params["preprocess"]["image_size"]
+    assert preprocess.metadata_columns == tuple(repo_params["preprocess"]["metadata_columns"])
+    assert split.fractions == (repo_params["split"]["train"], repo_params["split"]["val"], repo_params["split"]["test"])
+    assert isinstance(train.lr, float) and train.lr == repo_params["train"]["lr"]
+    assert 0 < infer.threshold < 1
+
+
+def test_missing_sections_and_keys_take_the_defaults():
+    assert load({}, "train") == config.TrainConfig()
+    assert load({"split": {"seed": 3}}, "split") == config.SplitConfig(seed=3)
+
+
+def test_integer_is_accepted_where_a_number_is_expected():
+    train = load({"train": {"lr": 1}}, "train")
+    assert train.lr == 1.0 and isinstance(train.lr, float)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ParamsError) as caught:
+        load({"train": {"epochz": 3}}, "train")
+    assert "train.epochz: unknown key (did you mean train.epochs?)" in str(caught.value)
+
+
+def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
+    with pytest.raises(ParamsError) as caught:
+        load({"model": {"colour": "red"}}, "model")
+    message = str(caught.value)
+    assert "model.colour: unknown key" in message and "base_width" in message and "depth" in message
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("train", "epochs", "ten", "expected an integer"),
+    ("train", "epochs", 2.5, "expected an integer"),
+    ("train", "epochs", True, "expected an integer"),
+    ("train", "lr", "fast", "expected a number"),
+    ("train", "device", 3, "expected text"),
+    ("preprocess", "metadata_columns", "county", "expected a list of names"),
+    ("preprocess", "metadata_columns", [1, 2], "expected a list of names"),
+])
+def test_wrong_type_is_named_with_its_key(section, key, value, expected):
+    with pytest.raises(ParamsError) as caught:
+        load({section: {key: value}}, section)
+    (problem,) = _problems(caught.value)
+    assert problem.startswith(f"{section}.{key}=")
+    assert expected in problem
+
+
+def test_section_that_is_not_a_mapping_is_reported():
+    with pytest.raises(ParamsError, match="train: must be a mapping"):
+        load({"train": [1, 2]}, "train")
+
+
+def test_missing_required_key_is_reported():
+    with pytest.raises(ParamsError, match=r"data\.dir: missing \(required\)"):
+        load({"data": {}}, "data")
+
+
+def test_all_out_of_range_values_are_reported_in_one_error(repo_params):
+    params = copy.deepcopy(repo_params)
+    params["train"].update(epochs=0, lr=0.0, device="tpu")
+    params["split"].update(train=0.7, val=0.1, test=0.1)  # sums to 0.9
+    params["infer"]["threshold"] = 1.5
+    params["preprocess"]["mask_threshold"] = 255
+    with pytest.raises(ParamsError) as caught:
+        load(params, "preprocess", "split", "train", "infer")
+    problems = _problems(caught.value)
+    keys = [p.split("=")[0].split(":")[0].strip() for p in problems]
+    assert "train.epochs" in keys
+    assert "train.lr" in keys
+    assert "train.device" in keys
+    assert any(p.startswith("split.train + split.val + split.test") for p in problems)
+    assert "infer.threshold" in keys
+    assert "preprocess.mask_threshold" in keys
+    assert len(problems) == 6
+    assert "has 6 problem(s)" in str(caught.value)
+    assert "'tpu'" in str(caught.value) and "cuda" in str(caught.value)  # says what is allowed
+
+
+@pytest.mark.parametrize("section, values, key", [
+    ("train", {"lr": -0.1}, "train.lr"),
+    ("train", {"batch_size": 0}, "train.batch_size"),
+    ("train", {"bce_weight": 0.0, "dice_weight": 0.0}, "train.bce_weight + train.dice_weight"),
+    ("train", {"precision": "fp16"}, "train.precision"),
+    ("split", {"val": 0.0, "train": 0.9}, "split.val"),
+    ("infer", {"threshold": 0.0}, "infer.threshold"),
+    ("infer", {"device": "gpu"}, "infer.device"),
+    ("preprocess", {"image_size": 4}, "preprocess.image_size"),
+    ("preprocess", {"normalize": "zscore"}, "preprocess.normalize"),
+    ("model", {"depth": 0}, "model.depth"),
+    ("synthetic", {"min_size": 600, "max_size": 500}, "synthetic.max_size"),
+    ("visualize", {"overlay_alpha": 0.0}, "visualize.overlay_alpha"),
+    ("evaluate", {"baseline_steps": 1}, "evaluate.baseline_steps"),
+])
+def test_each_range_check_names_its_key(section, values, key):
+    with pytest.raises(ParamsError) as caught:
+        load({section: values}, section)
+    assert any(p.startswith(key) for p in _problems(caught.value)), str(caught.value)
+
+
+def test_source_name_appears_in_the_error():
+    with pytest.raises(ParamsError, match="custom.yaml has 1 problem"):
+        load({"train": {"epochs": 0}}, "train", source="custom.yaml")
+
+
+def test_read_params_missing_file_names_it(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError) as caught:
+        read_params(path)
+    assert str(path) in str(caught.value) and "not found" in str(caught.value)
+
+
+def test_read_params_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: [1, 2\n  lr: 0.1\n")
+    with pytest.raises(ParamsError) as caught:
+        read_params(path)
+    assert str(path) in str(caught.value) and "not valid YAML" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just text\n"])
+def test_read_params_requires_a_mapping(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as caught:
+        read_params(path)
+    assert str(path) in str(caught.value)
+
+
+def test_read_params_returns_the_mapping(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 2\n")
+    assert read_params(path) == {"train": {"epochs": 2}}
+    assert load(read_params(path), "train").epochs == 2

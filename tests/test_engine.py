@@ -1,0 +1,77 @@
+"""Training on synthetic phantoms: it must learn, beat the threshold baseline, and be reproducible."""
+
+import numpy as np
+import pytest
+import torch
+
+from lungseg.baseline import fit_threshold, threshold_masks
+from lungseg.config import PreprocessConfig, TrainConfig
+from lungseg.data.preprocess import preprocess_folder
+from lungseg.data.synthetic import generate_dataset
+from lungseg.engine import TensorPair, fit
+from lungseg.metrics import dice_per_image
+from lungseg.model import UNet
+from lungseg.runtime import images_to_tensor, masks_to_tensor
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """48 small phantoms, preprocessed to 64 px: 36 to train, 6 to validate, 6 to test."""
+    folder = tmp_path_factory.mktemp("phantoms") / "raw"
+    generate_dataset(folder, n_images=48, seed=3, min_size=96, max_size=160, workers=1)
+    images, masks, _ = preprocess_folder(folder, PreprocessConfig(image_size=SIZE, workers=1))
+    return {"train": (images[:36], masks[:36]), "val": (images[36:42], masks[36:42]), "test": (images[42:], masks[42:])}
+
+
+def tensors(pair):
+    return TensorPair(images_to_tensor(pair[0], torch.device("cpu")), masks_to_tensor(pair[1], torch.device("cpu")))
+
+
+def train(phantoms, epochs=8, seed=0):
+    torch.manual_seed(seed)
+    model = UNet(depth=3, base_width=8)
+    config = TrainConfig(epochs=epochs, batch_size=4, seed=seed)
+    return model, fit(model, tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms):
+    return train(phantoms)
+
+
+def test_history_has_one_row_per_epoch_with_every_column(trained):
+    _, result = trained
+    assert list(result.history["epoch"]) == list(range(1, 9))
+    assert {"train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"} <= set(result.history.columns)
+    assert np.isfinite(result.history[["train_loss", "val_loss"]].to_numpy()).all()
+
+
+def test_loss_falls_and_the_best_epoch_is_the_best_val_dice(trained):
+    _, result = trained
+    history = result.history
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert result.best_dice == pytest.approx(history["val_dice"].max())
+    assert result.best_epoch == int(history.loc[history["val_dice"].idxmax(), "epoch"])
+
+
+def test_trained_model_beats_the_tuned_threshold_baseline(phantoms, trained):
+    model, result = trained
+    model.load_state_dict(result.best_state)
+    model.eval()
+    images, masks = phantoms["test"]
+    with torch.no_grad():
+        predicted = (torch.sigmoid(model(images_to_tensor(images, torch.device("cpu")))) > 0.5)[:, 0].numpy()
+    model_dice = dice_per_image(predicted, masks).mean()
+    threshold = fit_threshold(*phantoms["train"], steps=32)
+    baseline_dice = dice_per_image(threshold_masks(images, threshold), masks).mean()
+    assert model_dice > 0.8
+    assert model_dice > baseline_dice + 0.1, f"model {model_dice:.3f} vs threshold baseline {baseline_dice:.3f}"
+
+
+def test_same_seed_gives_the_same_history(phantoms):
+    _, first = train(phantoms, epochs=2, seed=5)
+    _, second = train(phantoms, epochs=2, seed=5)
+    columns = ["train_loss", "val_loss", "val_dice", "val_iou"]
+    np.testing.assert_array_equal(first.history[columns].to_numpy(), second.history[columns].to_numpy())

@@ -1,0 +1,137 @@
+"""End to end: the real `dvc` commands on a tiny configuration, in a throwaway git repository.
+
+Each test gets its own copy of a project that has already been reproduced and committed once,
+so the tests are independent yet the expensive first `dvc repro` runs only once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", ".gitignore"]
+TINY = {
+    "synthetic": {"n_images": 30, "min_size": 64, "max_size": 96},
+    "preprocess": {"image_size": 32, "workers": 1},
+    "model": {"depth": 2, "base_width": 8},
+    "train": {"epochs": 2, "batch_size": 4, "device": "cpu"},
+    "infer": {"device": "cpu"},
+    "evaluate": {"baseline_steps": 8},
+    "visualize": {"n_examples": 3, "dpi": 40},
+}
+
+
+def run(project: Path, *args: str) -> str:
+    """Run a command in `project` with its own HOME and its own copy of the code; return its output."""
+    env = {**os.environ, "HOME": str(project.parent / "home"), "PYTHONPATH": str(project / "src"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(args)} failed with {done.returncode}:\n{output}"
+    return output
+
+
+def set_params(project: Path, changes: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_run(output: str) -> set[str]:
+    """Names of the stages a `dvc repro` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> Path:
+    """A tiny lungseg project in a fresh git repo, reproduced once and committed on main."""
+    project = tmp_path_factory.mktemp("base") / "project"
+    project.mkdir()
+    for name in TRACKED:
+        source, target = REPO / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+    (project.parent / "home").mkdir()
+    set_params(project, TINY)
+    run(project, "git", "init", "-q", "-b", "main")
+    run(project, "git", "config", "user.name", "lungseg tests")
+    run(project, "git", "config", "user.email", "tests@lungseg.invalid")
+    run(project, "dvc", "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "tiny pipeline")
+    return project
+
+
+@pytest.fixture
+def project(reproduced, tmp_path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(reproduced, copy, symlinks=True)
+    (tmp_path / "home").mkdir()
+    return copy
+
+
+def test_repro_writes_model_metrics_and_pictures(project):
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert 0 <= metrics["test"]["dice"] <= 1 and metrics["test"]["n_images"] >= 1
+    assert "dice" in metrics["baseline"]
+    for path in ["results/best_unet.pth", "results/history.csv", "results/loss_curves.png",
+                 "results/dice_curves.png", "results/montage/montage.png", "results/per_image.csv"]:
+        assert (project / path).stat().st_size > 0, path
+    assert len(list((project / "results/preds").glob("*.png"))) == metrics["test"]["n_images"]
+
+
+def test_second_repro_runs_nothing(project):
+    output = run(project, "dvc", "repro")
+    assert stages_run(output) == set()
+    assert "up to date" in run(project, "dvc", "status")
+
+
+def test_visualize_param_reruns_only_visualize(project):
+    set_params(project, {"visualize": {"dpi": 50}})
+    assert stages_run(run(project, "dvc", "repro")) == {"visualize"}
+
+
+def test_epochs_rerun_train_evaluate_visualize(project):
+    set_params(project, {"train": {"epochs": 3}})
+    assert stages_run(run(project, "dvc", "repro")) == {"train", "evaluate", "visualize"}
+
+
+def test_exp_run_is_listed_with_its_metrics(project):
+    run(project, "dvc", "exp", "run", "-S", "train.epochs=3")
+    table = json.loads(run(project, "dvc", "exp", "show", "--json"))
+    experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
+    assert experiments, f"no experiment listed: {table}"
+    revision = experiments[0]["revs"][0]["data"]
+    assert revision["params"]["params.yaml"]["data"]["train"]["epochs"] == 3
+    assert "dice" in revision["metrics"]["results/metrics.json"]["data"]["test"]
+
+
+def test_metrics_diff_against_main_shows_the_dice_change(project):
+    run(project, "git", "checkout", "-q", "-b", "longer")
+    set_params(project, {"train": {"epochs": 6}})
+    run(project, "dvc", "repro")
+    run(project, "git", "commit", "-qam", "train longer")
+    diff = json.loads(run(project, "dvc", "metrics", "diff", "main", "--json"))
+    change = diff["results/metrics.json"]["test.dice"]
+    assert change["old"] != change["new"]
+    assert change["diff"] == pytest.approx(change["new"] - change["old"])
+
+
+def test_plots_render(project):
+    output = run(project, "dvc", "plots", "show", "--json")
+    plots = json.loads(output)
+    assert any("history.csv" in json.dumps(value) for value in plots.values())

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from lungseg.model import UNet
+from lungseg.runtime import autocast_dtype, forward_in_batches, images_to_tensor, masks_to_tensor, resolve_device
+
+
+def test_auto_and_cpu_resolve_to_an_available_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error seen on machines without CUDA")
+def test_asking_for_missing_cuda_says_what_to_use_instead():
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*auto or cpu"):
+        resolve_device("cuda")
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") is None  # fp32 on CPU unless asked
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16
+
+
+def test_uint8_arrays_become_scaled_float_tensors_with_a_channel():
+    images = np.array([[[0, 255], [51, 102]]], np.uint8)
+    tensor = images_to_tensor(images, torch.device("cpu"))
+    assert tensor.shape == (1, 1, 2, 2) and tensor.dtype == torch.float32
+    np.testing.assert_allclose(tensor[0, 0].numpy(), [[0.0, 1.0], [0.2, 0.4]], rtol=1e-6)
+    assert masks_to_tensor(np.ones((1, 2, 2), np.uint8), torch.device("cpu")).sum() == 4
+
+
+def test_batched_forward_matches_one_big_batch():
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_width=4).eval()
+    images = torch.rand(5, 1, 16, 16)
+    with torch.no_grad():
+        whole = model(images)
+    np.testing.assert_allclose(forward_in_batches(model, images, batch_size=2).numpy(), whole.numpy(), atol=1e-5)
+
+
+def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_width=4).eval()
+    images = torch.rand(2, 1, 16, 16)
+    fp32 = forward_in_batches(model, images, 2)
+    bf16 = forward_in_batches(model, images, 2, torch.bfloat16)
+    assert bf16.dtype == torch.float32  # results come back in fp32 whatever ran inside
+    assert (torch.sigmoid(fp32) - torch.sigmoid(bf16)).abs().max() < 0.05
