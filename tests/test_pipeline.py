@@ -135,3 +135,12 @@ def test_plots_render(project):
     output = run(project, "dvc", "plots", "show", "--json")
     plots = json.loads(output)
     assert any("history.csv" in json.dumps(value) for value in plots.values())
+
+
+def test_exp_run_switches_to_a_real_kaggle_layout_folder(project, kaggle_sample):
+    """The one documented command to change data: the real loader, split and subgroups all follow."""
+    run(project, "dvc", "exp", "run", "-S", f"data.dir={kaggle_sample}")
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert metrics["test"]["n_images"] == 24  # 10% of the sample's 240 pairs
+    assert set(metrics["subgroups"]["county"]) == {"Montgomery", "Shenxhen"}
+    assert metrics["test"]["dice"] > metrics["baseline"]["dice"]

@@ -82,7 +82,7 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps = -(-len(train) // config.batch_size)
     rows, best = [], (-1.0, 0, None)
-    with tqdm(total=config.epochs * steps, desc="train", unit="step", disable=not show_progress) as progress:
+    with tqdm(total=config.epochs * steps, desc="train", unit="step", mininterval=1.0, disable=not show_progress) as progress:
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
             train_loss = train_epoch(model, loss_fn, optimizer, train, config.batch_size, generator, dtype, progress)
