@@ -9,7 +9,8 @@ from lungseg.data.split import ids_in, read_split
 from lungseg.engine import TensorPair, fit
 from lungseg.io import write_csv, write_json
 from lungseg.model import UNet
-from lungseg.runtime import autocast_dtype, images_to_tensor, masks_to_tensor, resolve_device
+from lungseg.runtime import (autocast_dtype, configure, images_to_tensor, masks_to_tensor, prepare_model,
+                             resolve_device, should_compile)
 
 
 def tensors(data, device) -> TensorPair:
@@ -25,6 +26,7 @@ def check_size_fits_depth(image_size: int, depth: int) -> None:
 def main(params: dict) -> None:
     model_config, train_config, infer = config.load(params, "model", "train", "infer")
     device = resolve_device(train_config.device)
+    configure(device)
     dtype = autocast_dtype(device, train_config.precision)
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     check_size_fits_depth(processed.settings["image_size"], model_config.depth)
@@ -34,8 +36,8 @@ def main(params: dict) -> None:
 
     torch.manual_seed(train_config.seed)  # the initial weights depend on it
     model_args = {"in_channels": 1, "out_channels": 1, "depth": model_config.depth, "base_width": model_config.base_width}
-    model = UNet(**model_args).to(device)
-    result = fit(model, train_set, val_set, train_config, infer.threshold, dtype)
+    model = prepare_model(UNet(**model_args), device)
+    result = fit(model, train_set, val_set, train_config, infer.threshold, dtype, should_compile(device, train_config.compile))
 
     model.load_state_dict(result.best_state)
     checkpoint = make_checkpoint(model, model_args, processed.settings, infer.threshold,

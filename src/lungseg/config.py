@@ -91,11 +91,13 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine: decay lr to 0 over the run; constant: keep lr
     bce_weight: float = 0.5
     dice_weight: float = 0.5
     seed: int = 42
     device: str = "auto"  # auto: CUDA, then Apple MPS, then CPU
-    precision: str = "auto"  # auto: bf16 autocast on CUDA cards that support it, else fp32
+    precision: str = "auto"  # auto: bf16 autocast where the hardware runs it natively, else fp32
+    compile: str = "auto"  # torch.compile: auto (CUDA only), always or never
 
     def problems(self) -> list[str]:
         out = _at_least(self, epochs=1, batch_size=1)
@@ -103,7 +105,8 @@ class TrainConfig:
         out += [f"train.{k}={getattr(self, k)}: must be >= 0" for k in ("bce_weight", "dice_weight") if getattr(self, k) < 0]
         if self.bce_weight + self.dice_weight <= 0:
             out.append("train.bce_weight + train.dice_weight must be > 0")
-        return out + _one_of(self, device=DEVICES, precision=PRECISIONS)
+        return out + _one_of(self, device=DEVICES, precision=PRECISIONS, lr_schedule=("cosine", "constant"),
+                          compile=("auto", "always", "never"))
 
 
 @dataclass(frozen=True)

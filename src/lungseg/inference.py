@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lungseg.checkpoint import build_model, load_checkpoint
-from lungseg.runtime import autocast_dtype, forward_in_batches, images_to_tensor, resolve_device
+from lungseg.runtime import autocast_dtype, configure, forward_in_batches, images_to_tensor, prepare_model, resolve_device
 
 
 @dataclass
@@ -26,7 +26,8 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> "Predictor":
         checkpoint = load_checkpoint(path)
         torch_device = resolve_device(device)
-        model = build_model(checkpoint).to(torch_device).eval()
+        configure(torch_device)
+        model = prepare_model(build_model(checkpoint), torch_device).eval()
         chosen = checkpoint["threshold"] if threshold is None else threshold
         return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), autocast_dtype(torch_device, precision))
 

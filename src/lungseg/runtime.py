@@ -26,11 +26,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bf16 matrix units (Intel AMX or AVX512-BF16). Elsewhere bf16 is emulated
+    and measured 10x slower than fp32 (an AVX2 EPYC: 1.3 vs 18 images/s), so it must stay off."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The dtype to autocast to, or None for plain fp32.
 
-    'auto' uses bf16 only on CUDA cards with native bf16 (Ampere and newer): there it is both
-    faster and, with fp32 weights, as accurate for this task; elsewhere fp32 is the safe choice.
+    'auto' uses bf16 where the hardware runs it natively: CUDA cards with bf16 (Ampere and newer)
+    and CPUs with AMX or AVX512-BF16. Weights stay fp32, so accuracy holds (tested: same-seed
+    bf16 and fp32 runs end within 0.01 validation Dice); elsewhere fp32 is the fast choice.
     """
     if precision == "fp32":
         return None
@@ -38,7 +46,30 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
     return None
+
+
+def should_compile(device: torch.device, setting: str = "auto") -> bool:
+    """torch.compile pays off on CUDA (fused kernels, ~30% faster at base width 64) but not on CPU,
+    where it measured no faster after a 60-75 s compile; 'auto' therefore means CUDA only."""
+    return setting == "always" or (setting == "auto" and device.type == "cuda")
+
+
+def configure(device: torch.device) -> None:
+    """Process-wide switches for speed: let cuDNN pick the fastest convolution for our fixed
+    input size, and allow TF32 for whatever stays in fp32 on Ampere and newer."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move `model` to `device` in channels_last layout, which the convolution kernels of
+    cuDNN and oneDNN prefer (measured 15% faster on CPU at base width 16)."""
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -46,13 +77,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 N x H x W (0..255) -> float32 N x 1 x H x W in [0, 1] on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).unsqueeze(1).float().div_(255)
+    """uint8 N x H x W (0..255) -> float32 N x 1 x H x W in [0, 1] on `device`, channels_last.
+
+    The uint8 array crosses to the device first (4x less to copy), then becomes float there."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).unsqueeze(1).float().div_(255)
+    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 def masks_to_tensor(masks: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 N x H x W (0/1) -> float32 N x 1 x H x W on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(masks)).to(device).unsqueeze(1).float()
+    """uint8 N x H x W (0/1) -> float32 N x 1 x H x W on `device`, channels_last."""
+    tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(device).unsqueeze(1).float()
+    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 @torch.inference_mode()
