@@ -9,12 +9,12 @@ from lungseg.data.split import ids_in, read_split
 from lungseg.engine import TensorPair, fit
 from lungseg.io import write_csv, write_json
 from lungseg.model import UNet
-from lungseg.runtime import (autocast_dtype, configure, images_to_tensor, masks_to_tensor, prepare_model,
-                             resolve_device, should_compile)
+from lungseg.runtime import (autocast_dtype, configure, images_to_tensor, masks_to_tensor, memory_format,
+                             prepare_model, resolve_device, should_compile)
 
 
-def tensors(data, device) -> TensorPair:
-    return TensorPair(images_to_tensor(data.images, device), masks_to_tensor(data.masks, device))
+def tensors(data, device, layout) -> TensorPair:
+    return TensorPair(images_to_tensor(data.images, device, layout), masks_to_tensor(data.masks, device, layout))
 
 
 def check_size_fits_depth(image_size: int, depth: int) -> None:
@@ -28,15 +28,16 @@ def main(params: dict) -> None:
     device = resolve_device(train_config.device)
     configure(device)
     dtype = autocast_dtype(device, train_config.precision)
+    layout = memory_format(device, dtype)
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     check_size_fits_depth(processed.settings["image_size"], model_config.depth)
-    train_set = tensors(processed.subset(ids_in(split, "train")), device)
-    val_set = tensors(processed.subset(ids_in(split, "val")), device)
+    train_set = tensors(processed.subset(ids_in(split, "train")), device, layout)
+    val_set = tensors(processed.subset(ids_in(split, "val")), device, layout)
     print(f"training on {len(train_set)} images, validating on {len(val_set)}, device {device}, precision {dtype or torch.float32}")
 
     torch.manual_seed(train_config.seed)  # the initial weights depend on it
     model_args = {"in_channels": 1, "out_channels": 1, "depth": model_config.depth, "base_width": model_config.base_width}
-    model = prepare_model(UNet(**model_args), device)
+    model = prepare_model(UNet(**model_args), device, layout)
     result = fit(model, train_set, val_set, train_config, infer.threshold, dtype, should_compile(device, train_config.compile))
 
     model.load_state_dict(result.best_state)

@@ -17,23 +17,33 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    """48 small phantoms, preprocessed to 64 px: 36 to train, 6 to validate, 6 to test."""
+def raw_phantoms(tmp_path_factory):
     folder = tmp_path_factory.mktemp("phantoms") / "raw"
     generate_dataset(folder, n_images=48, seed=3, min_size=96, max_size=160, workers=1)
-    images, masks, _ = preprocess_folder(folder, PreprocessConfig(image_size=SIZE, workers=1))
+    return folder
+
+
+def parts(folder, size):
+    """48 phantoms preprocessed to `size` px: 36 to train, 6 to validate, 6 to test."""
+    images, masks, _ = preprocess_folder(folder, PreprocessConfig(image_size=size, workers=1))
     return {"train": (images[:36], masks[:36]), "val": (images[36:42], masks[36:42]), "test": (images[42:], masks[42:])}
+
+
+@pytest.fixture(scope="module")
+def phantoms(raw_phantoms):
+    return parts(raw_phantoms, SIZE)
 
 
 def tensors(pair):
     return TensorPair(images_to_tensor(pair[0], torch.device("cpu")), masks_to_tensor(pair[1], torch.device("cpu")))
 
 
-def train(phantoms, epochs=8, seed=0):
+def train(phantoms, epochs=8, seed=0, dtype=None):
     torch.manual_seed(seed)
     model = UNet(depth=3, base_width=8)
     config = TrainConfig(epochs=epochs, batch_size=4, seed=seed)
-    return model, fit(model, tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5, show_progress=False)
+    return model, fit(model, tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
+                      dtype=dtype, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +85,21 @@ def test_same_seed_gives_the_same_history(phantoms):
     _, second = train(phantoms, epochs=2, seed=5)
     columns = ["train_loss", "val_loss", "val_dice", "val_iou"]
     np.testing.assert_array_equal(first.history[columns].to_numpy(), second.history[columns].to_numpy())
+
+
+def test_bf16_and_fp32_runs_with_the_same_seed_end_within_001_val_dice(raw_phantoms):
+    """bf16 autocast keeps fp32 weights, so it must not cost accuracy. (On CPUs without AMX bf16
+    is emulated and slow, hence the smaller 48 px images here.)"""
+    small = parts(raw_phantoms, 48)
+    _, fp32 = train(small, epochs=8, seed=0)
+    _, bf16 = train(small, epochs=8, seed=0, dtype=torch.bfloat16)
+    assert fp32.history["val_dice"].iloc[-1] > 0.8  # both really learned something
+    assert abs(fp32.history["val_dice"].iloc[-1] - bf16.history["val_dice"].iloc[-1]) < 0.01
+    assert abs(fp32.best_dice - bf16.best_dice) < 0.01
+
+
+def test_scheduler_decays_the_learning_rate_to_near_zero(trained):
+    _, result = trained
+    lrs = result.history["lr"].tolist()
+    assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] < 1e-4

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lungseg.model import UNet
-from lungseg.runtime import autocast_dtype, forward_in_batches, images_to_tensor, masks_to_tensor, resolve_device
+from lungseg.runtime import (autocast_dtype, cpu_has_fast_bf16, forward_in_batches, images_to_tensor, masks_to_tensor,
+                             memory_format, prepare_model, resolve_device, should_compile)
 
 
 def test_auto_and_cpu_resolve_to_an_available_device():
@@ -20,7 +21,8 @@ def test_asking_for_missing_cuda_says_what_to_use_instead():
 
 def test_precision_choice():
     cpu = torch.device("cpu")
-    assert autocast_dtype(cpu, "auto") is None  # fp32 on CPU unless asked
+    # auto: bf16 only where the CPU has native bf16 units (AMX / AVX512-BF16), else fp32
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_fast_bf16() else None)
     assert autocast_dtype(cpu, "fp32") is None
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16
 
@@ -50,3 +52,31 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32():
     bf16 = forward_in_batches(model, images, 2, torch.bfloat16)
     assert bf16.dtype == torch.float32  # results come back in fp32 whatever ran inside
     assert (torch.sigmoid(fp32) - torch.sigmoid(bf16)).abs().max() < 0.05
+
+
+def test_auto_precision_on_cuda_is_bf16_when_the_card_supports_it():
+    cuda = torch.device("cuda")  # a device object needs no GPU; only the decision is checked
+    expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    assert autocast_dtype(cuda, "auto") is expected
+    assert autocast_dtype(cuda, "fp32") is None
+
+
+def test_compile_is_automatic_on_cuda_only():
+    assert should_compile(torch.device("cuda"), "auto")
+    assert not should_compile(torch.device("cpu"), "auto")
+    assert should_compile(torch.device("cpu"), "always")
+    assert not should_compile(torch.device("cuda"), "never")
+
+
+def test_channels_last_on_cuda_and_bf16_only():
+    assert memory_format(torch.device("cuda"), None) == torch.channels_last
+    assert memory_format(torch.device("cpu"), torch.bfloat16) == torch.channels_last
+    assert memory_format(torch.device("cpu"), None) == torch.contiguous_format  # measured slower in fp32 on CPU
+
+
+def test_prepared_model_and_tensors_take_the_layout_asked_for():
+    model = prepare_model(UNet(depth=2, base_width=4), torch.device("cpu"), torch.channels_last)
+    weight = model.stem.block[3].weight  # 4 in, 4 out: the two layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    images = images_to_tensor(np.zeros((2, 16, 16), np.uint8), torch.device("cpu"), torch.channels_last)
+    assert model(images).shape == (2, 1, 16, 16)

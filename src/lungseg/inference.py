@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from lungseg.checkpoint import build_model, load_checkpoint
-from lungseg.runtime import autocast_dtype, configure, forward_in_batches, images_to_tensor, prepare_model, resolve_device
+from lungseg.runtime import (autocast_dtype, configure, forward_in_batches, images_to_tensor, memory_format, prepare_model,
+                             resolve_device)
 
 
 @dataclass
@@ -21,15 +22,18 @@ class Predictor:
     threshold: float
     image_size: int
     dtype: torch.dtype | None = None
+    layout: torch.memory_format = torch.contiguous_format
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> "Predictor":
         checkpoint = load_checkpoint(path)
         torch_device = resolve_device(device)
         configure(torch_device)
-        model = prepare_model(build_model(checkpoint), torch_device).eval()
+        dtype = autocast_dtype(torch_device, precision)
+        layout = memory_format(torch_device, dtype)
+        model = prepare_model(build_model(checkpoint), torch_device, layout).eval()
         chosen = checkpoint["threshold"] if threshold is None else threshold
-        return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), autocast_dtype(torch_device, precision))
+        return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), dtype, layout)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Lung probability per pixel for preprocessed uint8 images (N x S x S) -> float32 N x S x S."""
@@ -37,7 +41,7 @@ class Predictor:
             raise ValueError(f"expected preprocessed uint8 images (0..255), got dtype {images.dtype}")
         if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
             raise ValueError(f"expected preprocessed images of shape (N, {self.image_size}, {self.image_size}), got {images.shape}")
-        logits = forward_in_batches(self.model, images_to_tensor(images, self.device), batch_size, self.dtype)
+        logits = forward_in_batches(self.model, images_to_tensor(images, self.device, self.layout), batch_size, self.dtype)
         return torch.sigmoid(logits)[:, 0].cpu().numpy()
 
     def masks(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

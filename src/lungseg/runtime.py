@@ -66,28 +66,33 @@ def configure(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move `model` to `device` in channels_last layout, which the convolution kernels of
-    cuDNN and oneDNN prefer (measured 15% faster on CPU at base width 16)."""
-    return model.to(device=device, memory_format=torch.channels_last)
+def memory_format(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
+    """channels_last where the convolution kernels prefer it: cuDNN, and oneDNN's bf16 path.
+    On CPU in fp32 it measured 14-30% slower than NCHW at base widths 32-64 (BENCHMARKS.md)."""
+    return torch.channels_last if device.type == "cuda" or dtype is not None else torch.contiguous_format
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, layout: torch.memory_format = torch.contiguous_format) -> torch.nn.Module:
+    """Move `model` to `device` in the given memory layout."""
+    return model.to(device=device, memory_format=layout)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 N x H x W (0..255) -> float32 N x 1 x H x W in [0, 1] on `device`, channels_last.
+def images_to_tensor(images: np.ndarray, device: torch.device, layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 N x H x W (0..255) -> float32 N x 1 x H x W in [0, 1] on `device`.
 
     The uint8 array crosses to the device first (4x less to copy), then becomes float there."""
     tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).unsqueeze(1).float().div_(255)
-    return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.contiguous(memory_format=layout)
 
 
-def masks_to_tensor(masks: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 N x H x W (0/1) -> float32 N x 1 x H x W on `device`, channels_last."""
+def masks_to_tensor(masks: np.ndarray, device: torch.device, layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 N x H x W (0/1) -> float32 N x 1 x H x W on `device`."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(device).unsqueeze(1).float()
-    return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.contiguous(memory_format=layout)
 
 
 @torch.inference_mode()

@@ -1,0 +1,99 @@
+"""Shared helpers for the benchmark scripts: machine facts, tables, JSON, the real sample.
+
+Benchmarks are scripts, not tests: each prints a table and writes bench/results/<name>.json,
+always measuring lungseg against a baseline in the same run, on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungseg.config import PreprocessConfig
+from lungseg.data.preprocess import preprocess_folder
+from lungseg.data.split import split_ids
+from lungseg.engine import TensorPair
+from lungseg.runtime import images_to_tensor, masks_to_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+REAL_SAMPLE = ROOT.parent / "shared" / "data" / "lungs-kaggle-layout-sample"
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
+            "cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_format(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def write_results(name: str, rows: list[dict], **extra) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "date": time.strftime("%Y-%m-%d"), "machine": machine(), **extra, "rows": rows}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def require_real_sample() -> Path:
+    if not REAL_SAMPLE.is_dir():
+        sys.exit(f"the real sample {REAL_SAMPLE} is missing: it sits in shared/data beside the project checkout")
+    return REAL_SAMPLE
+
+
+def real_split(device: torch.device, image_size: int = 128, seed: int = 42) -> tuple[TensorPair, TensorPair]:
+    """Train and validation tensors of the real sample, split exactly as the pipeline's defaults do."""
+    images, masks, index = preprocess_folder(require_real_sample(), PreprocessConfig(image_size=image_size))
+    split = split_ids(index, (0.8, 0.1, 0.1), seed, "county")["split"].to_numpy()
+
+    def part(name: str) -> TensorPair:
+        rows = np.flatnonzero(split == name)
+        return TensorPair(images_to_tensor(images[rows], device), masks_to_tensor(masks[rows], device))
+
+    return part("train"), part("val")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
