@@ -6,7 +6,7 @@ from lungseg import config, paths, stage
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.engine import TensorPair, fit
+from lungseg.engine import TensorPair, TrainingError, fit, is_out_of_memory, out_of_memory_advice
 from lungseg.io import write_csv, write_json
 from lungseg.model import UNet
 from lungseg.runtime import (autocast_dtype, configure, images_to_tensor, masks_to_tensor, memory_format,
@@ -38,7 +38,12 @@ def main(params: dict) -> None:
     torch.manual_seed(train_config.seed)  # the initial weights depend on it
     model_args = {"in_channels": 1, "out_channels": 1, "depth": model_config.depth, "base_width": model_config.base_width}
     model = prepare_model(UNet(**model_args), device, layout)
-    result = fit(model, train_set, val_set, train_config, infer.threshold, dtype, should_compile(device, train_config.compile))
+    try:
+        result = fit(model, train_set, val_set, train_config, infer.threshold, dtype, should_compile(device, train_config.compile))
+    except (torch.OutOfMemoryError, RuntimeError) as problem:
+        if not is_out_of_memory(problem):
+            raise
+        raise TrainingError(out_of_memory_advice(device, train_config.batch_size, model_config.base_width)) from problem
 
     model.load_state_dict(result.best_state)
     checkpoint = make_checkpoint(model, model_args, processed.settings, infer.threshold,

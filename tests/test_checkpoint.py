@@ -187,3 +187,20 @@ def test_predictor_from_a_bad_file_raises_checkpoint_error(tmp_path):
     path.write_text("nope")
     with pytest.raises(CheckpointError, match="bad.pth"):
         Predictor.from_checkpoint(path, device="cpu")
+
+
+def test_weights_of_another_architecture_are_refused_with_the_keys_that_differ(tmp_path):
+    deeper = UNet(in_channels=1, out_channels=1, depth=3, base_width=4)
+    checkpoint = make_checkpoint(deeper, {"in_channels": 1, "out_channels": 1, "depth": 3, "base_width": 4}, {"image_size": 32}, 0.5)
+    checkpoint["model"]["depth"] = 2  # the description no longer matches the weights
+    with pytest.raises(CheckpointError) as caught:
+        build_model(checkpoint)
+    message = str(caught.value)
+    assert "unexpected: downs.2." in message and "model.depth" in message
+
+
+def test_weights_of_another_width_name_the_shapes(tmp_path):
+    wide = UNet(depth=2, base_width=8)
+    checkpoint = make_checkpoint(wide, {"in_channels": 1, "out_channels": 1, "depth": 2, "base_width": 4}, {"image_size": 32}, 0.5)
+    with pytest.raises(CheckpointError, match=r"different shape: .*checkpoint \(16, 8, 3, 3\) vs model \(8, 4, 3, 3\)"):
+        build_model(checkpoint)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from lungseg import config
-from lungseg.config import SECTIONS, ParamsError, load, read_params
+from lungseg.config import SECTIONS, ParamsError, load, read_params, validate
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,33 @@ def test_read_params_returns_the_mapping(tmp_path):
     path.write_text("train:\n  epochs: 2\n")
     assert read_params(path) == {"train": {"epochs": 2}}
     assert load(read_params(path), "train").epochs == 2
+
+
+def test_validate_lists_every_problem_of_the_whole_file_at_once(repo_params):
+    params = copy.deepcopy(repo_params)
+    params["trian"] = {}
+    params["train"].update({"epochs": -1, "lr": "fast", "batchsize": 3})
+    params["preprocess"]["image_size"] = 100
+    with pytest.raises(ParamsError) as caught:
+        validate(params)
+    problems = _problems(caught.value)
+    assert "trian: unknown section (did you mean train?)" in problems
+    assert "train.batchsize: unknown key (did you mean train.batch_size?)" in problems
+    assert "train.lr='fast': expected a number" in problems
+    assert "train.epochs=-1: must be >= 1" in problems  # still checked although lr has the wrong type
+    assert any(p.startswith("preprocess.image_size=100: must be divisible by 2**model.depth = 16") for p in problems)
+    assert len(problems) == 5
+
+
+def test_validate_accepts_the_repo_params(repo_params):
+    validate(repo_params)
+
+
+def test_a_stage_refuses_bad_params_before_writing_anything(tmp_path, repo_root):
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["train"]["epochs"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, str(repo_root / "stages" / "synthesize.py")], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "train.epochs=0: must be >= 1" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -8,7 +8,8 @@ from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.synthetic import generate_dataset
-from lungseg.engine import TensorPair, fit
+from lungseg.engine import TensorPair, fit, is_out_of_memory, out_of_memory_advice
+from lungseg.errors import TrainingError
 from lungseg.metrics import dice_per_image
 from lungseg.model import UNet
 from lungseg.runtime import images_to_tensor, masks_to_tensor
@@ -103,3 +104,20 @@ def test_scheduler_decays_the_learning_rate_to_near_zero(trained):
     lrs = result.history["lr"].tolist()
     assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs, lrs[1:]))
     assert lrs[-1] < 1e-4
+
+
+def test_a_non_finite_loss_stops_training_naming_the_epoch_and_step(phantoms):
+    images, masks = tensors(phantoms["train"]).images.clone(), tensors(phantoms["train"]).masks
+    images[:] = float("nan")  # every batch is broken, so the first step of the first epoch is
+    torch.manual_seed(0)
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1 of 9.*train\.lr"):
+        fit(UNet(depth=3, base_width=8), TensorPair(images, masks), tensors(phantoms["val"]),
+            TrainConfig(epochs=2, batch_size=4), threshold=0.5, show_progress=False)
+
+
+def test_out_of_memory_errors_are_recognised_and_name_the_params_to_lower():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    advice = out_of_memory_advice(torch.device("cuda"), batch_size=256, base_width=64)
+    assert "train.batch_size (now 256)" in advice and "model.base_width (now 64)" in advice

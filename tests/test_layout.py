@@ -152,7 +152,7 @@ def _write_csv(path, text: str):
 def test_read_metadata_keeps_only_the_columns_asked_for(tmp_path, write_pair_folder):
     folder = write_pair_folder(tmp_path / "data", layout="plain", n=2)
     table = read_metadata(folder.metadata_path, ["1", "2"], ["county", "ptb"])
-    assert list(table.columns) == ["id", "county", "ptb"]
+    assert list(table.columns) == ["id", "county", "ptb", "ptb_raw"]
     assert table["id"].tolist() == ["1", "2"]
     assert table["county"].tolist() == ["Shenxhen", "Montgomery"]
     assert table["ptb"].tolist() == ["0", "1"]
@@ -166,7 +166,8 @@ def test_read_metadata_strips_stray_spaces_and_commas(tmp_path):
         '2,"female ,",40,Montgomery,0,"pleural effusion,"\n',
     )
     table = read_metadata(path, ["1", "2"], ["gender", "age", "county", "remarks"])
-    assert table["gender"].tolist() == ["Male", "female"]
+    assert table["gender"].tolist() == ["male", "female"]
+    assert table["gender_raw"].tolist() == ["Male,", "female ,"]
     assert table["age"].tolist() == ["35", "40"]
     assert table["county"].tolist() == ["Shenxhen", "Montgomery"]
     assert table["remarks"].tolist() == ["", "pleural effusion"]
@@ -196,7 +197,7 @@ def test_read_metadata_duplicated_id_is_an_error(tmp_path):
 
 def test_read_metadata_without_a_file_fills_empty_strings():
     table = read_metadata(None, ["1", "2"], ["county", "ptb"])
-    assert list(table.columns) == ["id", "county", "ptb"]
+    assert list(table.columns) == ["id", "county", "ptb", "ptb_raw"]
     assert table["county"].tolist() == ["", ""]
     assert table["ptb"].tolist() == ["", ""]
 

@@ -31,13 +31,18 @@ TINY = {
 }
 
 
-def run(project: Path, *args: str) -> str:
-    """Run a command in `project` with its own HOME and its own copy of the code; return its output."""
+def run_status(project: Path, *args: str) -> tuple[int, str]:
+    """Run a command in `project` with its own HOME and its own copy of the code."""
     env = {**os.environ, "HOME": str(project.parent / "home"), "PYTHONPATH": str(project / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(args)} failed with {done.returncode}:\n{output}"
+    return done.returncode, done.stdout + done.stderr
+
+
+def run(project: Path, *args: str) -> str:
+    """Run a command that must succeed; return its output."""
+    code, output = run_status(project, *args)
+    assert code == 0, f"{' '.join(args)} failed with {code}:\n{output}"
     return output
 
 
@@ -144,3 +149,18 @@ def test_exp_run_switches_to_a_real_kaggle_layout_folder(project, kaggle_sample)
     assert metrics["test"]["n_images"] == 24  # 10% of the sample's 240 pairs
     assert set(metrics["subgroups"]["county"]) == {"Montgomery", "Shenxhen"}
     assert metrics["test"]["dice"] > metrics["baseline"]["dice"]
+
+
+def test_forced_rerun_gives_byte_identical_metrics(project):
+    """Same params, data and seed: the same metrics JSON on CPU, to the last digit."""
+    before = (project / "results/metrics.json").read_bytes()
+    run(project, "dvc", "repro", "-f")
+    assert (project / "results/metrics.json").read_bytes() == before
+    assert (project / "results/train_metrics.json").read_bytes() == run_status(project, "git", "show", "HEAD:results/train_metrics.json")[1].encode()
+
+
+def test_a_bad_override_is_refused_with_the_key_and_what_is_allowed(project):
+    code, output = run_status(project, "dvc", "exp", "run", "-S", "train.epochs=-1", "-S", "infer.threshold=2")
+    assert code != 0
+    assert "train.epochs=-1: must be >= 1" in output and "infer.threshold=2.0: must be in (0, 1)" in output
+    assert "Traceback" not in output

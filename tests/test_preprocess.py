@@ -105,7 +105,7 @@ def test_unreadable_image_among_good_ones_is_named(tmp_path, write_pair_folder):
     with pytest.raises(DataError) as caught:
         preprocess_folder(folder.root, settings())
     assert str(broken) in str(caught.value)
-    assert "1 of 4" in str(caught.value)
+    assert "1 problem(s)" in str(caught.value) and "(4 image/mask pairs found)" in str(caught.value)
 
 
 def test_every_bad_pair_is_reported_at_once(tmp_path, write_pair_folder):
@@ -151,13 +151,14 @@ def test_mask_threshold_decides_grey_mask_pixels(tmp_path):
 def test_index_table_columns_and_values(tmp_path, write_pair_folder):
     folder = write_pair_folder(tmp_path / "data", layout="kaggle", n=3, size=(40, 30))
     _, _, index = preprocess_folder(folder.root, settings(metadata_columns=("county", "gender")))
-    assert list(index.columns) == ["id", "image_file", "mask_file", "height", "width", "county", "gender"]
+    assert list(index.columns) == ["id", "image_file", "mask_file", "height", "width", "county", "gender", "gender_raw"]
     assert index["id"].tolist() == ["1", "2", "3"]
     assert index["image_file"][0] == "Chest-X-Ray/Chest-X-Ray/image/1.png"  # relative to the data folder
     assert index["mask_file"][0] == "Chest-X-Ray/Chest-X-Ray/mask/1.png"
     assert index["height"].tolist() == [40, 40, 40] and index["width"].tolist() == [30, 30, 30]
     assert index["county"].tolist() == ["Shenxhen", "Montgomery", "Shenxhen"]
-    assert index["gender"].tolist() == ["Female", "Male", "Female"]
+    assert index["gender"].tolist() == ["female", "male", "female"]
+    assert index["gender_raw"].tolist() == ["Female", "Male", "Female"]
 
 
 def test_index_has_empty_metadata_without_metadata_file(tmp_path, write_pair_folder):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lungseg.errors import CheckpointError
 from lungseg.io import atomic_path
 from lungseg.model import UNet
 
@@ -17,8 +18,6 @@ FORMAT = "lungseg-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable, or not a lungseg model."""
 
 
 def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, **info) -> dict:
@@ -50,6 +49,30 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def build_model(checkpoint: dict) -> UNet:
     """The model described by a checkpoint, with its weights loaded (on CPU)."""
-    model = UNet(**checkpoint["model"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = UNet(**checkpoint["model"])
+    except (TypeError, ValueError) as problem:
+        raise CheckpointError(f"checkpoint describes a model lungseg cannot build ({checkpoint.get('model')}): {problem}") from None
+    load_weights(model, checkpoint["state_dict"], checkpoint["model"])
     return model
+
+
+def load_weights(model: UNet, state: dict, described_as: dict | None = None) -> None:
+    """Load `state` into `model`, or say exactly which weights do not fit (missing, unexpected,
+    or of another shape) instead of PyTorch's wall of text."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                for k in sorted(expected.keys() & state.keys()) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        lines = [f"missing: {_listed(missing)}" if missing else "", f"unexpected: {_listed(unexpected)}" if unexpected else "",
+                 f"different shape: {_listed(reshaped)}" if reshaped else ""]
+        hint = f"\n  the checkpoint describes its model as {described_as}" if described_as else ""
+        raise CheckpointError("checkpoint weights do not match the model (check model.depth and model.base_width):\n  "
+                              + "\n  ".join(line for line in lines if line) + hint)
+    model.load_state_dict(state)
+
+
+def _listed(keys: list[str], most: int = 6) -> str:
+    return ", ".join(keys[:most]) + (f" ... and {len(keys) - most} more" if len(keys) > most else "")

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from lungseg.errors import ParamsError  # re-exported: config.ParamsError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing, malformed or holds values outside what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -185,9 +183,37 @@ def load(params: dict, *names: str, source: str = "params.yaml"):
     for config in configs:
         if config is not None and hasattr(config, "problems"):
             problems += config.problems()
+    problems += _cross_problems({type(c): c for c in configs if c is not None})
     if problems:
         raise ParamsError(f"{source} has {len(problems)} problem(s):" + "".join(f"\n  - {p}" for p in problems))
     return configs[0] if len(configs) == 1 else tuple(configs)
+
+
+def validate(params: dict, source: str = "params.yaml") -> None:
+    """Check the whole file at once (every stage does this first, so a bad value anywhere stops
+    `dvc repro` before any work, with every problem listed)."""
+    unknown = [f"{name}: unknown section" + _did_you_mean(name, SECTIONS) for name in params if name not in SECTIONS]
+    try:
+        load(params, *SECTIONS, source=source)
+    except ParamsError as error:
+        listed = str(error).split("\n")[1:]
+        unknown += [line.strip()[2:] for line in listed]
+    if unknown:
+        raise ParamsError(f"{source} has {len(unknown)} problem(s):" + "".join(f"\n  - {p}" for p in unknown))
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else f"; allowed: {sorted(choices)}"
+
+
+def _cross_problems(configs: dict) -> list[str]:
+    """Rules that tie two sections together."""
+    preprocess, model = configs.get(PreprocessConfig), configs.get(ModelConfig)
+    if preprocess and model and preprocess.image_size % 2**model.depth:
+        return [f"preprocess.image_size={preprocess.image_size}: must be divisible by 2**model.depth = {2**model.depth} "
+                f"(model.depth={model.depth}); e.g. {preprocess.image_size // 2**model.depth * 2**model.depth or 2**model.depth}"]
+    return []
 
 
 def _build(params: dict, name: str, problems: list[str]):
@@ -196,23 +222,25 @@ def _build(params: dict, name: str, problems: list[str]):
     if not isinstance(raw, dict):
         problems.append(f"{name}: must be a mapping of keys, got {raw!r}")
         return None
-    before = len(problems)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    for key in raw.keys() - fields.keys():
-        close = difflib.get_close_matches(key, fields, n=1)
-        problems.append(f"{name}.{key}: unknown key" + (f" (did you mean {name}.{close[0]}?)" if close else f"; allowed: {sorted(fields)}"))
-    values = {}
+    for key in sorted(raw.keys() - fields.keys()):
+        problems.append(f"{name}.{key}: unknown key" + _did_you_mean(key, fields).replace("mean ", f"mean {name}."))
+    values, complete = {}, True
     for key, field in fields.items():
         if key not in raw:
             if field.default is dataclasses.MISSING:
                 problems.append(f"{name}.{key}: missing (required)")
+                complete = False
             continue
         value, error = _coerce(raw[key], hints[key])
         if error:
             problems.append(f"{name}.{key}={raw[key]!r}: {error}")
+            # keep the default in its place, so the range checks of the other keys still run
+            complete = complete and field.default is not dataclasses.MISSING
+            continue
         values[key] = value
-    return cls(**values) if len(problems) == before else None
+    return cls(**values) if complete else None
 
 
 def _coerce(value, hint):

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lungseg.config import TrainConfig
+from lungseg.errors import TrainingError
 from lungseg.losses import BceDiceLoss
 from lungseg.metrics import dice_per_image, iou_per_image
 from lungseg.runtime import autocast, forward_in_batches
@@ -51,19 +52,26 @@ def train_step(model, loss_fn, optimizer, images, masks, dtype) -> torch.Tensor:
     return loss.detach()
 
 
-def train_epoch(model, loss_fn, optimizer, scheduler, data: TensorPair, batch_size: int, generator: torch.Generator, dtype, progress=None) -> float:
-    """One pass over `data` in a seeded random order; returns the mean training loss."""
+def train_epoch(model, loss_fn, optimizer, scheduler, data: TensorPair, batch_size: int, generator: torch.Generator,
+                dtype, progress=None) -> tuple[float, int]:
+    """One pass over `data` in a seeded random order.
+
+    Returns the mean training loss and the first step (1-based) whose loss was not finite, or 0.
+    Both are tracked on the device and read once at the end, so no step waits for the GPU.
+    """
     model.train()
-    order = torch.randperm(len(data), generator=generator).to(data.images.device)
-    total = torch.zeros((), device=data.images.device)
-    for start in range(0, len(data), batch_size):
+    device = data.images.device
+    order = torch.randperm(len(data), generator=generator).to(device)
+    total, first_bad = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+    for step, start in enumerate(range(0, len(data), batch_size), start=1):
         batch = order[start : start + batch_size]
         loss = train_step(model, loss_fn, optimizer, data.images[batch], data.masks[batch], dtype)
         total += loss * len(batch)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
         scheduler.step()
         if progress is not None:
             progress.update(1)
-    return float(total) / len(data)  # the one host-device sync of the epoch
+    return float(total) / len(data), int(first_bad)  # the one host-device sync of the epoch
 
 
 def validate(model, loss_fn, data: TensorPair, batch_size: int, threshold: float, dtype) -> dict:
@@ -85,6 +93,18 @@ def make_scheduler(optimizer, schedule: str, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
 
 
+def is_out_of_memory(problem: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; the CPU and MPS allocators raise RuntimeErrors."""
+    text = str(problem).lower()
+    return isinstance(problem, torch.OutOfMemoryError) or (
+        isinstance(problem, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def out_of_memory_advice(device: torch.device, batch_size: int, base_width: int) -> str:
+    return (f"ran out of {device.type} memory while training: lower train.batch_size (now {batch_size}) "
+            f"or model.base_width (now {base_width}), or train on a device with more memory (train.device)")
+
+
 def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: TrainConfig, threshold: float,
         dtype=None, compile_model: bool = False, show_progress: bool = True) -> FitResult:
     """Train for config.epochs and keep the weights of the epoch with the best validation Dice.
@@ -104,7 +124,10 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss = train_epoch(network, loss_fn, optimizer, scheduler, train, config.batch_size, generator, dtype, progress)
+            train_loss, bad_step = train_epoch(network, loss_fn, optimizer, scheduler, train, config.batch_size, generator, dtype, progress)
+            if bad_step:
+                raise TrainingError(f"the training loss became {train_loss} (not finite) at epoch {epoch}, step {bad_step} of {steps}: "
+                                    f"lower train.lr (now {config.lr}) or check the data for broken images")
             scores = validate(network, loss_fn, val, config.batch_size, threshold, dtype)
             rows.append({"epoch": epoch, "train_loss": train_loss, **scores,
                          "lr": lr, "seconds": time.perf_counter() - started})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     # unique per writer, so two processes writing the same target never share a temporary
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
@@ -47,6 +49,26 @@ def _replace(new: Path, target: Path) -> None:
     os.replace(target, old)
     os.replace(new, target)
     _remove(old)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of `path` left by writers that were killed (SIGKILL skips every cleanup).
+    Their names carry the writer's pid; those of live processes are left alone."""
+    for pattern in (f".{path.stem}.tmp-*{path.suffix}", f".{path.name}.old-*"):
+        for leftover in path.parent.glob(pattern):
+            writer = re.search(r"\.(?:tmp|old)-(\d+)-", leftover.name)
+            if writer and not _alive(int(writer.group(1))):
+                _remove(leftover)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _remove(path: Path) -> None:

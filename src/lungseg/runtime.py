@@ -67,8 +67,9 @@ def configure(device: torch.device) -> None:
 
 
 def memory_format(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
-    """channels_last where the convolution kernels prefer it: cuDNN, and oneDNN's bf16 path.
-    On CPU in fp32 it measured 14-30% slower than NCHW at base widths 32-64 (BENCHMARKS.md)."""
+    """The layout to train in: channels_last where the kernels prefer it (cuDNN, oneDNN's bf16
+    path). In fp32 training on CPU it measured 14-30% slower than NCHW at base widths 32-64
+    (BENCHMARKS.md); inference, which has no backward pass, always uses channels_last."""
     return torch.channels_last if device.type == "cuda" or dtype is not None else torch.contiguous_format
 
 

@@ -11,6 +11,7 @@ mode (integer box-reduce, then Lanczos) and JPEGs are decoded straight at a redu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +91,32 @@ def _resizable(image: Image.Image, is_mask: bool) -> Image.Image:
     return _as_8bit_gray(image)
 
 
-def read_resized(path: str | Path, size: int, is_mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read `path` shrunk (or grown) to size x size with antialiasing, as float32 in [0, 1];
-    also return the size on disk as (height, width).
+@dataclass
+class Resized:
+    values: np.ndarray  # float32 size x size in [0, 1]
+    original_size: tuple[int, int]  # (height, width) on disk
+    levels: int  # distinct grey levels at full size (a clean mask has 2)
+
+
+def read_resized(path: str | Path, size: int, is_mask: bool = False) -> Resized:
+    """Read `path` shrunk (or grown) to size x size with antialiasing, as float32 in [0, 1].
 
     Images use Lanczos; masks use bilinear (no ringing), so that thresholding the result at 0.5
     keeps the pixels that were mostly lung.
     """
     image, original = open_image(path, draft_size=4 * size)
     resample = Image.Resampling.BILINEAR if is_mask else Image.Resampling.LANCZOS
-    small = _resizable(image, is_mask).resize((size, size), resample, reducing_gap=REDUCING_GAP)
+    full = _resizable(image, is_mask)
+    small = full.resize((size, size), resample, reducing_gap=REDUCING_GAP)
     values = np.asarray(small, dtype=np.float32)
-    return (values if small.mode == "F" else values / 255.0), original
+    # uint8 results are clamped by Pillow; float ones can overshoot where Lanczos rings
+    values = np.clip(values, 0.0, 1.0) if small.mode == "F" else values / 255.0
+    return Resized(values, original, _count_levels(full) if is_mask else 0)
+
+
+def _count_levels(image: Image.Image) -> int:
+    colours = image.getcolors(256) if image.mode == "L" else None  # fast path for 8-bit data
+    return len(colours) if colours is not None else len(np.unique(np.asarray(image)))
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:

@@ -14,21 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from lungseg.data.images import IMAGE_SUFFIXES
+from lungseg.errors import DataError  # re-exported: layout.DataError
 
 # Where image/ and mask/ may sit inside the data folder, most specific first.
 PAIR_ROOTS = {"kaggle": Path("Chest-X-Ray/Chest-X-Ray"), "kaggle-flat": Path("Chest-X-Ray"), "plain": Path(".")}
 METADATA_NAME = "MetaData.csv"
-MAX_LISTED = 20
-
-
-class DataError(ValueError):
-    """One or more problems with the input data; the message lists each with its file."""
-
-    def __init__(self, summary: str, problems: list[str] | None = None):
-        self.problems = problems or []
-        listed = "".join(f"\n  - {p}" for p in self.problems[:MAX_LISTED])
-        more = len(self.problems) - MAX_LISTED
-        super().__init__(summary + listed + (f"\n  ... and {more} more" if more > 0 else ""))
 
 
 @dataclass(frozen=True)
@@ -76,19 +66,31 @@ def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return found, problems
 
 
-def list_pairs(layout: Layout) -> pd.DataFrame:
-    """Table of id, image_path, mask_path for every pair; raises DataError naming every unpaired file."""
+def pair_files(layout: Layout) -> tuple[pd.DataFrame, list[str]]:
+    """Table of id, image_path, mask_path for every complete pair, and a message for every file
+    that is unpaired or shares its id with another."""
     images, problems = _images_by_id(layout.image_dir)
     masks, mask_problems = _images_by_id(layout.mask_dir)
     problems += mask_problems
     problems += [f"image without a mask: {images[i]} (expected {layout.mask_dir}/{i}.png)" for i in sorted(images.keys() - masks.keys())]
     problems += [f"mask without an image: {masks[i]} (expected {layout.image_dir}/{i}.png)" for i in sorted(masks.keys() - images.keys())]
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:", problems)
     if not images:
         raise DataError(f"no images found in {layout.image_dir} (expected <id>.png or <id>.jpg files)")
-    ids = sorted(images, key=_natural_key)
-    return pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]})
+    ids = sorted(images.keys() & masks.keys(), key=_natural_key)
+    return pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]}), problems
+
+
+def file_ids(layout: Layout) -> set[str]:
+    """Every id that has an image or a mask file."""
+    return set(_images_by_id(layout.image_dir)[0]) | set(_images_by_id(layout.mask_dir)[0])
+
+
+def list_pairs(layout: Layout) -> pd.DataFrame:
+    """Table of id, image_path, mask_path for every pair; raises DataError naming every unpaired file."""
+    pairs, problems = pair_files(layout)
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:", problems)
+    return pairs
 
 
 def _natural_key(stem: str):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -20,8 +20,9 @@ import pandas as pd
 
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import ImageReadError, read_resized
-from lungseg.data.layout import DataError, find_layout, list_pairs
-from lungseg.data.metadata import read_metadata
+from lungseg.data.integrity import Finding, error, errors, mask_findings, metadata_findings, warning
+from lungseg.data.layout import DataError, Layout, file_ids, find_layout, pair_files
+from lungseg.data.metadata import read_metadata, read_raw_metadata, unreadable_values
 from lungseg.io import atomic_path, save_npy, write_csv, write_json
 
 @dataclass
@@ -29,6 +30,7 @@ class PreparedPair:
     image: np.ndarray  # uint8 S x S
     mask: np.ndarray  # uint8 S x S, 0/1
     original_size: tuple[int, int]  # (height, width)
+    findings: list[Finding] = field(default_factory=list)  # warnings about this pair
 
 
 def finish_image(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
@@ -45,22 +47,26 @@ def finish_mask(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
     return (small * 255 > settings.mask_threshold).astype(np.uint8)
 
 
-def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> PreparedPair | str:
-    """Read and shrink one image and its mask; return an error message instead of raising,
-    so that one pass over the data can report every bad file at once."""
+def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> PreparedPair | Finding:
+    """Read and shrink one image and its mask. A pair that cannot be used comes back as an error
+    Finding instead of an exception, so that one pass over the data reports every bad file."""
     image_path, mask_path = paths
     try:
-        image, image_size = read_resized(image_path, settings.image_size)
-        mask, mask_size = read_resized(mask_path, settings.image_size, is_mask=True)
-    except ImageReadError as error:
-        return str(error)
-    if image_size != mask_size:
-        return (f"{mask_path}: mask size {mask_size[1]}x{mask_size[0]} differs from its image's "
-                f"{image_size[1]}x{image_size[0]} ({image_path})")
-    return PreparedPair(finish_image(image, settings), finish_mask(mask, settings), image_size)
+        image = read_resized(image_path, settings.image_size)
+        mask = read_resized(mask_path, settings.image_size, is_mask=True)
+    except ImageReadError as problem:
+        return error("unreadable file", str(problem))
+    if image.original_size != mask.original_size:
+        (ih, iw), (mh, mw) = image.original_size, mask.original_size
+        return error("size mismatch", f"{mask_path}: mask size {mw}x{mh} differs from its image's {iw}x{ih} ({image_path})")
+    small_mask = finish_mask(mask.values, settings)
+    findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold)
+    if image.values.max() - image.values.min() < 1e-6:
+        findings.append(warning("constant image", f"{image_path}: every pixel has the same value"))
+    return PreparedPair(finish_image(image.values, settings), small_mask, image.original_size, findings)
 
 
-def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[PreparedPair | str]:
+def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[PreparedPair | Finding]:
     work = list(zip(pairs["image_path"], pairs["mask_path"]))
     task = partial(prepare_pair, settings=settings)
     workers = min(settings.workers or os.cpu_count() or 1, len(work))
@@ -70,24 +76,70 @@ def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[Prepared
         return list(pool.map(task, work, chunksize=max(1, len(work) // (4 * workers))))
 
 
-def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Read every pair under `data_dir`; return (images, masks, index) or raise DataError listing every bad file."""
+@dataclass
+class Scan:
+    """Everything read from a data folder, and everything found wrong with it."""
+
+    data_dir: Path
+    layout: Layout
+    pairs: pd.DataFrame  # id, image_path, mask_path of the complete pairs
+    prepared: list[PreparedPair]  # one per usable pair
+    findings: list[Finding]
+    n_pairs: int  # complete pairs found, usable or not
+
+
+def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
+    """Read and check every pair under `data_dir` (all cores), collecting every problem."""
+    data_dir = Path(data_dir)
     layout = find_layout(data_dir)
-    pairs = list_pairs(layout)
+    pairs, pairing_problems = pair_files(layout)
+    findings = [error("unpaired or duplicate file", p) for p in pairing_problems]
     results = _map_pairs(pairs, settings)
-    problems = [r for r in results if isinstance(r, str)]
+    findings += [r for r in results if isinstance(r, Finding)]
+    for result in results:
+        findings += result.findings if isinstance(result, PreparedPair) else []
+    findings += _metadata_findings(layout, sorted(file_ids(layout)), settings)
+    usable = [isinstance(r, PreparedPair) for r in results]
+    prepared = [r for r in results if isinstance(r, PreparedPair)]
+    return Scan(data_dir, layout, pairs[usable].reset_index(drop=True), prepared, findings, len(pairs))
+
+
+def _metadata_findings(layout: Layout, ids: list[str], settings: PreprocessConfig) -> list[Finding]:
+    if layout.metadata_path is None:
+        return []
+    raw = read_raw_metadata(layout.metadata_path, list(settings.metadata_columns))
+    unreadable = unreadable_values(raw, list(settings.metadata_columns))
+    return metadata_findings(raw["id"].tolist(), ids, unreadable, layout.metadata_path)
+
+
+def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Read every pair under `data_dir`; return (images, masks, index) or raise DataError listing every error."""
+    scan = scan_folder(data_dir, settings)
+    raise_on_errors(scan)
+    return assemble(scan, settings)
+
+
+def raise_on_errors(scan: Scan) -> None:
+    problems = errors(scan.findings)
     if problems:
-        raise DataError(f"{len(problems)} of {len(results)} pair(s) under {data_dir} could not be used:", problems)
+        raise DataError(f"{len(problems)} problem(s) with the data under {scan.data_dir} ({scan.n_pairs} image/mask pairs "
+                        "found); nothing was written:",
+                        [f"{p.kind}: {p.detail}" for p in problems])
+
+
+def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The arrays and index table of a scan's usable pairs."""
+    pairs, prepared = scan.pairs, scan.prepared
     index = pd.DataFrame({
         "id": pairs["id"],
-        "image_file": [str(p.relative_to(data_dir)) for p in pairs["image_path"]],
-        "mask_file": [str(p.relative_to(data_dir)) for p in pairs["mask_path"]],
-        "height": [r.original_size[0] for r in results],
-        "width": [r.original_size[1] for r in results],
+        "image_file": [str(p.relative_to(scan.data_dir)) for p in pairs["image_path"]],
+        "mask_file": [str(p.relative_to(scan.data_dir)) for p in pairs["mask_path"]],
+        "height": [r.original_size[0] for r in prepared],
+        "width": [r.original_size[1] for r in prepared],
     })
-    metadata = read_metadata(layout.metadata_path, list(pairs["id"]), list(settings.metadata_columns))
+    metadata = read_metadata(scan.layout.metadata_path, list(pairs["id"]), list(settings.metadata_columns))
     index = index.merge(metadata, on="id", how="left")
-    return np.stack([r.image for r in results]), np.stack([r.mask for r in results]), index
+    return np.stack([r.image for r in prepared]), np.stack([r.mask for r in prepared]), index
 
 
 def save_processed(images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, settings: PreprocessConfig, out_dir: str | Path) -> None:

@@ -36,7 +36,6 @@ about 0.7), so a model has to learn the shape. Every image's random generator co
 from __future__ import annotations
 
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from lungseg.io import atomic_path
 
 METADATA_COLUMNS = ["id", "gender", "age", "county", "ptb", "remarks"]
 METADATA_NAME = "MetaData.csv"
@@ -526,21 +527,6 @@ def _write_all(root: Path, n_images: int, seed: int, min_size: int, max_size: in
     return table
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Put the finished `staging` at `target` by renames: `target` holds either the old complete
-    dataset or the new one, never a mixture."""
-    if not (target.exists() or target.is_symlink()):
-        staging.rename(target)
-        return
-    old = target.with_name(f"{target.name}.old-{os.getpid()}")
-    target.rename(old)
-    staging.rename(target)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
-
-
 def generate_dataset(
     out_dir: str | Path, n_images: int, seed: int, min_size: int, max_size: int, workers: int = 0
 ) -> pd.DataFrame:
@@ -548,14 +534,5 @@ def generate_dataset(
     _validate(n_images, seed, min_size, max_size, workers)
     out_dir = Path(out_dir)
     workers = min(workers or os.cpu_count() or 1, n_images)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Sibling of out_dir, so the final rename stays on one filesystem (and so is atomic).
-    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        table = _write_all(staging, n_images, seed, min_size, max_size, workers)
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return table
+    with atomic_path(out_dir) as staging:  # the old set stays whole until the new one is complete
+        return _write_all(staging, n_images, seed, min_size, max_size, workers)

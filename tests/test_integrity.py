@@ -1,0 +1,128 @@
+"""Dataset integrity: `lungseg check` and the same checks inside preprocess."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungseg.cli import main as cli
+from lungseg.config import PreprocessConfig
+from lungseg.data.integrity import errors, summary, warnings_of
+from lungseg.data.layout import DataError
+from lungseg.data.metadata import normalise_age, normalise_gender, normalise_ptb, read_metadata
+from lungseg.data.preprocess import preprocess_folder, scan_folder
+
+SETTINGS = PreprocessConfig(image_size=16, workers=1, metadata_columns=("county", "ptb", "gender", "age"))
+
+
+def messy_folder(tmp_path, write_pair_folder):
+    """Ten pairs, nine of them broken in a different way each (plus metadata trouble)."""
+    folder = write_pair_folder(tmp_path / "data", n=10, size=(40, 30))
+    masks, images = folder.mask_paths, folder.image_paths
+    masks["1"].unlink()                                                   # image without a mask
+    images["2"].unlink()                                                  # mask without an image
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(images["3"].with_suffix(".jpg"))  # id 3 twice
+    images["4"].write_bytes(images["4"].read_bytes()[:60])                # truncated
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(masks["5"])        # wrong size
+    Image.fromarray(np.full((40, 30), 77, np.uint8)).save(images["6"])    # constant image
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(masks["7"])        # empty mask
+    Image.fromarray(np.full((40, 30), 255, np.uint8)).save(masks["8"])    # full mask
+    grey = np.zeros((40, 30), np.uint8)
+    grey[5:35, 5:25] = np.linspace(60, 255, 20, dtype=np.uint8)           # many grey levels
+    Image.fromarray(grey).save(masks["9"])
+    with open(folder.metadata_path, "a") as handle:
+        handle.write("99,Male,,Shenxhen,0,\n")                             # MetaData id without files
+    rows = folder.metadata_path.read_text().splitlines()
+    kept = [r for r in rows if not r.startswith("10,")]                    # id 10 without a row
+    kept[1] = kept[1].replace("Female", "femal").replace(",30,", ",16month,")
+    kept.append("bad,???,old,Shenxhen,maybe,")
+    folder.metadata_path.write_text("\n".join(kept) + "\n")
+    return folder
+
+
+EXPECTED = {
+    ("error", "unpaired or duplicate file"): 3,
+    ("error", "unreadable file"): 1,
+    ("error", "size mismatch"): 1,
+    ("warning", "empty mask"): 1,
+    ("warning", "almost-full mask"): 1,
+    ("warning", "constant image"): 2,  # 6.png, and 3.jpg (the first of the two files with id 3)
+    ("warning", "mask not binary"): 1,
+    ("warning", "MetaData id without files"): 2,
+    ("warning", "file without MetaData row"): 1,
+    ("warning", "unreadable metadata value"): 3,
+}
+
+
+def test_scan_finds_every_problem_once_with_its_level(tmp_path, write_pair_folder):
+    scan = scan_folder(messy_folder(tmp_path, write_pair_folder).root, SETTINGS)
+    table = summary(scan.findings)
+    counts = {(row.level, row.kind): row.count for row in table.itertuples()}
+    assert counts == EXPECTED
+
+
+def test_preprocess_lists_every_error_and_writes_nothing(tmp_path, write_pair_folder):
+    folder = messy_folder(tmp_path, write_pair_folder)
+    with pytest.raises(DataError) as caught:
+        preprocess_folder(folder.root, SETTINGS)
+    message = str(caught.value)
+    assert message.startswith("5 problem(s)") and "(8 image/mask pairs found)" in message
+    for name in ["1.png", "2.png", "3.jpg", "4.png", "5.png"]:
+        assert name in message, name
+    assert "empty mask" not in message  # warnings do not block
+
+
+def test_warnings_alone_do_not_block(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", n=3)
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(folder.mask_paths["2"])
+    scan = scan_folder(folder.root, SETTINGS)
+    assert errors(scan.findings) == [] and [f.kind for f in warnings_of(scan.findings)] == ["empty mask"]
+    images, masks, index = preprocess_folder(folder.root, SETTINGS)
+    assert len(index) == 3 and masks[1].sum() == 0
+
+
+def test_check_command_prints_a_summary_and_exits_1_on_errors(tmp_path, write_pair_folder, capsys):
+    folder = messy_folder(tmp_path, write_pair_folder)
+    assert cli(["check", str(folder.root), "--params", str(tmp_path / "none.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "6 usable pairs, 5 error(s), 9 warning(s)" in out  # default params: only ptb metadata is read
+    assert "size mismatch" in out and "constant image" in out and "almost-full mask" in out
+
+
+def test_check_command_on_clean_data_exits_0(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", n=3)
+    done = subprocess.run([sys.executable, "-m", "lungseg.cli", "check", str(folder.root)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 usable pairs, 0 error(s), 0 warning(s)" in done.stdout
+
+
+def test_check_command_on_a_wrong_folder_says_what_it_expected(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert cli(["check", str(tmp_path / "photos")]) == 2
+    assert "expected an image/ and a mask/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raw, expected", [("Male,", "male"), ("femal", "female"), ("F", "female"), (" M ", "male"),
+                                           ("", ""), ("???", "unknown")])
+def test_gender_is_normalised(raw, expected):
+    assert normalise_gender(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [("39yr", "39"), ("045Y", "45"), ("16month", "1.33"), ("52", "52"),
+                                           ("3 days", "0.01"), ("old", ""), ("", "")])
+def test_age_is_normalised_to_years(raw, expected):
+    assert normalise_age(raw) == expected
+
+
+def test_ptb_is_normalised():
+    assert [normalise_ptb(v) for v in ["0", "1,", " 1", "yes", "x"]] == ["0", "1", "1", "1", ""]
+
+
+def test_metadata_keeps_the_raw_value_beside_the_normalised_one(tmp_path):
+    path = tmp_path / "MetaData.csv"
+    path.write_text('id,gender,age,county,ptb,remarks\n1,"Male,",16month,Shenxhen ,1,x\n')
+    table = read_metadata(path, ["1"], ["gender", "age", "county"])
+    row = table.iloc[0].to_dict()
+    assert row == {"id": "1", "gender": "male", "gender_raw": "Male,", "age": "1.33", "age_raw": "16month", "county": "Shenxhen"}
