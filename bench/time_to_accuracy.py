@@ -103,7 +103,7 @@ def main() -> None:
     speedup = seed_time / project_time if project_time and seed_time else None
     print_table(f"time to validation Dice {args.target} on the real sample (240 pairs, 128 px)", rows)
     print(f"train stage wall time (process start to exit): {train_wall:.1f} s; speed-up to target: {speedup}")
-    write_results("time_to_accuracy", rows, target=args.target, train_stage_wall_s=train_wall, speedup=speedup)
+    write_results(f"time_to_accuracy_seed{args.seed_width}", rows, target=args.target, train_stage_wall_s=train_wall, speedup=speedup)
 
 
 if __name__ == "__main__":
