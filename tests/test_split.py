@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from lungseg.data.split import PARTS, ids_in, part_sizes, split_ids
+from lungseg.errors import DataError
 
 FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -155,3 +156,9 @@ def test_parts_partition_the_ids():
     parts = [ids_in(split, part) for part in PARTS]
     assert sorted(sum(parts, [])) == sorted(index["id"])
     assert not (set(parts[0]) & set(parts[1])) and not (set(parts[0]) & set(parts[2])) and not (set(parts[1]) & set(parts[2]))
+
+
+def test_a_split_that_leaves_a_part_empty_is_refused_with_the_counts():
+    index = pd.DataFrame({"id": [str(i) for i in range(5)]})
+    with pytest.raises(DataError, match=r"leaves a part empty \({'train': 4, 'val': 1, 'test': 0}\)"):
+        split_ids(index, (0.8, 0.1, 0.1), 0, None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lungseg.errors import DataError
+
 PARTS = ("train", "val", "test")
 
 
@@ -37,7 +39,12 @@ def split_ids(index: pd.DataFrame, fractions: tuple[float, float, float], seed: 
         bounds = np.cumsum(part_sizes(len(shuffled), fractions))
         for part, chunk in zip(PARTS, np.split(shuffled, bounds[:-1])):
             assignment.loc[chunk] = part
-    return pd.DataFrame({"id": index["id"].astype(str), "split": assignment.values})
+    table = pd.DataFrame({"id": index["id"].astype(str), "split": assignment.values})
+    counts = {part: int((table["split"] == part).sum()) for part in PARTS}
+    if min(counts.values()) == 0:
+        raise DataError(f"the split of {len(table)} images leaves a part empty ({counts}); "
+                        f"use more images or larger split fractions (split.train/val/test = {fractions})")
+    return table
 
 
 def _strata(index: pd.DataFrame, column: str | None) -> dict[str, list]:
