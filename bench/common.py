@@ -82,16 +82,15 @@ def require_real_sample() -> Path:
     return REAL_SAMPLE
 
 
-def real_split(device: torch.device, image_size: int = 128, seed: int = 42) -> tuple[TensorPair, TensorPair]:
-    """Train and validation tensors of the real sample, split exactly as the pipeline's defaults do."""
+def real_split(image_size: int = 128, seed: int = 42) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """uint8 (images, masks) of the real sample per part, split exactly as the pipeline's defaults do."""
     images, masks, index = preprocess_folder(require_real_sample(), PreprocessConfig(image_size=image_size))
     split = split_ids(index, (0.8, 0.1, 0.1), seed, "county")["split"].to_numpy()
+    return {part: (images[split == part], masks[split == part]) for part in ("train", "val", "test")}
 
-    def part(name: str) -> TensorPair:
-        rows = np.flatnonzero(split == name)
-        return TensorPair(images_to_tensor(images[rows], device), masks_to_tensor(masks[rows], device))
 
-    return part("train"), part("val")
+def tensors(part: tuple[np.ndarray, np.ndarray], device: torch.device) -> TensorPair:
+    return TensorPair(images_to_tensor(part[0], device), masks_to_tensor(part[1], device))
 
 
 def synchronize(device: torch.device) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import yaml
 
-from common import ROOT, print_table, real_split, require_real_sample, write_results
+from common import ROOT, print_table, real_split, require_real_sample, tensors, write_results
 from lungseg.engine import validate
 from lungseg.losses import BceDiceLoss
 from lungseg.model import UNet
@@ -60,9 +60,9 @@ def seconds_to(history: pd.DataFrame, target: float) -> tuple[float | None, int 
 
 def seed_style_history(width: int, cap_seconds: float, target: float) -> pd.DataFrame:
     device = torch.device("cpu")
-    train, val = real_split(device)
-    to_numpy = lambda t: (t[:, 0] * 255).round().to(torch.uint8).numpy()
-    loader = seed_loader(to_numpy(train.images), train.masks[:, 0].to(torch.uint8).numpy(), batch_size=2)
+    parts = real_split()
+    loader = seed_loader(*parts["train"], batch_size=2)
+    val = tensors(parts["val"], device)
     torch.manual_seed(42)
     model = UNet(depth=4, base_width=width)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -90,10 +90,10 @@ def main() -> None:
         history, train_wall, params = run_pipeline_train(data_dir, Path(scratch))
     baseline = seed_style_history(args.seed_width, args.seed_seconds, args.target)
     rows = []
-    for name, table, config in [
+    for name, table in [
         (f"lungseg train stage (defaults: base {params['model']['base_width']}, batch {params['train']['batch_size']}, "
-         f"{params['train']['lr_schedule']} lr)", history, params),
-        (f"seed-style (base {args.seed_width}, fp32, batch 2, DataLoader, constant lr)", baseline, None),
+         f"{params['train']['lr_schedule']} lr)", history),
+        (f"seed-style (base {args.seed_width}, fp32, batch 2, DataLoader, constant lr)", baseline),
     ]:
         seconds, epoch = seconds_to(table, args.target)
         rows.append({"variant": name, f"seconds_to_{args.target}": seconds if seconds is not None else f"> {table['seconds'].sum():.0f}",

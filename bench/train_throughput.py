@@ -52,10 +52,10 @@ def seed_style(width: int, images, masks, device, seconds: float) -> dict:
     return {"variant": "seed-style (fp32, NCHW, batch 2, DataLoader)", "batch": 2, "images_per_s": 2 * steps / elapsed}
 
 
-def project(width: int, images, masks, device, batch: int, seconds: float) -> list[dict]:
+def project(width: int, images, masks, device, batch: int, seconds: float, precision: str = "auto") -> list[dict]:
     """The real epoch loop and, for comparison, the same steps on one static batch."""
     torch.manual_seed(0)
-    dtype, compiled = autocast_dtype(device, "auto"), should_compile(device, "auto")
+    dtype, compiled = autocast_dtype(device, precision), should_compile(device, "auto")
     layout = memory_format(device, dtype)
     model = prepare_model(UNet(depth=4, base_width=width), device, layout)
     network = torch.compile(model) if compiled else model
@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="project batch sizes (default: 2 16 on CPU, 256 on CUDA)")
     parser.add_argument("--seconds", type=float, default=8.0, help="rough time per measurement")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as train.precision")
+    parser.add_argument("--name", default="train_throughput", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
     device = resolve_device("auto")
     configure(device)
@@ -92,14 +94,14 @@ def main() -> None:
         baseline = seed_style(width, images, masks, device, args.seconds)
         rows.append({"device": device.type, "width": width, **baseline, "vs_seed": 1.0})
         for batch in batches:
-            for row in project(width, images, masks, device, batch, args.seconds):
+            for row in project(width, images, masks, device, batch, args.seconds, args.precision):
                 rows.append({"device": device.type, "width": width, **row, "vs_seed": row["images_per_s"] / baseline["images_per_s"]})
     memory = {"peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print_table(f"training throughput at {SIZE} px on {device.type} (images/s)", rows)
     print(f"peak memory: {memory}")
-    write_results("train_throughput", rows, memory=memory)
+    write_results(args.name, rows, memory=memory)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,9 @@ def _coerce(value, hint):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return (float(value), None) if ok else (value, "expected a number")
     if hint is str:
-        return ("" if value is None else value, None) if value is None or isinstance(value, str) else (value, "expected text")
+        if value is None:  # an empty YAML value, e.g. `stratify_by:`
+            return "", None
+        return (value, None) if isinstance(value, str) else (value, "expected text")
     if typing.get_origin(hint) is tuple:
         items = [] if value is None else value
         ok = isinstance(items, list) and all(isinstance(v, str) for v in items)

@@ -80,7 +80,7 @@ def _remove(path: Path) -> None:
 
 def write_json(data, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> None:

@@ -28,7 +28,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with bf16 matrix units (Intel AMX or AVX512-BF16). Elsewhere bf16 is emulated
-    and measured 10x slower than fp32 (an AVX2 EPYC: 1.3 vs 18 images/s), so it must stay off."""
+    and measured 10x slower than fp32 (an AVX2 EPYC: 1.26 vs 13.0 images/s, BENCHMARKS.md), so it must stay off."""
     capabilities = getattr(torch.cpu, "get_capabilities", dict)()
     return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
 

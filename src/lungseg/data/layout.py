@@ -66,9 +66,15 @@ def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return found, problems
 
 
-def pair_files(layout: Layout) -> tuple[pd.DataFrame, list[str]]:
-    """Table of id, image_path, mask_path for every complete pair, and a message for every file
-    that is unpaired or shares its id with another."""
+@dataclass
+class Pairing:
+    pairs: pd.DataFrame  # id, image_path, mask_path of every complete pair
+    problems: list[str]  # a message for every file unpaired or sharing its id with another
+    ids_with_files: set[str]  # every id with an image or a mask file
+
+
+def pair_files(layout: Layout) -> Pairing:
+    """Pair the image and mask files of `layout` by id, listing each folder once."""
     images, problems = _images_by_id(layout.image_dir)
     masks, mask_problems = _images_by_id(layout.mask_dir)
     problems += mask_problems
@@ -77,20 +83,17 @@ def pair_files(layout: Layout) -> tuple[pd.DataFrame, list[str]]:
     if not images:
         raise DataError(f"no images found in {layout.image_dir} (expected <id>.png or <id>.jpg files)")
     ids = sorted(images.keys() & masks.keys(), key=_natural_key)
-    return pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]}), problems
-
-
-def file_ids(layout: Layout) -> set[str]:
-    """Every id that has an image or a mask file."""
-    return set(_images_by_id(layout.image_dir)[0]) | set(_images_by_id(layout.mask_dir)[0])
+    pairs = pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]})
+    return Pairing(pairs, problems, set(images) | set(masks))
 
 
 def list_pairs(layout: Layout) -> pd.DataFrame:
     """Table of id, image_path, mask_path for every pair; raises DataError naming every unpaired file."""
-    pairs, problems = pair_files(layout)
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:", problems)
-    return pairs
+    pairing = pair_files(layout)
+    if pairing.problems:
+        raise DataError(f"{len(pairing.problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:",
+                        pairing.problems)
+    return pairing.pairs
 
 
 def _natural_key(stem: str):

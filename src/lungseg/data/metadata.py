@@ -54,10 +54,14 @@ NORMALISERS = {"gender": normalise_gender, "age": normalise_age, "ptb": normalis
 def read_metadata(path: Path | None, ids: list[str], columns: list[str]) -> pd.DataFrame:
     """Table with `id` plus `columns` for each id (and `<column>_raw` for the normalised ones);
     empty strings where there is no metadata."""
+    return clean_metadata(None if path is None else read_raw_metadata(path, columns), ids, columns)
+
+
+def clean_metadata(raw: pd.DataFrame | None, ids: list[str], columns: list[str]) -> pd.DataFrame:
+    """The table read_metadata returns, from a MetaData table already read (None: no file)."""
     table = pd.DataFrame({"id": ids})
-    if path is None:
+    if raw is None:
         return table.assign(**{name: "" for name in _output_columns(columns)})
-    raw = read_raw_metadata(path, columns)
     clean = raw[["id"]].copy()
     for column in columns:
         normalise = NORMALISERS.get(column, _clean)

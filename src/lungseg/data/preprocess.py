@@ -21,8 +21,8 @@ import pandas as pd
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import ImageReadError, read_resized
 from lungseg.data.integrity import Finding, error, errors, mask_findings, metadata_findings, warning
-from lungseg.data.layout import DataError, Layout, file_ids, find_layout, pair_files
-from lungseg.data.metadata import read_metadata, read_raw_metadata, unreadable_values
+from lungseg.data.layout import DataError, Layout, find_layout, pair_files
+from lungseg.data.metadata import clean_metadata, read_raw_metadata, unreadable_values
 from lungseg.io import atomic_path, save_npy, write_csv, write_json
 
 @dataclass
@@ -86,30 +86,28 @@ class Scan:
     prepared: list[PreparedPair]  # one per usable pair
     findings: list[Finding]
     n_pairs: int  # complete pairs found, usable or not
+    metadata: pd.DataFrame | None  # MetaData.csv as written, read once (None: no file)
 
 
 def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
     """Read and check every pair under `data_dir` (all cores), collecting every problem."""
     data_dir = Path(data_dir)
     layout = find_layout(data_dir)
-    pairs, pairing_problems = pair_files(layout)
-    findings = [error("unpaired or duplicate file", p) for p in pairing_problems]
+    pairing = pair_files(layout)
+    pairs = pairing.pairs
+    findings = [error("unpaired or duplicate file", p) for p in pairing.problems]
     results = _map_pairs(pairs, settings)
     findings += [r for r in results if isinstance(r, Finding)]
     for result in results:
         findings += result.findings if isinstance(result, PreparedPair) else []
-    findings += _metadata_findings(layout, sorted(file_ids(layout)), settings)
+    columns = list(settings.metadata_columns)
+    metadata = None if layout.metadata_path is None else read_raw_metadata(layout.metadata_path, columns)
+    if metadata is not None:
+        unreadable = unreadable_values(metadata, columns)
+        findings += metadata_findings(metadata["id"].tolist(), sorted(pairing.ids_with_files), unreadable, layout.metadata_path)
     usable = [isinstance(r, PreparedPair) for r in results]
     prepared = [r for r in results if isinstance(r, PreparedPair)]
-    return Scan(data_dir, layout, pairs[usable].reset_index(drop=True), prepared, findings, len(pairs))
-
-
-def _metadata_findings(layout: Layout, ids: list[str], settings: PreprocessConfig) -> list[Finding]:
-    if layout.metadata_path is None:
-        return []
-    raw = read_raw_metadata(layout.metadata_path, list(settings.metadata_columns))
-    unreadable = unreadable_values(raw, list(settings.metadata_columns))
-    return metadata_findings(raw["id"].tolist(), ids, unreadable, layout.metadata_path)
+    return Scan(data_dir, layout, pairs[usable].reset_index(drop=True), prepared, findings, len(pairs), metadata)
 
 
 def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -137,7 +135,7 @@ def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.nda
         "height": [r.original_size[0] for r in prepared],
         "width": [r.original_size[1] for r in prepared],
     })
-    metadata = read_metadata(scan.layout.metadata_path, list(pairs["id"]), list(settings.metadata_columns))
+    metadata = clean_metadata(scan.metadata, list(pairs["id"]), list(settings.metadata_columns))
     index = index.merge(metadata, on="id", how="left")
     return np.stack([r.image for r in prepared]), np.stack([r.mask for r in prepared]), index
 
