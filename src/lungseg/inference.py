@@ -1,4 +1,6 @@
-"""The one path from a checkpoint to masks, used by evaluate and visualize (and later predict)."""
+"""The one path from a checkpoint to masks, shared by evaluate, predict and the train stage's
+choice of post-processing: batching, device, threshold, post-processing, and resizing the
+probabilities back to each image's original size."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from lungseg import postprocess
 from lungseg.checkpoint import build_model, load_checkpoint
 from lungseg.runtime import autocast_dtype, configure, forward_in_batches, images_to_tensor, prepare_model, resolve_device
 
@@ -22,6 +26,8 @@ class Predictor:
     image_size: int
     dtype: torch.dtype | None = None
     layout: torch.memory_format = torch.contiguous_format
+    postprocess: str = "none"  # chosen on validation data by the train stage (lungseg.postprocess)
+    preprocess: dict | None = None  # the settings the training images were prepared with
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> "Predictor":
@@ -33,7 +39,8 @@ class Predictor:
         layout = torch.channels_last
         model = prepare_model(build_model(checkpoint), torch_device, layout).eval()
         chosen = checkpoint["threshold"] if threshold is None else threshold
-        return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), dtype, layout)
+        return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), dtype, layout,
+                   checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]))
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Lung probability per pixel for preprocessed uint8 images (N x S x S) -> float32 N x S x S."""
@@ -44,6 +51,22 @@ class Predictor:
         logits = forward_in_batches(self.model, images_to_tensor(images, self.device, self.layout), batch_size, self.dtype)
         return torch.sigmoid(logits)[:, 0].cpu().numpy()
 
+    def to_masks(self, probabilities: np.ndarray) -> np.ndarray:
+        """Threshold, then post-process, probabilities of any size: S x S, N x S x S or native."""
+        return postprocess.apply(probabilities > self.threshold, self.postprocess)
+
     def masks(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Binary masks (uint8 0/1, N x S x S) at the model's threshold."""
-        return (self.probabilities(images, batch_size) > self.threshold).astype(np.uint8)
+        """Binary masks (uint8 0/1, N x S x S) at the model's threshold, post-processed."""
+        return self.to_masks(self.probabilities(images, batch_size))
+
+    def native_mask(self, probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The mask at an image's original (height, width): the S x S probabilities are resized
+        bilinearly first and thresholded after, so edges are as smooth as the original pixels allow."""
+        return self.to_masks(resize_probability(probability, size, self.device))
+
+
+def resize_probability(probability: np.ndarray, size: tuple[int, int], device: torch.device | str = "cpu") -> np.ndarray:
+    """Bilinear resize of one H x W probability map to `size` (height, width), float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(probability, dtype=np.float32)).to(device)[None, None]
+    resized = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)
+    return resized[0, 0].clamp_(0, 1).cpu().numpy()

@@ -47,6 +47,13 @@ def finish_mask(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
     return (small * 255 > settings.mask_threshold).astype(np.uint8)
 
 
+def prepare_image(path: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """One X-ray prepared exactly as for training (for prediction on new images): the uint8
+    S x S array and the original (height, width). Raises ImageReadError naming the file."""
+    image = read_resized(path, settings.image_size)
+    return finish_image(image.values, settings), image.original_size
+
+
 def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> PreparedPair | Finding:
     """Read and shrink one image and its mask. A pair that cannot be used comes back as an error
     Finding instead of an exception, so that one pass over the data reports every bad file."""
