@@ -1,4 +1,6 @@
-"""Stage evaluate: Dice and IoU of the best model on the test split, against a threshold baseline."""
+"""Stage evaluate: the best model on the test split (never used for any choice), at model size
+and at each image's original resolution, with bootstrap intervals, per subgroup, and against a
+tuned intensity-threshold baseline."""
 
 import numpy as np
 
@@ -6,41 +8,48 @@ from lungseg import config, paths, stage
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.evaluate import per_image_scores, subgroup_means, summary
+from lungseg.evaluate import dice_histogram, evaluate_set, per_image_scores, summary
 from lungseg.inference import Predictor
 from lungseg.io import atomic_path, write_csv, write_json
 
 
-def baseline_predictions(processed, split, test, steps: int) -> tuple[float, np.ndarray]:
+def baseline_scores(processed, split, test, steps: int, settings) -> tuple[dict, np.ndarray]:
     """Tune the intensity threshold on train + val, apply it to test."""
     seen = processed.subset(ids_in(split, "train") + ids_in(split, "val"))
     threshold = fit_threshold(seen.images, seen.masks, steps)
-    return threshold, threshold_masks(test.images, threshold)
+    masks = threshold_masks(test.images, threshold)
+    scores = per_image_scores(test.index["id"], masks, test.masks)
+    return {"threshold": threshold, **summary(scores, masks, test.masks, settings)}, scores["dice"].to_numpy()
 
 
 def main(params: dict) -> None:
-    infer, evaluation = config.load(params, "infer", "evaluate")
+    data, infer, settings = config.load(params, "data", "infer", "evaluate")
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     test = processed.subset(ids_in(split, "test"))
     predictor = Predictor.from_checkpoint(paths.MODEL, infer.device, infer.threshold)
-    predictions = predictor.masks(test.images, infer.batch_size)
-    scores = per_image_scores(test.index["id"], predictions, test.masks)
+    result = evaluate_set(predictor, test.images, test.masks, test.index, data.dir, settings,
+                          processed.settings["mask_threshold"], infer.batch_size, settings.subgroups)
+    result.metrics["baseline"], result.scores["baseline_dice"] = baseline_scores(
+        processed, split, test, settings.baseline_steps, settings)
 
-    threshold, baseline = baseline_predictions(processed, split, test, evaluation.baseline_steps)
-    baseline_scores = per_image_scores(test.index["id"], baseline, test.masks)
-    scores["baseline_dice"] = baseline_scores["dice"]
-
-    metrics = {
-        "test": summary(scores, predictions, test.masks),
-        "baseline": {"threshold": threshold, **summary(baseline_scores, baseline, test.masks)},
-        "subgroups": subgroup_means(scores, test.index, evaluation.subgroups),
-    }
     with atomic_path(paths.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=predictions)
-    write_csv(scores, paths.PER_IMAGE)
-    write_json(metrics, paths.METRICS)
-    print(f"test Dice {metrics['test']['dice']:.4f}, IoU {metrics['test']['iou']:.4f} "
-          f"(threshold baseline Dice {metrics['baseline']['dice']:.4f}) on {len(scores)} images")
+        np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=result.masks)
+    dice = result.scores["dice_native" if "dice_native" in result.scores else "dice"].to_numpy()
+    write_csv(dice_histogram(dice), paths.DICE_HISTOGRAM)
+    write_csv(result.scores, paths.PER_IMAGE)
+    write_json(result.metrics, paths.METRICS)
+    print(report(result.metrics))
+
+
+def report(metrics: dict) -> str:
+    lines = []
+    for name, label in (("test", "128 px"), ("test_native", "native resolution")):
+        if name in metrics:
+            m = metrics[name]
+            lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
+                         f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
+    lines.append(f"post-processing: {metrics['postprocess']}; threshold baseline Dice {metrics['baseline']['dice']:.4f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 from lungseg.baseline import fit_threshold, threshold_masks
-from lungseg.evaluate import per_image_scores, pick_examples, subgroup_means, summary
+from lungseg.config import EvaluateConfig
+from lungseg.errors import DataError
+from lungseg.evaluate import dice_histogram, evaluate_folder, per_image_scores, pick_examples, subgroup_means, summary
+from lungseg.inference import Predictor
+
+FAST = EvaluateConfig(bootstrap_samples=200)
 
 
 def masks_with_overlaps():
@@ -22,8 +31,10 @@ def test_per_image_scores_and_summary():
     assert scores["dice"].tolist() == pytest.approx([2 / 3, 1.0])
     assert scores["iou"].tolist() == pytest.approx([0.5, 1.0])
     assert scores["truth_fraction"].tolist() == pytest.approx([4 / 16, 0.0])
-    result = summary(scores, pred, truth)
+    result = summary(scores, pred, truth, FAST)
     assert result["dice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert result["dice_ci_low"] <= result["dice"] <= result["dice_ci_high"]
+    assert result["hd95"] >= 0 and "hd95_ci_high" in result
     assert result["dice_pooled"] == pytest.approx(2 / 3)  # pooled: the empty image adds no pixels
     assert result["dice_min"] == pytest.approx(2 / 3)
     assert result["n_images"] == 2
@@ -35,6 +46,7 @@ def test_subgroup_means_per_value_and_unfilled_columns_skipped():
     groups = subgroup_means(scores, metadata, ["county", "ptb", "absent"])
     assert set(groups) == {"county"}
     assert groups["county"]["A"] == {"dice": pytest.approx(0.8), "iou": pytest.approx(0.7), "n_images": 2}
+    assert "dice_native" not in groups["county"]["A"]  # only model-size scores were given
     assert groups["county"]["B"]["n_images"] == 1
 
 
@@ -60,3 +72,62 @@ def test_threshold_baseline_finds_the_separating_intensity():
     threshold = fit_threshold(images, masks, steps=16)
     assert 40 < threshold <= 200
     np.testing.assert_array_equal(threshold_masks(images, threshold), masks)
+
+
+class FixedRectangle(torch.nn.Module):
+    """A 'model' that always predicts the centred rectangle conftest.make_mask draws, whatever the
+    image: a perfect predictor for write_pair_folder's data, to check the scoring around it."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        logits = torch.full((1, 1, size, size), -10.0)
+        logits[..., size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 10.0
+        self.register_buffer("logits", logits)
+
+    def forward(self, images):
+        return self.logits.expand(len(images), -1, -1, -1)
+
+
+def rectangle_predictor(size: int = 16) -> Predictor:
+    settings = {"image_size": size, "normalize": "minmax", "mask_threshold": 127}
+    return Predictor(FixedRectangle(size), torch.device("cpu"), 0.5, size, preprocess=settings)
+
+
+def test_evaluate_folder_scores_at_native_resolution(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="kaggle", n=4, size=(64, 48))
+    result = evaluate_folder(rectangle_predictor(), folder.root, FAST, subgroups=["county"], show_progress=False)
+    native = result.metrics["test_native"]
+    assert native["n_images"] == 4 and result.masks.shape == (4, 16, 16)
+    # the rectangle's edges fall between model pixels only up to one model pixel = 4 original pixels
+    assert native["dice"] > 0.95 and native["hd95"] <= 4.0
+    assert result.metrics["test"]["dice"] == pytest.approx(1.0)
+    assert {"dice_native", "iou_native", "hd95_native"} <= set(result.scores.columns)
+    assert set(result.metrics["subgroups"]["county"]) == {"Shenxhen", "Montgomery"}
+    json.dumps(result.metrics)  # what metrics.json will hold must be plain JSON
+
+
+def test_native_scores_read_the_original_masks(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=2, size=(64, 48), metadata=False)
+    wrong = np.zeros((64, 48), np.uint8)
+    wrong[:16, :12] = 255  # a corner, nowhere near the predicted rectangle
+    Image.fromarray(wrong).save(folder.mask_paths["1"])
+    result = evaluate_folder(rectangle_predictor(), folder.root, FAST, show_progress=False)
+    by_id = result.scores.set_index("id")
+    assert by_id.loc["1", "dice_native"] == 0.0 and by_id.loc["2", "dice_native"] > 0.95
+    assert by_id.loc["1", "hd95_native"] > by_id.loc["2", "hd95_native"]
+
+
+def test_evaluate_folder_refuses_broken_data(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=2, metadata=False)
+    folder.mask_paths["2"].unlink()
+    with pytest.raises(DataError, match="image without a mask"):
+        evaluate_folder(rectangle_predictor(), folder.root, FAST, show_progress=False)
+
+
+def test_dice_histogram_bins_every_image_once():
+    dice = np.array([0.912, 0.955, 0.958, 0.99, 1.0])
+    table = dice_histogram(dice)
+    assert table["images"].sum() == len(dice)
+    assert table["dice_bin"].iloc[0] == "0.91-0.92" and table["dice_bin"].iloc[-1] == "0.99-1.00"
+    assert table.set_index("dice_bin").loc["0.95-0.96", "images"] == 2
+    assert table.set_index("dice_bin").loc["0.99-1.00", "images"] == 2  # a perfect score lands in the last bin

@@ -18,13 +18,12 @@ FORMAT = "lungseg-checkpoint"
 VERSION = 1
 
 
-
-
-def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, **info) -> dict:
-    """Bundle the weights (copied to CPU) with the architecture and preprocessing they need."""
+def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none", **info) -> dict:
+    """Bundle the weights (copied to CPU) with the architecture and preprocessing they need, and
+    the threshold and post-processing (lungseg.postprocess) that turn their output into a mask."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return {"format": FORMAT, "version": VERSION, "model": dict(model_args), "preprocess": dict(preprocess),
-            "threshold": float(threshold), "info": info, "state_dict": state}
+            "threshold": float(threshold), "postprocess": postprocess, "info": info, "state_dict": state}
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:

@@ -96,15 +96,41 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA, then Apple MPS, then CPU
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it natively, else fp32
     compile: str = "auto"  # torch.compile: auto (CUDA only), always or never
+    nproc: int = 1  # training processes on this machine (one per GPU), with torchrun and DDP
 
     def problems(self) -> list[str]:
-        out = _at_least(self, epochs=1, batch_size=1)
+        out = _at_least(self, epochs=1, batch_size=1, nproc=1)
         out += [f"train.{k}={getattr(self, k)}: must be > 0" for k in ("lr",) if getattr(self, k) <= 0]
         out += [f"train.{k}={getattr(self, k)}: must be >= 0" for k in ("bce_weight", "dice_weight") if getattr(self, k) < 0]
         if self.bce_weight + self.dice_weight <= 0:
             out.append("train.bce_weight + train.dice_weight must be > 0")
         return out + _one_of(self, device=DEVICES, precision=PRECISIONS, lr_schedule=("cosine", "constant"),
                           compile=("auto", "always", "never"))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes to each training batch (lungseg.augment); all ranges are symmetric."""
+
+    enabled: bool = True
+    probability: float = 0.8  # share of images changed at all; the rest are seen as they are
+    rotate_degrees: float = 10.0
+    scale: float = 0.1  # zoom drawn in [1 - scale, 1 + scale]
+    shift: float = 0.05  # translation, as a fraction of the image side
+    brightness: float = 0.1  # added, on the [0, 1] intensity scale
+    contrast: float = 0.2  # multiplies the deviation from the image's mean by [1 - c, 1 + c]
+    gamma: float = 0.2  # exponent drawn log-uniformly in [1 - gamma, 1 + gamma]
+    noise: float = 0.02  # Gaussian noise, standard deviation up to this
+
+    def problems(self) -> list[str]:
+        out = [] if 0 <= self.probability <= 1 else [f"augment.probability={self.probability}: must be in [0, 1]"]
+        out += [f"augment.{k}={getattr(self, k)}: must be >= 0" for k in ("rotate_degrees", "shift", "brightness", "noise")
+                if getattr(self, k) < 0]
+        out += [f"augment.{k}={getattr(self, k)}: must be in [0, 1)" for k in ("scale", "contrast", "gamma")
+                if not 0 <= getattr(self, k) < 1]
+        if self.rotate_degrees > 45:
+            out.append(f"augment.rotate_degrees={self.rotate_degrees}: must be <= 45 (chest X-rays are taken upright)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -122,9 +148,16 @@ class InferConfig:
 class EvaluateConfig:
     subgroups: tuple[str, ...] = ("county", "ptb")  # metadata columns to report means per value of
     baseline_steps: int = 64  # intensity thresholds tried by the threshold baseline
+    native: bool = True  # also score at each image's original resolution (reads the original masks)
+    bootstrap_samples: int = 2000  # resamples for the confidence intervals of the means
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
 
     def problems(self) -> list[str]:
-        return _at_least(self, baseline_steps=2)
+        out = _at_least(self, baseline_steps=2, bootstrap_samples=100)
+        if not 0 < self.confidence < 1:
+            out.append(f"evaluate.confidence={self.confidence}: must be in (0, 1)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -142,7 +175,7 @@ class VisualizeConfig:
 
 SECTIONS = {
     "data": DataConfig, "synthetic": SyntheticConfig, "preprocess": PreprocessConfig, "split": SplitConfig,
-    "model": ModelConfig, "train": TrainConfig, "infer": InferConfig, "evaluate": EvaluateConfig,
+    "model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig, "infer": InferConfig, "evaluate": EvaluateConfig,
     "visualize": VisualizeConfig,
 }
 

@@ -1,29 +1,83 @@
-"""Scores over a set of predictions: per image, their means, pooled, and per subgroup."""
+"""Scores over a set of predictions: per image, their means with bootstrap intervals, pooled,
+per subgroup, and at each image's original resolution.
+
+`evaluate_set` is the one evaluation used by the evaluate stage (the test split) and by
+`lungseg evaluate` (any other folder of image/mask pairs, for external validation).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from lungseg.metrics import dice_per_image, dice_pooled, iou_per_image, iou_pooled
+from lungseg.config import EvaluateConfig, PreprocessConfig
+from lungseg.data.images import read_mask
+from lungseg.data.preprocess import preprocess_folder
+from lungseg.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
+from lungseg.stats import mean_with_ci
+
+# per-image columns summarised with a confidence interval: 128 px, then native resolution
+MODEL_SIZE_COLUMNS = ("dice", "iou", "hd95")
+NATIVE_COLUMNS = ("dice_native", "iou_native", "hd95_native")
 
 
-def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray) -> pd.DataFrame:
-    """Table id, dice, iou, truth and predicted lung fractions, one row per image."""
+@dataclass
+class Evaluation:
+    scores: pd.DataFrame  # one row per image
+    metrics: dict  # what metrics.json holds
+    masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
+
+
+def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=None) -> pd.DataFrame:
+    """Table id, dice, iou, hd95, truth and predicted lung fractions, one row per image.
+
+    hd95 is in pixels of the original image when `spacings` gives each image's (row, column)
+    size of a model pixel in original pixels (original height / S, width / S); else in model pixels."""
+    spacings = [(1.0, 1.0)] * len(predictions) if spacings is None else list(spacings)
     return pd.DataFrame({
         "id": list(ids),
         "dice": dice_per_image(predictions, truths),
         "iou": iou_per_image(predictions, truths),
+        "hd95": [hd95(p, t, spacing) for p, t, spacing in zip(predictions, truths, spacings)],
         "truth_fraction": truths.reshape(len(truths), -1).mean(1),
         "pred_fraction": predictions.reshape(len(predictions), -1).mean(1),
     })
 
 
-def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray) -> dict:
-    """Means over images (each image counts once), pooled values (each pixel counts once), and the spread."""
+def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True) -> pd.DataFrame:
+    """Dice, IoU and HD95 at each image's original resolution: the model-size probabilities are
+    resized to the original mask's size, thresholded and post-processed there (Predictor.native_mask),
+    and compared with the original mask. One image at a time, so 3000 px masks never pile up."""
+    rows = []
+    for probability, path in tqdm(list(zip(probabilities, mask_paths)), desc="native resolution", unit="image",
+                                  disable=not show_progress, mininterval=1.0):
+        truth = read_mask(path, mask_threshold)
+        prediction = predictor.native_mask(probability, truth.shape)
+        rows.append({"dice_native": float(dice_per_image(prediction[None], truth[None])[0]),
+                     "iou_native": float(iou_per_image(prediction[None], truth[None])[0]),
+                     "hd95_native": hd95(prediction, truth)})
+    return pd.DataFrame(rows, columns=list(NATIVE_COLUMNS))
+
+
+def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix: str = "") -> dict:
+    """{name: mean, name_ci_low, name_ci_high} for each column, by percentile bootstrap."""
+    out = {}
+    for column in columns:
+        name = column.removesuffix(suffix) if suffix else column
+        stats = mean_with_ci(scores[column].to_numpy(), config.bootstrap_samples, config.confidence, config.bootstrap_seed)
+        out |= {name: stats["mean"], f"{name}_ci_low": stats["ci_low"], f"{name}_ci_high": stats["ci_high"]}
+    return out
+
+
+def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray, config: EvaluateConfig) -> dict:
+    """Model-size metrics: means over images with intervals (each image counts once), pooled
+    values (each pixel counts once), and the spread."""
     return {
-        "dice": float(scores["dice"].mean()),
-        "iou": float(scores["iou"].mean()),
+        **with_intervals(scores, MODEL_SIZE_COLUMNS, config),
         "dice_pooled": dice_pooled(predictions, truths),
         "iou_pooled": iou_pooled(predictions, truths),
         "dice_min": float(scores["dice"].min()),
@@ -32,17 +86,75 @@ def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray) -
     }
 
 
-def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns) -> dict:
-    """{column: {value: {"dice", "iou", "n_images"}}} for each metadata column that is filled in."""
-    table = scores.merge(metadata, on="id", how="left")
+def native_summary(scores: pd.DataFrame, config: EvaluateConfig) -> dict:
+    return {
+        **with_intervals(scores, NATIVE_COLUMNS, config, suffix="_native"),
+        "dice_min": float(scores["dice_native"].min()),
+        "dice_std": float(scores["dice_native"].std(ddof=0)),
+        "n_images": int(len(scores)),
+    }
+
+
+def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config: EvaluateConfig | None = None) -> dict:
+    """{column: {value: {"n_images", "dice", "iou", ... and, when native scores exist, the native
+    Dice with its interval and HD95}}} for each metadata column that is filled in."""
+    config = config or EvaluateConfig()
+    table = scores.merge(metadata, on="id", how="left", suffixes=("", "_meta"))
     result = {}
     for column in columns:
         if column not in table.columns or not (table[column].astype(str).str.len() > 0).any():
             continue
-        groups = table.groupby(table[column].astype(str))
-        result[column] = {value: {"dice": float(g["dice"].mean()), "iou": float(g["iou"].mean()), "n_images": int(len(g))}
-                          for value, g in groups}
+        result[column] = {value: _group_scores(group, config) for value, group in table.groupby(table[column].astype(str))}
     return result
+
+
+def _group_scores(group: pd.DataFrame, config: EvaluateConfig) -> dict:
+    out = {"n_images": int(len(group)), "dice": float(group["dice"].mean()), "iou": float(group["iou"].mean())}
+    if "dice_native" in group.columns:
+        out |= with_intervals(group, ("dice_native",), config)
+        out["hd95_native"] = float(group["hd95_native"].mean())
+    return out
+
+
+def dice_histogram(dice: np.ndarray, width: float = 0.01) -> pd.DataFrame:
+    """Counts of per-image Dice in bins of `width`, from the lowest score's bin up to 1.0
+    (for the DVC bar plot; the labels sort as text in the right order)."""
+    lowest = np.floor(float(np.min(dice)) / width) * width
+    edges = np.round(np.arange(lowest, 1.0 + width / 2, width), 6)
+    edges[-1] = 1.0 + 1e-9  # a perfect score falls in the last bin
+    counts, _ = np.histogram(np.clip(dice, lowest, 1.0), bins=edges)
+    labels = [f"{low:.2f}-{min(low + width, 1.0):.2f}" for low in edges[:-1]]
+    return pd.DataFrame({"dice_bin": labels, "images": counts})
+
+
+def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
+                 config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True) -> Evaluation:
+    """Score `predictor` on a preprocessed set (images/masks at model size, index with id, height,
+    width and mask_file relative to `data_dir`). With a `data_dir` and `config.native`, also at
+    each image's original resolution."""
+    size = images.shape[-1]
+    probabilities = predictor.probabilities(images, batch_size)
+    predictions = predictor.to_masks(probabilities)
+    spacings = zip(index["height"] / size, index["width"] / size)
+    scores = per_image_scores(index["id"], predictions, masks, spacings)
+    metrics = {"postprocess": predictor.postprocess, "test": summary(scores, predictions, masks, config)}
+    if data_dir is not None and config.native:
+        mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
+        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress)
+        scores = pd.concat([scores, native], axis=1)
+        metrics["test_native"] = native_summary(scores, config)
+    metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
+    return Evaluation(scores, metrics, predictions)
+
+
+def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
+                    subgroups=(), show_progress: bool = True) -> Evaluation:
+    """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
+    prepared exactly as the model's training data was, scored like the test split."""
+    settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
+    images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
+    return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
+                        subgroups, show_progress)
 
 
 def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from lungseg import postprocess
 from lungseg.checkpoint import build_model, load_checkpoint
+from lungseg.export import is_torchscript, load_torchscript
+from lungseg.onnx_model import OnnxModel
 from lungseg.runtime import autocast_dtype, configure, forward_in_batches, images_to_tensor, prepare_model, resolve_device
 
 
@@ -42,6 +44,14 @@ class Predictor:
         return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), dtype, layout,
                    checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]))
 
+    @classmethod
+    def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> "Predictor":
+        """An exported ONNX model (lungseg export) run by onnxruntime on device 'cpu', 'cuda' or
+        'auto'. onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU
+        whichever provider runs the graph; fp32 throughout, as the export's parity was checked."""
+        model = OnnxModel(path, device)
+        return _exported_predictor(model, torch.device("cpu"), model.metadata, threshold)
+
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Lung probability per pixel for preprocessed uint8 images (N x S x S) -> float32 N x S x S."""
         if images.dtype != np.uint8:
@@ -63,6 +73,27 @@ class Predictor:
         """The mask at an image's original (height, width): the S x S probabilities are resized
         bilinearly first and thresholded after, so edges are as smooth as the original pixels allow."""
         return self.to_masks(resize_probability(probability, size, self.device))
+
+
+def load_predictor(path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> Predictor:
+    """A Predictor for any model file lungseg writes: an ONNX export (by suffix), a TorchScript
+    export (by content: a .ts or .pt archive holding compiled code), or else a checkpoint.
+    `precision` applies to checkpoints only; exports run in fp32, the precision they were checked in."""
+    if Path(path).suffix == ".onnx":
+        return Predictor.from_onnx(path, device, threshold)
+    if is_torchscript(path):
+        torch_device = resolve_device(device)
+        configure(torch_device)
+        module, metadata = load_torchscript(path, torch_device)
+        return _exported_predictor(module, torch_device, metadata, threshold)
+    return Predictor.from_checkpoint(path, device, threshold, precision)
+
+
+def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: dict, threshold: float | None) -> Predictor:
+    """A Predictor from an exported model and the metadata it carries (lungseg.export.metadata)."""
+    chosen = metadata["threshold"] if threshold is None else threshold
+    return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
+                     torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]))
 
 
 def resize_probability(probability: np.ndarray, size: tuple[int, int], device: torch.device | str = "cpu") -> np.ndarray:

@@ -36,7 +36,9 @@ def apply(masks: np.ndarray, option: str) -> np.ndarray:
     """Apply one option to a mask (H x W) or a stack of masks (N x H x W); returns uint8 0/1."""
     if option not in OPTIONS:
         raise ValueError(f"unknown post-processing {option!r}; expected one of {', '.join(OPTIONS)}")
-    masks = np.asarray(masks).astype(np.uint8)
+    # nonzero is lung, as in lungseg.metrics: a straight uint8 cast would keep 0/255 masks as
+    # 0/255 under 'none' and wrap a 256 to 0
+    masks = np.asarray(masks).astype(bool).astype(np.uint8)
     if option == "none":
         return masks
     if masks.ndim == 3:

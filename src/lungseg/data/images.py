@@ -119,6 +119,16 @@ def _count_levels(image: Image.Image) -> int:
     return len(colours) if colours is not None else len(np.unique(np.asarray(image)))
 
 
+def read_mask(path: str | Path, threshold: int = 127) -> np.ndarray:
+    """A mask at full size as uint8 0/1: lung where the pixel is above `threshold` on a 0..255
+    scale (16-bit masks are scaled first; 0/1 masks are recognised, as in read_resized)."""
+    image, _ = open_image(path)
+    full = _resizable(image, is_mask=True)
+    values = np.asarray(full, dtype=np.float32)
+    scaled = values if full.mode == "L" else values * 255.0
+    return (scaled > threshold).astype(np.uint8)
+
+
 def read_grayscale(path: str | Path) -> np.ndarray:
     """Read an image file at full size as a float32 HxW array in [0, 1]."""
     return to_float_gray(open_image(path)[0])

@@ -1,0 +1,137 @@
+"""Which training recipe reaches the accuracy the real data allows, reliably? An ablation over
+split seeds on the real sample (or any preprocessed folder).
+
+Each job splits the data with one seed (80/10/10, stratified by county, exactly as the split
+stage does), trains one variant with the library's own training loop, picks post-processing on
+validation only, and scores the test part. Every choice is made on validation; the test
+scores are only reported. Jobs run in parallel processes (a GPU is shared by all of them).
+
+    python bench/recipe_ablation.py                      # the real sample, every variant, seeds 1-5
+    python bench/recipe_ablation.py --save-processed DIR # write the preprocessed sample (to carry elsewhere)
+    python bench/recipe_ablation.py --processed DIR --jobs 8 --device cuda
+    python bench/recipe_ablation.py --variants recipe --seeds 1 --tile 3 --jobs 1 --name recipe_timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common import print_table, require_real_sample, write_results
+
+from lungseg import postprocess
+from lungseg.augment import Augmenter
+from lungseg.config import AugmentConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.data.preprocess import load_processed, preprocess_folder, save_processed
+from lungseg.data.split import split_ids
+from lungseg.engine import TensorPair, fit
+from lungseg.metrics import dice_per_image
+from lungseg.model import UNet
+from lungseg.runtime import forward_in_batches, images_to_tensor, masks_to_tensor, resolve_device
+
+PLAIN = {"epochs": 8, "augment": False, "postprocess": False, "base_width": 8}  # the default before issue 5
+RECIPE = {"epochs": 25, "augment": True, "postprocess": True, "base_width": 8}  # README: real-data recipe
+VARIANTS = {
+    "plain": PLAIN,
+    "recipe": RECIPE,
+    "recipe_no_augment": {**RECIPE, "augment": False},
+    "recipe_no_postprocess": {**RECIPE, "postprocess": False},
+    "recipe_40_epochs": {**RECIPE, "epochs": 40},
+    "recipe_base16": {**RECIPE, "base_width": 16},
+}
+
+
+def load_data(args) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    if args.processed:
+        data = load_processed(args.processed)
+        return data.images, data.masks, data.index
+    return preprocess_folder(require_real_sample(), PreprocessConfig())
+
+
+def tensor_pair(images, masks, device) -> TensorPair:
+    return TensorPair(images_to_tensor(images, device), masks_to_tensor(masks, device))
+
+
+def run_job(job: dict) -> dict:
+    """Train one variant on one split seed; score validation and test."""
+    torch.set_num_threads(job["threads"])
+    device, variant = resolve_device(job["device"]), VARIANTS[job["variant"]]
+    images, masks, parts = job["images"], job["masks"], job["parts"]
+    train = [np.tile(a[parts == "train"], (job["tile"], 1, 1)) for a in (images, masks)]
+    val, test = [(images[parts == p], masks[parts == p]) for p in ("val", "test")]
+    config = replace(TrainConfig(), epochs=job["epochs"] or variant["epochs"], batch_size=2, seed=42)
+    torch.manual_seed(config.seed)
+    model = UNet(depth=4, base_width=variant["base_width"]).to(device)
+    augmenter = Augmenter(AugmentConfig(), config.seed, device) if variant["augment"] else None
+    started = time.perf_counter()
+    result = fit(model, tensor_pair(*train, device), tensor_pair(*val, device), config, 0.5, show_progress=False, augment=augmenter)
+    seconds = time.perf_counter() - started
+    model.load_state_dict(result.best_state)
+    val_masks, test_masks = (predict(model, part[0], device) for part in (val, test))
+    chosen = postprocess.choose(val_masks, val[1])[0] if variant["postprocess"] else "none"
+    test_dice = dice_per_image(postprocess.apply(test_masks, chosen), test[1])
+    return {"variant": job["variant"], "seed": job["seed"], "test_dice": float(test_dice.mean()), "test_worst": float(test_dice.min()),
+            "val_dice": result.best_dice, "best_epoch": result.best_epoch, "postprocess": chosen,
+            "train_images": len(train[0]), "epochs": config.epochs, "train_seconds": seconds}
+
+
+def predict(model, images: np.ndarray, device) -> np.ndarray:
+    logits = forward_in_batches(model, images_to_tensor(images, device), 32)
+    return (torch.sigmoid(logits) > 0.5)[:, 0].cpu().numpy().astype(np.uint8)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per variant: mean and spread over seeds, the worst seed, and the paired gain over plain."""
+    table = pd.DataFrame(rows)
+    plain = table[table["variant"] == "plain"].set_index("seed")["test_dice"]
+    out = []
+    for name, group in table.groupby("variant", sort=False):
+        gain = (group.set_index("seed")["test_dice"] - plain).dropna()
+        out.append({"variant": name, "seeds": len(group), "test_dice_mean": group["test_dice"].mean(),
+                    "test_dice_std": group["test_dice"].std(ddof=0), "test_dice_lowest_seed": group["test_dice"].min(),
+                    "worst_image_lowest_seed": group["test_worst"].min(), "gain_vs_plain": gain.mean() if len(gain) else float("nan"),
+                    "train_seconds_mean": group["train_seconds"].mean()})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--processed", help="a preprocessed folder (images.npy, masks.npy, index.csv); default: the real sample")
+    parser.add_argument("--save-processed", help="preprocess the real sample into this folder and stop")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
+    parser.add_argument("--tile", type=int, default=1, help="repeat the training images this many times (timing at full-data size)")
+    parser.add_argument("--epochs", type=int, default=0, help="override every variant's epochs (quick checks)")
+    parser.add_argument("--name", default="recipe_ablation")
+    args = parser.parse_args()
+    if args.save_processed:
+        save_processed(*preprocess_folder(require_real_sample(), PreprocessConfig()), PreprocessConfig(), args.save_processed)
+        return print(f"wrote {args.save_processed}")
+    images, masks, index = load_data(args)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = [{"variant": v, "seed": s, "device": args.device, "threads": threads, "tile": args.tile, "epochs": args.epochs, "images": images, "masks": masks,
+             "parts": split_ids(index, (0.8, 0.1, 0.1), s, "county")["split"].to_numpy()}
+            for s in args.seeds for v in args.variants]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        rows = list(pool.map(run_job, jobs))
+    print_table("runs", rows)
+    summary = summarise(rows)
+    print_table("per variant (over split seeds)", summary)
+    write_results(args.name, rows, summary=summary, variants=VARIANTS, wall_seconds=time.perf_counter() - started,
+                  data=str(args.processed or "real sample"), n_images=len(index))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Tests for lungseg.postprocess: keeping the two lungs, filling holes, choosing on validation data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungseg.metrics import dice_per_image
+from lungseg.postprocess import OPTIONS, apply, choose, fill_holes, largest_components
+
+SIZE = 48
+
+
+def _lungs(shift: int = 0) -> np.ndarray:
+    """Two rectangular 'lungs' (uint8 0/1), moved down by shift pixels."""
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[8 + shift:40 + shift, 6:20] = 1
+    mask[8 + shift:40 + shift, 28:42] = 1
+    return mask
+
+
+def _with_specks(mask: np.ndarray) -> np.ndarray:
+    """Spurious blobs outside the lungs, as a network makes them."""
+    mask = mask.copy()
+    mask[1:4, 1:4] = 1
+    mask[44:47, 23:26] = 1
+    return mask
+
+
+def _with_hole(mask: np.ndarray) -> np.ndarray:
+    """A hole inside the left lung."""
+    mask = mask.copy()
+    mask[20:26, 10:15] = 0
+    return mask
+
+
+def test_largest_components_keeps_the_two_largest_blobs():
+    mask = _with_specks(_lungs())
+    kept = largest_components(mask)
+    np.testing.assert_array_equal(kept, _lungs())
+    assert kept.dtype == np.uint8
+    only_one = largest_components(mask, keep=1)
+    assert only_one.sum() == _lungs().sum() // 2  # the two lungs are the same size: one of them
+    np.testing.assert_array_equal(largest_components(_lungs()), _lungs())  # two blobs: nothing to drop
+
+
+def test_largest_components_counts_diagonal_neighbours_as_connected():
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[0:3, 0:3] = 1
+    mask[3:6, 3:6] = 1  # touches the first square at one corner only: one 8-connected blob
+    mask[8, 8] = 1
+    mask[0, 9] = 1
+    expected = np.zeros_like(mask)
+    expected[0:3, 0:3] = expected[3:6, 3:6] = 1
+    np.testing.assert_array_equal(largest_components(mask, keep=1), expected)
+
+
+def test_fill_holes_fills_an_interior_hole_but_not_a_notch_open_to_the_border():
+    np.testing.assert_array_equal(fill_holes(_with_hole(_lungs())), _lungs())
+    notched = _lungs()
+    notched[20:24, 28:42] = 0  # a gap cutting the right lung, open to the background around it
+    np.testing.assert_array_equal(fill_holes(notched), notched)
+    edge = np.ones((10, 10), dtype=np.uint8)
+    edge[4:6, 0:5] = 0  # a notch reaching the image border
+    np.testing.assert_array_equal(fill_holes(edge), edge)
+
+
+def test_apply_on_a_stack_matches_apply_on_each_mask():
+    stack = np.stack([_with_specks(_with_hole(_lungs())), _with_specks(_lungs()), _lungs()])
+    for option in OPTIONS:
+        together = apply(stack, option)
+        assert together.dtype == np.uint8 and together.shape == stack.shape
+        np.testing.assert_array_equal(together, np.stack([apply(mask, option) for mask in stack]))
+    np.testing.assert_array_equal(apply(stack[0], "largest_two+fill_holes"), _lungs())
+    np.testing.assert_array_equal(apply(stack[0], "largest_two"), _with_hole(_lungs()))
+    np.testing.assert_array_equal(apply(stack[0], "fill_holes"), _with_specks(_lungs()))
+    assert apply(np.zeros((0, SIZE, SIZE)), "largest_two").shape == (0, SIZE, SIZE)
+
+
+def test_apply_returns_0_1_for_boolean_and_0_255_masks():
+    for option in OPTIONS:
+        np.testing.assert_array_equal(apply(_lungs() * 255, option), _lungs())
+        np.testing.assert_array_equal(apply(_lungs().astype(bool), option), _lungs())
+
+
+def test_unknown_option_names_the_options():
+    with pytest.raises(ValueError, match="largest_three") as error:
+        apply(_lungs(), "largest_three")
+    for option in OPTIONS:
+        assert option in str(error.value)
+
+
+def _scores_by_hand(masks, truths):
+    return {option: float(np.mean(dice_per_image(apply(masks, option), truths))) for option in OPTIONS}
+
+
+def test_choose_keeps_none_when_nothing_helps():
+    truths = np.stack([_lungs(), _lungs(2)])
+    masks = np.stack([_lungs(1), _lungs(1)])  # imperfect but clean: every option scores the same
+    chosen, scores = choose(masks, truths)
+    assert chosen == "none"
+    assert scores == _scores_by_hand(masks, truths)
+    assert len(set(scores.values())) == 1 and scores["none"] < 1
+
+
+def test_choose_drops_spurious_blobs_and_a_tie_goes_to_the_simpler_option():
+    truths = np.stack([_lungs(), _lungs()])
+    masks = np.stack([_with_specks(_lungs()), _lungs(1)])
+    chosen, scores = choose(masks, truths)
+    # no holes, so largest_two+fill_holes ties with largest_two: the simpler one wins
+    assert scores["largest_two"] == scores["largest_two+fill_holes"] > scores["none"]
+    assert chosen == "largest_two"
+
+
+def test_choose_fills_holes_when_only_that_helps_and_both_when_both_do():
+    truths = np.stack([_lungs(), _lungs()])
+    assert choose(np.stack([_with_hole(_lungs()), _lungs()]), truths)[0] == "fill_holes"
+    assert choose(np.stack([_with_hole(_with_specks(_lungs())), _lungs()]), truths)[0] == "largest_two+fill_holes"
