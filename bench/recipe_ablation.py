@@ -20,7 +20,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ from common import print_table, require_real_sample, write_results
 
 from lungseg import postprocess
 from lungseg.augment import Augmenter
-from lungseg.config import AugmentConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.config import AugmentConfig, PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import load_processed, preprocess_folder, save_processed
 from lungseg.data.split import split_ids
 from lungseg.engine import TensorPair, fit

@@ -8,7 +8,7 @@ from lungseg import config, paths, stage
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.evaluate import dice_histogram, evaluate_set, per_image_scores, summary
+from lungseg.evaluate import dice_histogram, evaluate_set, per_image_scores, score_lines, summary
 from lungseg.inference import Predictor
 from lungseg.io import atomic_path, write_csv, write_json
 
@@ -38,18 +38,8 @@ def main(params: dict) -> None:
     write_csv(dice_histogram(dice), paths.DICE_HISTOGRAM)
     write_csv(result.scores, paths.PER_IMAGE)
     write_json(result.metrics, paths.METRICS)
-    print(report(result.metrics))
-
-
-def report(metrics: dict) -> str:
-    lines = []
-    for name, label in (("test", "128 px"), ("test_native", "native resolution")):
-        if name in metrics:
-            m = metrics[name]
-            lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
-                         f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
-    lines.append(f"post-processing: {metrics['postprocess']}; threshold baseline Dice {metrics['baseline']['dice']:.4f}")
-    return "\n".join(lines)
+    print(score_lines(result.metrics))
+    print(f"threshold baseline Dice {result.metrics['baseline']['dice']:.4f}")
 
 
 if __name__ == "__main__":

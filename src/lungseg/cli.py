@@ -1,5 +1,13 @@
-"""The `lungseg` command. `lungseg check DATA_DIR` runs the same integrity checks as the
-preprocess stage and prints a summary; it exits 1 when the data has errors."""
+"""The `lungseg` command.
+
+`lungseg check DATA_DIR` runs the same integrity checks as the preprocess stage and prints a
+summary; it exits 1 when the data has errors.
+`lungseg predict MODEL INPUT... --out DIR` segments new X-rays (lungseg.predict); it exits 1
+when some files could not be read.
+`lungseg evaluate --model MODEL --data DIR --out OUT` scores a trained model on any folder of
+image/mask pairs it never saw (external validation), exactly as the evaluate stage scores the
+test split.
+Problems that stop a command before it starts (a bad path, model or setting) exit 2."""
 
 from __future__ import annotations
 
@@ -9,8 +17,8 @@ from pathlib import Path
 
 from lungseg import config
 from lungseg.data.integrity import errors, summary, warnings_of
-from lungseg.errors import LungsegError
 from lungseg.data.preprocess import scan_folder
+from lungseg.errors import LungsegError
 
 
 def check(args: argparse.Namespace) -> int:
@@ -27,16 +35,118 @@ def check(args: argparse.Namespace) -> int:
     return 1 if found_errors else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation in chest X-rays.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def predict(args: argparse.Namespace) -> int:
+    # imported here so that `lungseg check` does not pay for importing torch
+    from lungseg import predict as predicting
+
+    return predicting.run(args.model, args.inputs, args.out, device=args.device, threshold=args.threshold,
+                          batch_size=args.batch_size, alpha=args.alpha, overlays=not args.no_overlays,
+                          recursive=args.recursive, quiet=args.quiet)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from lungseg.evaluate import dice_histogram, evaluate_folder, score_lines
+    from lungseg.inference import Predictor
+    from lungseg.io import write_csv, write_json
+
+    params = config.read_params(args.params) if Path(args.params).is_file() else {}
+    settings = config.load(params, "evaluate", source=args.params)
+    predictor = Predictor.from_checkpoint(args.model, args.device)
+    result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, show_progress=not args.quiet)
+    out = Path(args.out)
+    result.metrics["data"] = str(Path(args.data).resolve())
+    write_csv(result.scores, out / "per_image.csv")
+    write_csv(dice_histogram(result.scores["dice_native" if "dice_native" in result.scores else "dice"].to_numpy()),
+              out / "dice_histogram.csv")
+    write_json(result.metrics, out / "metrics.json")
+    print(score_lines(result.metrics))
+    return 0
+
+
+PREDICT_EPILOG = """\
+writes DIR/masks/<stem>.png (0/255, original size), DIR/overlays/<stem>.png (lungs in red)
+and DIR/predictions.csv (one row per input: input, mask_file, overlay_file, height, width,
+lung_fraction, right_lung_px, left_lung_px, n_components, error). Inputs sharing a stem get
+<stem>-2, <stem>-3, ... in the order given.
+
+lung sides: in a standard PA chest X-ray the patient's RIGHT lung appears on the image's LEFT.
+Of the two largest connected components of the mask, the one whose centre lies further left in
+the image is counted as the right lung; a single component counts as the right lung when its
+centre is in the left half of the image, else as the left lung. AP or mirrored images swap them.
+
+exit status: 0 all written, 1 some files could not be read (error column), 2 nothing done
+(an input path missing, no images found, an unusable model or option)."""
+
+
+def fraction(exclusive: bool):
+    """An argparse type for a number in (0, 1) (exclusive) or in [0, 1]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 < value < 1 if exclusive else 0 <= value <= 1):
+            raise argparse.ArgumentTypeError(f"{text} is outside {'(0, 1)' if exclusive else '[0, 1]'}")
+        return value
+    return parse
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def add_check(commands) -> None:
     checker = commands.add_parser("check", help="check a data folder for problems (exit 1 on errors)")
     checker.add_argument("data_dir", help="a folder in the Kaggle layout or with image/ and mask/")
     checker.add_argument("--params", default="params.yaml", help="take preprocess settings from here (default: params.yaml if present)")
     checker.add_argument("-v", "--verbose", action="store_true", help="list every warning, not just the summary")
+    checker.set_defaults(handler=check)
+
+
+def add_predict(commands) -> None:
+    predictor = commands.add_parser(
+        "predict", help="segment the lungs in new X-rays: masks, red overlays and a CSV (exit 1 if a file failed)",
+        description="Segment the lungs in chest X-rays (PNG or JPEG, any bit depth) with a trained lungseg model.",
+        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predictor.add_argument("model", help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth")
+    predictor.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    predictor.add_argument("--out", required=True, metavar="DIR", help="folder to write masks/, overlays/ and predictions.csv into")
+    predictor.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="auto: CUDA, then MPS, then CPU (default: auto)")
+    predictor.add_argument("--threshold", type=fraction(exclusive=True), default=None, metavar="P", help="lung where probability > this (default: the checkpoint's)")
+    predictor.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="images read and run at once (default: 16)")
+    predictor.add_argument("--alpha", type=fraction(exclusive=False), default=0.4, metavar="A", help="opacity of the red lungs in the overlays (default: 0.4)")
+    predictor.add_argument("--no-overlays", action="store_true", help="write masks and the CSV only")
+    predictor.add_argument("--recursive", action="store_true", help="also take images from subfolders of INPUT folders")
+    predictor.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predictor.set_defaults(handler=predict)
+
+
+def add_evaluate(commands) -> None:
+    evaluator = commands.add_parser(
+        "evaluate", help="score a trained model on another folder of image/mask pairs (external validation)",
+        description="Score a trained model on a folder of image/mask pairs in any layout lungseg reads: Dice, IoU "
+                    "and HD95 with bootstrap intervals, at model size and at each image's original resolution.")
+    evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth")
+    evaluator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
+    evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json, per_image.csv and dice_histogram.csv")
+    evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
+    evaluator.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    evaluator.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    evaluator.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluator.set_defaults(handler=evaluate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation in chest X-rays.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_check(commands)
+    add_predict(commands)
+    add_evaluate(commands)
     args = parser.parse_args(argv)
     try:
-        return check(args)
+        return args.handler(args)
     except LungsegError as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

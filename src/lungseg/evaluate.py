@@ -82,7 +82,7 @@ def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray, c
         "iou_pooled": iou_pooled(predictions, truths),
         "dice_min": float(scores["dice"].min()),
         "dice_std": float(scores["dice"].std(ddof=0)),
-        "n_images": int(len(scores)),
+        "n_images": len(scores),
     }
 
 
@@ -91,7 +91,7 @@ def native_summary(scores: pd.DataFrame, config: EvaluateConfig) -> dict:
         **with_intervals(scores, NATIVE_COLUMNS, config, suffix="_native"),
         "dice_min": float(scores["dice_native"].min()),
         "dice_std": float(scores["dice_native"].std(ddof=0)),
-        "n_images": int(len(scores)),
+        "n_images": len(scores),
     }
 
 
@@ -109,7 +109,7 @@ def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config
 
 
 def _group_scores(group: pd.DataFrame, config: EvaluateConfig) -> dict:
-    out = {"n_images": int(len(group)), "dice": float(group["dice"].mean()), "iou": float(group["iou"].mean())}
+    out = {"n_images": len(group), "dice": float(group["dice"].mean()), "iou": float(group["iou"].mean())}
     if "dice_native" in group.columns:
         out |= with_intervals(group, ("dice_native",), config)
         out["hd95_native"] = float(group["hd95_native"].mean())
@@ -155,6 +155,17 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
     images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
     return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
                         subgroups, show_progress)
+
+
+def score_lines(metrics: dict) -> str:
+    """One line per resolution: mean Dice with its interval, IoU, HD95, worst image."""
+    lines = []
+    for name, label in (("test", "model size"), ("test_native", "native resolution")):
+        if name in metrics:
+            m = metrics[name]
+            lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
+                         f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
+    return "\n".join(lines + [f"post-processing: {metrics['postprocess']}"])
 
 
 def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
