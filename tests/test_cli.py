@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,25 @@ def test_installed_console_script_runs_predict(tmp_path):
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert table["mask_file"].tolist() == ["masks/xray.png"]
     assert Image.open(tmp_path / "out" / "masks" / "xray.png").size == (20, 24)
+
+
+def test_evaluate_writes_scores_for_an_external_folder(write_pair_folder, tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=3, size=(48, 40), metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "scores"
+    code = main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out), "--params", "absent.yaml",
+                 "--device", "cpu", "-q"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_native"]["n_images"] == 3 and metrics["data"] == str(data.root.resolve())
+    assert 0 <= metrics["test_native"]["dice_ci_low"] <= metrics["test_native"]["dice_ci_high"] <= 1
+    per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
+    assert sorted(per_image["id"]) == ["1", "2", "3"] and "hd95_native" in per_image
+    assert "native resolution: Dice" in capsys.readouterr().out
+
+
+def test_evaluate_on_a_missing_folder_exits_2_and_writes_nothing(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    code = main(["evaluate", "--model", str(model), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "scores"), "-q"])
+    assert code == 2 and not (tmp_path / "scores").exists()
+    assert "nowhere" in capsys.readouterr().err
