@@ -102,3 +102,19 @@ def test_evaluate_on_a_missing_folder_exits_2_and_writes_nothing(tmp_path, capsy
     code = main(["evaluate", "--model", str(model), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "scores"), "-q"])
     assert code == 2 and not (tmp_path / "scores").exists()
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_export_then_predict_from_the_onnx_file(write_pair_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    assert main(["export", str(model), "--out", str(tmp_path / "exported")]) == 0
+    assert "onnx:" in capsys.readouterr().out
+    data = write_pair_folder(tmp_path / "xrays", layout="plain", n=2, size=(50, 40), metadata=False)
+    runs = {}
+    for name in ("tiny.pth", "exported/tiny.onnx", "exported/tiny.ts"):
+        out = tmp_path / f"pred-{Path(name).suffix[1:]}"
+        assert main(["predict", str(tmp_path / name), str(data.image_dir), "--out", str(out), "--device", "cpu", "-q"]) == 0
+        runs[name] = pd.read_csv(out / "predictions.csv")
+    for name in ("exported/tiny.onnx", "exported/tiny.ts"):
+        pd.testing.assert_frame_equal(runs[name].drop(columns=["mask_file", "overlay_file"]),
+                                      runs["tiny.pth"].drop(columns=["mask_file", "overlay_file"]))

@@ -7,6 +7,7 @@ when some files could not be read.
 `lungseg evaluate --model MODEL --data DIR --out OUT` scores a trained model on any folder of
 image/mask pairs it never saw (external validation), exactly as the evaluate stage scores the
 test split.
+`lungseg export MODEL --out DIR` writes TorchScript and ONNX copies of a checkpoint (lungseg.export).
 Problems that stop a command before it starts (a bad path, model or setting) exit 2."""
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def add_predict(commands) -> None:
         "predict", help="segment the lungs in new X-rays: masks, red overlays and a CSV (exit 1 if a file failed)",
         description="Segment the lungs in chest X-rays (PNG or JPEG, any bit depth) with a trained lungseg model.",
         epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    predictor.add_argument("model", help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth")
+    predictor.add_argument("model", help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
     predictor.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     predictor.add_argument("--out", required=True, metavar="DIR", help="folder to write masks/, overlays/ and predictions.csv into")
     predictor.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="auto: CUDA, then MPS, then CPU (default: auto)")
@@ -123,12 +124,34 @@ def add_predict(commands) -> None:
     predictor.set_defaults(handler=predict)
 
 
+def export(args: argparse.Namespace) -> int:
+    from lungseg.export import export_model
+
+    for name, result in export_model(args.model, args.out, tuple(args.format)).items():
+        print(f"{name}: {result['path']} (max |logit difference| against PyTorch: {result['max_abs_diff']:.2e})")
+    return 0
+
+
+def add_export(commands) -> None:
+    exporter = commands.add_parser(
+        "export", help="export a checkpoint to TorchScript and/or ONNX, checked against PyTorch (max logit difference <= 1e-4)",
+        description="Export a trained model so it runs without lungseg's model code (TorchScript) or without PyTorch "
+                    "(ONNX, with onnxruntime). Each file carries the threshold, post-processing and preprocessing "
+                    "settings, so `lungseg predict FILE ...` uses it like the checkpoint. A file whose logits differ "
+                    "from the checkpoint's by more than 1e-4 is not written.")
+    exporter.add_argument("model", help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth")
+    exporter.add_argument("--out", required=True, metavar="DIR", help="folder to write <name>.ts and <name>.onnx into")
+    exporter.add_argument("--format", nargs="+", choices=("torchscript", "onnx"), default=["torchscript", "onnx"],
+                          help="which formats (default: both; onnx needs pip install -e '.[onnx]')")
+    exporter.set_defaults(handler=export)
+
+
 def add_evaluate(commands) -> None:
     evaluator = commands.add_parser(
         "evaluate", help="score a trained model on another folder of image/mask pairs (external validation)",
         description="Score a trained model on a folder of image/mask pairs in any layout lungseg reads: Dice, IoU "
                     "and HD95 with bootstrap intervals, at model size and at each image's original resolution.")
-    evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth")
+    evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
     evaluator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
     evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json, per_image.csv and dice_histogram.csv")
     evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
@@ -144,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     add_check(commands)
     add_predict(commands)
     add_evaluate(commands)
+    add_export(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

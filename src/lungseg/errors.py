@@ -28,3 +28,7 @@ class CheckpointError(LungsegError):
 
 class TrainingError(LungsegError):
     """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
+
+
+class ExportError(LungsegError):
+    """A model cannot be exported (missing optional packages, or the exported copy disagrees with PyTorch)."""

@@ -45,7 +45,7 @@ class Predictor:
                    checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]))
 
     @classmethod
-    def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> "Predictor":
+    def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
         """An exported ONNX model (lungseg export) run by onnxruntime on device 'cpu', 'cuda' or
         'auto'. onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU
         whichever provider runs the graph; fp32 throughout, as the export's parity was checked."""

@@ -38,6 +38,7 @@ from lungseg.config import PreprocessConfig
 from lungseg.data.images import IMAGE_SUFFIXES, ImageReadError, read_grayscale
 from lungseg.data.preprocess import prepare_image
 from lungseg.errors import DataError, LungsegError
+from lungseg import inference
 from lungseg.inference import Predictor
 from lungseg.io import atomic_path, write_csv
 from lungseg.viz import overlay, save_mask_png
@@ -76,9 +77,10 @@ class LungSides:
 
 
 def load_predictor(model_path: str | Path, device: str = "auto", threshold: float | None = None) -> Predictor:
-    """The one place a model file becomes a Predictor (other model formats plug in here)."""
+    """The one place a model file becomes a Predictor: a checkpoint (.pth), an ONNX file (.onnx,
+    run by onnxruntime, no PyTorch model needed) or a TorchScript file (lungseg.inference.load_predictor)."""
     try:
-        return Predictor.from_checkpoint(model_path, device, threshold)
+        return inference.load_predictor(model_path, device, threshold)
     except RuntimeError as problem:  # e.g. --device cuda on a machine without a GPU
         raise LungsegError(f"{model_path}: cannot load the model on device {device!r}: {problem}") from None
 
