@@ -1,0 +1,82 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lungseg.augment import Augmenter
+from lungseg.config import AugmentConfig, ParamsError, load
+
+CPU = torch.device("cpu")
+NOTHING = AugmentConfig(probability=1.0, rotate_degrees=0, scale=0, shift=0, brightness=0, contrast=0, gamma=0, noise=0)
+
+
+def batch(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images with a bright frame and a dark 'lung' square, and that square as the mask."""
+    images = torch.full((n, 1, size, size), 0.8)
+    masks = torch.zeros((n, 1, size, size))
+    images[..., 8:24, 8:24] = 0.2
+    masks[..., 8:24, 8:24] = 1
+    return images, masks
+
+
+def test_same_seed_same_batch_other_seed_other_batch():
+    images, masks = batch()
+    first = Augmenter(AugmentConfig(), 0, CPU)(images, masks)
+    again = Augmenter(AugmentConfig(), 0, CPU)(images, masks)
+    other = Augmenter(AugmentConfig(), 1, CPU)(images, masks)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+
+
+def test_outputs_stay_images_in_range_and_binary_masks():
+    images, masks = batch(8)
+    out_images, out_masks = Augmenter(replace(AugmentConfig(), probability=1.0), 3, CPU)(images, masks)
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape
+    assert out_images.min() >= 0 and out_images.max() <= 1
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(out_images, images)
+
+
+def test_zero_ranges_and_zero_probability_change_nothing():
+    images, masks = batch()
+    for config in (NOTHING, replace(AugmentConfig(), probability=0.0)):
+        out_images, out_masks = Augmenter(config, 0, CPU)(images, masks)
+        torch.testing.assert_close(out_images, images, atol=1e-5, rtol=0)
+        assert torch.equal(out_masks, masks)
+
+
+def test_intensity_changes_leave_the_mask_alone():
+    images, masks = batch()
+    config = replace(NOTHING, brightness=0.2, contrast=0.3, gamma=0.3, noise=0.05)
+    out_images, out_masks = Augmenter(config, 0, CPU)(images, masks)
+    assert torch.equal(out_masks, masks) and not torch.equal(out_images, images)
+
+
+@pytest.mark.parametrize("change", [{"rotate_degrees": 10}, {"scale": 0.1}, {"shift": 0.05}])
+def test_geometry_moves_image_and_mask_together(change):
+    images, masks = batch(16)
+    out_images, out_masks = Augmenter(replace(NOTHING, **change), 0, CPU)(images, masks)
+    assert not torch.equal(out_masks, masks)
+    # the dark square and the mask still coincide: lung pixels are the dark ones
+    inside = out_images[out_masks.bool()]
+    assert inside.mean() < 0.35
+    # small changes: the lung area stays within 30 % of the original (zoom 1.1 -> area 1.21, plus edge pixels)
+    areas = out_masks.sum(dim=(1, 2, 3)) / masks.sum(dim=(1, 2, 3))
+    assert ((areas > 0.7) & (areas < 1.3)).all()
+
+
+def test_rotation_is_never_a_left_right_flip():
+    images, masks = batch(32)
+    images[..., 8:24, 8:12] = 0.0  # mark the left edge of the square
+    out_images, _ = Augmenter(replace(NOTHING, rotate_degrees=10), 0, CPU)(images, masks)
+    left, right = out_images[..., :, :16].mean(), out_images[..., :, 16:].mean()
+    assert left < right  # the darker left side stays on the left
+
+
+def test_config_rejects_out_of_range_values():
+    params = {"augment": {"probability": 1.5, "scale": 1.0, "rotate_degrees": 90, "noise": -0.1}}
+    with pytest.raises(ParamsError) as problem:
+        load(params, "augment")
+    message = str(problem.value)
+    for key in ("augment.probability=1.5", "augment.scale=1.0", "augment.rotate_degrees=90", "augment.noise=-0.1"):
+        assert key in message
