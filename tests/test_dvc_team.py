@@ -1,0 +1,229 @@
+"""Team workflows with the real `dvc`, on a tiny configuration in throwaway git repositories:
+a parameter sweep run in parallel by the experiment queue, and a DVC remote through which a
+fresh clone gets the model and results instead of recomputing them (docs/team.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+           ".gitignore", "data/.gitignore", "results/.gitignore"]
+TINY = {
+    "synthetic": {"n_images": 24, "min_size": 64, "max_size": 96},
+    "preprocess": {"image_size": 32, "workers": 1},
+    "model": {"depth": 2, "base_width": 4},
+    "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+    "infer": {"device": "cpu"},
+    "evaluate": {"baseline_steps": 8},
+    "visualize": {"n_examples": 2, "dpi": 30},
+}
+SWEPT_LRS = {0.001, 0.0003}
+OUTSIDE_PAIRS = 20
+IGNORED_DIR = "data/raw/own"  # data/raw/ is git-ignored, so a queued run's copy lacks it
+QUEUE_TIMEOUT_S = 420
+
+
+def run_status(cwd: Path, *args: str) -> tuple[int, str]:
+    """Run a command with a HOME of its own. PYTHONPATH is relative on purpose: every stage then
+    imports the lungseg of the copy it runs in (a queued run's temporary copy, or the clone)."""
+    env = {**os.environ, "HOME": str(cwd.parent / "home"), "PYTHONPATH": "src", "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def run(cwd: Path, *args: str) -> str:
+    """Run a command that must succeed; return its output."""
+    code, output = run_status(cwd, *args)
+    assert code == 0, f"{' '.join(args)} failed with {code}:\n{output}"
+    return output
+
+
+def new_project(root: Path) -> Path:
+    """The lungseg project with TINY params, committed on main in a fresh git repo under root."""
+    project = root / "project"
+    for name in TRACKED:
+        source, target = REPO / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+    (root / "home").mkdir()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(project, "git", "init", "-q", "-b", "main")
+    run(project, "git", "config", "user.name", "lungseg tests")
+    run(project, "git", "config", "user.email", "tests@lungseg.invalid")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "tiny pipeline")
+    return project
+
+
+def write_plain_pairs(root: Path, n: int) -> Path:
+    """n 64 px image/mask PNG pairs in the plain layout: noise, with a darker 'lung' block."""
+    rng = np.random.default_rng(0)
+    for folder in ("image", "mask"):
+        (root / folder).mkdir(parents=True)
+    for k in range(n):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16 + k % 8 : 48, 12:52] = 255
+        image = rng.integers(120, 250, (64, 64)).astype(np.uint8) - (mask // 3)
+        Image.fromarray(image).save(root / "image" / f"{k}.png")
+        Image.fromarray(mask).save(root / "mask" / f"{k}.png")
+    return root
+
+
+def stages_run(output: str) -> set[str]:
+    """Names of the stages a `dvc repro` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+def queue_tasks(status: str) -> dict[str, str]:
+    """Task id -> state from the table `dvc queue status` prints."""
+    rows = (line.split() for line in status.splitlines())
+    return {row[0]: row[-1] for row in rows if len(row) >= 4 and re.fullmatch(r"[0-9a-f]{7}", row[0])}
+
+
+def queue_logs(project: Path, tasks: dict[str, str]) -> str:
+    return "\n".join(f"--- dvc queue logs {task} ({state})\n{run_status(project, 'dvc', 'queue', 'logs', task)[1]}"
+                     for task, state in tasks.items())
+
+
+def wait_for_queue(project: Path, timeout_s: float) -> dict[str, str]:
+    """Poll `dvc queue status` until no task is queued or running; fail with every log if it takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tasks = queue_tasks(run(project, "dvc", "queue", "status"))
+        if tasks and not {"Queued", "Running"} & set(tasks.values()):
+            return tasks
+        if time.monotonic() > deadline:
+            pytest.fail(f"the queue did not finish in {timeout_s} s: {tasks}\n{queue_logs(project, tasks)}")
+        time.sleep(3)
+
+
+def experiments(project: Path) -> list[dict]:
+    """Every experiment `dvc exp show --json` lists: name, state, params, metrics, deps."""
+    table = json.loads(run(project, "dvc", "exp", "show", "--json"))
+    found = []
+    for commit in table:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            found.append({"name": exp.get("name"), "state": (exp.get("executor") or {}).get("state"),
+                          "params": data["params"]["params.yaml"]["data"],
+                          "metrics": data["metrics"].get("results/metrics.json", {}).get("data"),
+                          "deps": data["deps"]})
+    return found
+
+
+@dataclass
+class Sweep:
+    project: Path
+    outside: Path  # the data folder outside the repository, given by absolute path
+    queued_output: str
+    tasks: dict[str, str]  # task id -> final state
+    experiments: list[dict]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Iterator[Sweep]:
+    """Two learning rates swept on data given by absolute path, plus one run pointed at a git-ignored
+    relative folder, all through the queue with two workers."""
+    root = tmp_path_factory.mktemp("queue")
+    project = new_project(root)
+    outside = write_plain_pairs(root / "outside-data", OUTSIDE_PAIRS)
+    write_plain_pairs(project / IGNORED_DIR, OUTSIDE_PAIRS)
+    queued = run(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=1e-3,3e-4", "-S", f"data.dir={outside}")
+    run(project, "dvc", "exp", "run", "--queue", "-n", "ignored-data", "-S", f"data.dir={IGNORED_DIR}")
+    run(project, "dvc", "queue", "start", "-j", "2")
+    try:
+        tasks = wait_for_queue(project, QUEUE_TIMEOUT_S)
+        yield Sweep(project, outside, queued, tasks, experiments(project))
+    finally:
+        run_status(project, "dvc", "queue", "stop", "--kill")  # workers also leave by themselves when idle
+
+
+def swept(sweep: Sweep) -> list[dict]:
+    return [exp for exp in sweep.experiments if exp["params"]["data"]["dir"] == str(sweep.outside)]
+
+
+def test_a_comma_list_in_set_param_queues_one_experiment_per_value(sweep):
+    assert sweep.queued_output.count("Queued experiment") == len(SWEPT_LRS), sweep.queued_output
+    assert {exp["params"]["train"]["lr"] for exp in swept(sweep)} == SWEPT_LRS
+
+
+def test_every_swept_run_succeeds_with_its_own_test_metrics(sweep):
+    runs = swept(sweep)
+    states = {exp["name"]: exp["state"] for exp in runs}
+    if list(states.values()) != ["success"] * len(SWEPT_LRS):
+        pytest.fail(f"swept runs: {states}\n{queue_logs(sweep.project, sweep.tasks)}")
+    for exp in runs:
+        assert 0 <= exp["metrics"]["test"]["dice"] <= 1, (exp["name"], exp["metrics"])
+
+
+def test_a_queued_run_reads_a_data_folder_given_by_absolute_path(sweep):
+    for exp in swept(sweep):
+        # exp show names an absolute dep without its leading "/"; Path("/", ...) accepts both forms
+        [data_dep] = [dep for path, dep in exp["deps"].items() if Path("/", path) == sweep.outside]
+        assert data_dep["nfiles"] == 2 * OUTSIDE_PAIRS, exp["deps"]
+
+
+def test_a_queued_run_cannot_see_a_git_ignored_relative_data_folder(sweep):
+    """The queue runs a copy of the git-tracked files only: the folder exists here, not there."""
+    assert run(sweep.project, "git", "check-ignore", IGNORED_DIR).strip() == IGNORED_DIR
+    [failed] = [exp for exp in sweep.experiments if exp["name"] == "ignored-data"]
+    assert failed["state"] == "failed"
+    log = run(sweep.project, "dvc", "queue", "logs", "ignored-data")
+    assert re.search(rf"No such file or directory: '\S*/\.dvc/tmp/exps/\w+/{IGNORED_DIR}'", log), log
+
+
+# --------------------------------------------------------------------------- the remote
+
+
+def test_a_fresh_clone_pulls_model_and_results_and_reruns_only_the_phantoms(tmp_path):
+    first = new_project(tmp_path)
+    run(first, "dvc", "repro")
+    run(first, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-storage"))
+    run(first, "git", "add", "-A")
+    run(first, "git", "commit", "-qm", "results, and the team's remote")
+    run(first, "dvc", "push")
+
+    clone = tmp_path / "clone"
+    run(first, "git", "clone", "-q", str(first), str(clone))
+    run(clone, "dvc", "pull")
+    model = "results/best_unet.pth"
+    assert (clone / model).read_bytes() == (first / model).read_bytes()
+    # data/raw/synthetic is `cache: false` in dvc.yaml: never pushed, so the only thing missing
+    changes = json.loads(run(clone, "dvc", "status", "--json"))
+    assert "synthesize" in changes
+    assert {path for stage in changes.values() for change in stage for kind in change.values() for path in kind} \
+        == {"data/raw/synthetic"}, changes
+
+    # the phantoms come back bit for bit, so their hash matches dvc.lock and nothing downstream reruns
+    assert stages_run(run(clone, "dvc", "repro")) == {"synthesize"}
+    assert "Data and pipelines are up to date." in run(clone, "dvc", "status")
+    assert run(clone, "git", "status", "--porcelain") == ""
+    assert (clone / model).read_bytes() == (first / model).read_bytes()
