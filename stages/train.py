@@ -1,16 +1,37 @@
-"""Stage train: fit the U-Net on the train split, keep the best epoch by validation Dice."""
+"""Stage train: fit the U-Net on the train split, keep the best epoch by validation Dice.
+
+With train.nproc > 1 the stage re-executes itself under torchrun, one process per GPU (or CPU
+processes on a machine without one); started by torchrun directly it trains as one rank of a
+multi-machine run. How the work is shared, and the commands: src/lungseg/distributed.py.
+"""
 
 import torch
 
-from lungseg import config, paths, stage
+from lungseg import config, distributed, paths, postprocess, stage
+from lungseg.augment import Augmenter
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.engine import TensorPair, TrainingError, fit, is_out_of_memory, out_of_memory_advice
+from lungseg.engine import (
+    TensorPair,
+    TrainingError,
+    fit,
+    is_out_of_memory,
+    out_of_memory_advice,
+)
 from lungseg.io import write_csv, write_json
 from lungseg.model import UNet
-from lungseg.runtime import (autocast_dtype, configure, images_to_tensor, masks_to_tensor, memory_format,
-                             prepare_model, resolve_device, should_compile)
+from lungseg.runtime import (
+    autocast_dtype,
+    configure,
+    forward_in_batches,
+    images_to_tensor,
+    masks_to_tensor,
+    memory_format,
+    prepare_model,
+    resolve_device,
+    should_compile,
+)
 
 
 def tensors(data, device, layout) -> TensorPair:
@@ -23,35 +44,72 @@ def check_size_fits_depth(image_size: int, depth: int) -> None:
                                  f"but the preprocessed images are {image_size} px (preprocess.image_size)")
 
 
+def choose_postprocessing(model, val_set: TensorPair, threshold: float, batch_size: int, dtype) -> tuple[str, dict]:
+    """Try each post-processing option on the validation masks of the best model (never on test)."""
+    probabilities = torch.sigmoid(forward_in_batches(model, val_set.images, batch_size, dtype))
+    masks = (probabilities > threshold)[:, 0].cpu().numpy()
+    return postprocess.choose(masks, val_set.masks[:, 0].cpu().numpy())
+
+
 def main(params: dict) -> None:
-    model_config, train_config, infer = config.load(params, "model", "train", "infer")
+    model_config, train_config, augment, infer = config.load(params, "model", "train", "augment", "infer")
     device = resolve_device(train_config.device)
+    if train_config.nproc > 1 and not distributed.launched():
+        distributed.check_launch(train_config.nproc, train_config.batch_size, device)  # before any process starts
+        distributed.relaunch(train_config.nproc, __file__)  # never returns: this process becomes torchrun
+    worker = distributed.setup(device) if distributed.launched() else None
+    try:
+        train(model_config, train_config, augment, infer, worker.device if worker else device, worker)
+    finally:
+        distributed.cleanup()
+
+
+def train(model_config, train_config, augment, infer, device, worker) -> None:
+    """Train on `device`; with a `worker`, as one rank of a distributed run, on its shards of the data."""
     configure(device)
     dtype = autocast_dtype(device, train_config.precision)
     layout = memory_format(device, dtype)
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     check_size_fits_depth(processed.settings["image_size"], model_config.depth)
-    train_set = tensors(processed.subset(ids_in(split, "train")), device, layout)
-    val_set = tensors(processed.subset(ids_in(split, "val")), device, layout)
-    print(f"training on {len(train_set)} images, validating on {len(val_set)}, device {device}, precision {dtype or torch.float32}")
+    if worker:  # checked before any data reaches the device
+        distributed.local_batch_size(train_config.batch_size, worker.world)
+    train_ids, val_ids = ids_in(split, "train"), ids_in(split, "val")
+    rank, world = (worker.rank, worker.world) if worker else (0, 1)
+    train_set = tensors(processed.subset(distributed.shard(train_ids, rank, world)), device, layout)
+    val_set = tensors(processed.subset(distributed.shard(val_ids, rank, world)), device, layout)
+    if rank == 0:
+        shared = f" in {world} processes (each holds 1/{world} of the images)" if worker else ""
+        print(f"training on {len(train_ids)} images, validating on {len(val_ids)}{shared}, device {device}, "
+              f"precision {dtype or torch.float32}")
 
-    torch.manual_seed(train_config.seed)  # the initial weights depend on it
+    torch.manual_seed(train_config.seed)  # the initial weights depend on it (the same on every rank)
     model_args = {"in_channels": 1, "out_channels": 1, "depth": model_config.depth, "base_width": model_config.base_width}
     model = prepare_model(UNet(**model_args), device, layout)
+    # each rank draws its own augmentations; rank 0 (or the only process) uses train.seed itself
+    augmenter = Augmenter(augment, train_config.seed + rank, device) if augment.enabled else None
     try:
-        result = fit(model, train_set, val_set, train_config, infer.threshold, dtype, should_compile(device, train_config.compile))
+        result = fit(model, train_set, val_set, train_config, infer.threshold, dtype,
+                     should_compile(device, train_config.compile), show_progress=rank == 0, augment=augmenter, worker=worker)
     except (torch.OutOfMemoryError, RuntimeError) as problem:
         if not is_out_of_memory(problem):
             raise
         raise TrainingError(out_of_memory_advice(device, train_config.batch_size, model_config.base_width)) from problem
+    if rank != 0:
+        return  # rank 0 writes the outputs
 
     model.load_state_dict(result.best_state)
-    checkpoint = make_checkpoint(model, model_args, processed.settings, infer.threshold,
+    if worker:  # post-processing is chosen on the whole validation set
+        val_set = tensors(processed.subset(val_ids), device, layout)
+    chosen, option_scores = choose_postprocessing(model, val_set, infer.threshold, train_config.batch_size, dtype)
+    checkpoint = make_checkpoint(model, model_args, processed.settings, infer.threshold, chosen,
                                  epoch=result.best_epoch, val_dice=result.best_dice)
     save_checkpoint(checkpoint, paths.MODEL)
     write_csv(result.history, paths.HISTORY)
-    write_json({"best_epoch": result.best_epoch, "val_dice": result.best_dice}, paths.TRAIN_METRICS)
-    print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} -> {paths.MODEL}")
+    write_json({"best_epoch": result.best_epoch, "val_dice": result.best_dice, "postprocess": chosen,
+                "val_dice_postprocessed": option_scores[chosen],
+                "val_dice_by_postprocess": option_scores}, paths.TRAIN_METRICS)
+    print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f}; post-processing '{chosen}' "
+          f"(val Dice {option_scores[chosen]:.4f}) -> {paths.MODEL}")
 
 
 if __name__ == "__main__":
