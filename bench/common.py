@@ -61,13 +61,14 @@ def _format(value) -> str:
     return str(value)
 
 
-def write_results(name: str, rows: list[dict], **extra) -> Path:
+def write_results(name: str, rows: list[dict], quiet: bool = False, **extra) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "date": time.strftime("%Y-%m-%d"), "machine": machine(), **extra, "rows": rows}
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    if not quiet:
+        print(f"\nwrote {path.relative_to(ROOT)}")
     return path
 
 

@@ -116,3 +116,25 @@ def test_choose_fills_holes_when_only_that_helps_and_both_when_both_do():
     truths = np.stack([_lungs(), _lungs()])
     assert choose(np.stack([_with_hole(_lungs()), _lungs()]), truths)[0] == "fill_holes"
     assert choose(np.stack([_with_hole(_with_specks(_lungs())), _lungs()]), truths)[0] == "largest_two+fill_holes"
+
+
+def test_choose_refuses_an_option_that_wrecks_one_image_for_a_mean_gain():
+    truths, masks = [], []
+    for _ in range(10):  # easy images: a lung pair plus a speck that largest_two removes
+        truth = np.zeros((40, 40), np.uint8)
+        truth[5:35, 4:16] = 1
+        truth[5:35, 24:36] = 1
+        pred = truth.copy()
+        pred[0:5, 18:23] = 1
+        truths.append(truth)
+        masks.append(pred)
+    hard_truth = np.zeros((40, 40), np.uint8)
+    hard_truth[5:35, 4:16] = 1
+    hard_truth[5:35, 24:36] = 1
+    split = hard_truth.copy()
+    split[29:31, 4:16] = 0  # the network cut the bottom off one lung: largest_two drops that piece
+    truths.append(hard_truth)
+    masks.append(split)
+    chosen, scores = choose(np.stack(masks), np.stack(truths))
+    assert scores["largest_two"] > scores["none"]  # it would win on the mean...
+    assert chosen not in ("largest_two", "largest_two+fill_holes")  # ...but is not allowed to
