@@ -96,12 +96,17 @@ def train(model_config, train_config, augment, infer, device, worker) -> None:
         raise TrainingError(out_of_memory_advice(device, train_config.batch_size, model_config.base_width)) from problem
     if rank != 0:
         return  # rank 0 writes the outputs
-
     model.load_state_dict(result.best_state)
     if worker:  # post-processing is chosen on the whole validation set
         val_set = tensors(processed.subset(val_ids), device, layout)
-    chosen, option_scores = choose_postprocessing(model, val_set, infer.threshold, train_config.batch_size, dtype)
-    checkpoint = make_checkpoint(model, model_args, processed.settings, infer.threshold, chosen,
+    save_outputs(model, model_args, processed.settings, infer.threshold, result, val_set, train_config.batch_size, dtype)
+
+
+def save_outputs(model, model_args: dict, preprocessing: dict, threshold: float, result, val_set: TensorPair,
+                 batch_size: int, dtype) -> None:
+    """Choose post-processing on validation, then write the checkpoint, history and metrics."""
+    chosen, option_scores = choose_postprocessing(model, val_set, threshold, batch_size, dtype)
+    checkpoint = make_checkpoint(model, model_args, preprocessing, threshold, chosen,
                                  epoch=result.best_epoch, val_dice=result.best_dice)
     save_checkpoint(checkpoint, paths.MODEL)
     write_csv(result.history, paths.HISTORY)
