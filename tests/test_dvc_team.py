@@ -1,16 +1,12 @@
 """Team workflows with the real `dvc`, on a tiny configuration in throwaway git repositories:
 a parameter sweep run in parallel by the experiment queue, and a DVC remote through which a
-fresh clone gets the model and results instead of recomputing them (docs/team.md).
+fresh clone gets the model and results instead of recomputing them (README: Scaling out).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,14 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from dvc_project import new_project, run, run_status, stages_run
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
-           ".gitignore", "data/.gitignore", "results/.gitignore"]
 TINY = {
     "synthetic": {"n_images": 24, "min_size": 64, "max_size": 96},
     "preprocess": {"image_size": 32, "workers": 1},
@@ -41,40 +34,9 @@ IGNORED_DIR = "data/raw/own"  # data/raw/ is git-ignored, so a queued run's copy
 QUEUE_TIMEOUT_S = 420
 
 
-def run_status(cwd: Path, *args: str) -> tuple[int, str]:
-    """Run a command with a HOME of its own. PYTHONPATH is relative on purpose: every stage then
-    imports the lungseg of the copy it runs in (a queued run's temporary copy, or the clone)."""
-    env = {**os.environ, "HOME": str(cwd.parent / "home"), "PYTHONPATH": "src", "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
-    return done.returncode, done.stdout + done.stderr
-
-
-def run(cwd: Path, *args: str) -> str:
-    """Run a command that must succeed; return its output."""
-    code, output = run_status(cwd, *args)
-    assert code == 0, f"{' '.join(args)} failed with {code}:\n{output}"
-    return output
-
-
-def new_project(root: Path) -> Path:
+def tiny_project(root: Path) -> Path:
     """The lungseg project with TINY params, committed on main in a fresh git repo under root."""
-    project = root / "project"
-    for name in TRACKED:
-        source, target = REPO / name, project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(source, target)
-    (root / "home").mkdir()
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(project, "git", "init", "-q", "-b", "main")
-    run(project, "git", "config", "user.name", "lungseg tests")
-    run(project, "git", "config", "user.email", "tests@lungseg.invalid")
+    project = new_project(root, TINY)
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "tiny pipeline")
     return project
@@ -92,11 +54,6 @@ def write_plain_pairs(root: Path, n: int) -> Path:
         Image.fromarray(image).save(root / "image" / f"{k}.png")
         Image.fromarray(mask).save(root / "mask" / f"{k}.png")
     return root
-
-
-def stages_run(output: str) -> set[str]:
-    """Names of the stages a `dvc repro` output says it ran."""
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
 # --------------------------------------------------------------------------- the queue
@@ -153,7 +110,7 @@ def sweep(tmp_path_factory) -> Iterator[Sweep]:
     """Two learning rates swept on data given by absolute path, plus one run pointed at a git-ignored
     relative folder, all through the queue with two workers."""
     root = tmp_path_factory.mktemp("queue")
-    project = new_project(root)
+    project = tiny_project(root)
     outside = write_plain_pairs(root / "outside-data", OUTSIDE_PAIRS)
     write_plain_pairs(project / IGNORED_DIR, OUTSIDE_PAIRS)
     queued = run(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=1e-3,3e-4", "-S", f"data.dir={outside}")
@@ -204,7 +161,7 @@ def test_a_queued_run_cannot_see_a_git_ignored_relative_data_folder(sweep):
 
 
 def test_a_fresh_clone_pulls_model_and_results_and_reruns_only_the_phantoms(tmp_path):
-    first = new_project(tmp_path)
+    first = tiny_project(tmp_path)
     run(first, "dvc", "repro")
     run(first, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-storage"))
     run(first, "git", "add", "-A")

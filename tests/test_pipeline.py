@@ -7,19 +7,14 @@ so the tests are independent yet the expensive first `dvc repro` runs only once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from dvc_project import new_project, run, run_status, set_params, stages_run
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", ".gitignore"]
 TINY = {
     "synthetic": {"n_images": 30, "min_size": 64, "max_size": 96},
     "preprocess": {"image_size": 32, "workers": 1},
@@ -31,50 +26,10 @@ TINY = {
 }
 
 
-def run_status(project: Path, *args: str) -> tuple[int, str]:
-    """Run a command in `project` with its own HOME and its own copy of the code."""
-    env = {**os.environ, "HOME": str(project.parent / "home"), "PYTHONPATH": str(project / "src"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
-    return done.returncode, done.stdout + done.stderr
-
-
-def run(project: Path, *args: str) -> str:
-    """Run a command that must succeed; return its output."""
-    code, output = run_status(project, *args)
-    assert code == 0, f"{' '.join(args)} failed with {code}:\n{output}"
-    return output
-
-
-def set_params(project: Path, changes: dict) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def stages_run(output: str) -> set[str]:
-    """Names of the stages a `dvc repro` output says it ran."""
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
-
-
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory) -> Path:
     """A tiny lungseg project in a fresh git repo, reproduced once and committed on main."""
-    project = tmp_path_factory.mktemp("base") / "project"
-    project.mkdir()
-    for name in TRACKED:
-        source, target = REPO / name, project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(source, target)
-    (project.parent / "home").mkdir()
-    set_params(project, TINY)
-    run(project, "git", "init", "-q", "-b", "main")
-    run(project, "git", "config", "user.name", "lungseg tests")
-    run(project, "git", "config", "user.email", "tests@lungseg.invalid")
+    project = new_project(tmp_path_factory.mktemp("base"), TINY)
     run(project, "dvc", "repro")
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "tiny pipeline")
