@@ -25,17 +25,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import print_table, require_real_sample, write_results
+from common import print_table, require_real_sample, tensors, write_results
 
 from lungseg import postprocess
 from lungseg.augment import Augmenter
 from lungseg.config import AugmentConfig, PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import load_processed, preprocess_folder, save_processed
 from lungseg.data.split import split_ids
-from lungseg.engine import TensorPair, fit
+from lungseg.engine import fit, predicted_masks
 from lungseg.metrics import dice_per_image
 from lungseg.model import UNet
-from lungseg.runtime import forward_in_batches, images_to_tensor, masks_to_tensor, resolve_device
+from lungseg.runtime import images_to_tensor, resolve_device
 
 PLAIN = {"epochs": 8, "augment": False, "postprocess": False, "base_width": 8, "batch_size": 2}  # the default before issue 5
 # README's real-data recipe: 20 epochs of 563 images fit in 10 minutes on 2 CPU cores (24 s an epoch)
@@ -61,10 +61,6 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     return preprocess_folder(require_real_sample(), PreprocessConfig())
 
 
-def tensor_pair(images, masks, device) -> TensorPair:
-    return TensorPair(images_to_tensor(images, device), masks_to_tensor(masks, device))
-
-
 def run_job(job: dict) -> dict:
     """Train one variant on one split seed; score validation and test."""
     torch.set_num_threads(job["threads"])
@@ -77,20 +73,15 @@ def run_job(job: dict) -> dict:
     model = UNet(depth=4, base_width=variant["base_width"]).to(device)
     augmenter = Augmenter(AugmentConfig(), config.seed, device) if variant["augment"] else None
     started = time.perf_counter()
-    result = fit(model, tensor_pair(*train, device), tensor_pair(*val, device), config, 0.5, show_progress=False, augment=augmenter)
+    result = fit(model, tensors(train, device), tensors(val, device), config, 0.5, show_progress=False, augment=augmenter)
     seconds = time.perf_counter() - started
     model.load_state_dict(result.best_state)
-    val_masks, test_masks = (predict(model, part[0], device) for part in (val, test))
+    val_masks, test_masks = (predicted_masks(model, images_to_tensor(part[0], device), 0.5, 32) for part in (val, test))
     chosen = postprocess.choose(val_masks, val[1])[0] if variant["postprocess"] else "none"
     test_dice = dice_per_image(postprocess.apply(test_masks, chosen), test[1])
     return {"variant": job["variant"], "seed": job["seed"], "test_dice": float(test_dice.mean()), "test_worst": float(test_dice.min()),
             "val_dice": result.best_dice, "best_epoch": result.best_epoch, "postprocess": chosen,
             "train_images": len(train[0]), "epochs": config.epochs, "train_seconds": seconds}
-
-
-def predict(model, images: np.ndarray, device) -> np.ndarray:
-    logits = forward_in_batches(model, images_to_tensor(images, device), 32)
-    return (torch.sigmoid(logits) > 0.5)[:, 0].cpu().numpy().astype(np.uint8)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -8,7 +8,7 @@ from lungseg import config, paths, stage
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.evaluate import dice_histogram, evaluate_set, per_image_scores, score_lines, summary
+from lungseg.evaluate import evaluate_set, per_image_scores, score_lines, summary
 from lungseg.inference import Predictor
 from lungseg.io import atomic_path, write_csv, write_json
 
@@ -34,8 +34,7 @@ def main(params: dict) -> None:
 
     with atomic_path(paths.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=result.masks)
-    dice = result.scores["dice_native" if "dice_native" in result.scores else "dice"].to_numpy()
-    write_csv(dice_histogram(dice), paths.DICE_HISTOGRAM)
+    write_csv(result.histogram(), paths.DICE_HISTOGRAM)
     write_csv(result.scores, paths.PER_IMAGE)
     write_json(result.metrics, paths.METRICS)
     print(score_lines(result.metrics))

@@ -18,13 +18,13 @@ from lungseg.engine import (
     fit,
     is_out_of_memory,
     out_of_memory_advice,
+    predicted_masks,
 )
 from lungseg.io import write_csv, write_json
 from lungseg.model import UNet
 from lungseg.runtime import (
     autocast_dtype,
     configure,
-    forward_in_batches,
     images_to_tensor,
     masks_to_tensor,
     memory_format,
@@ -46,8 +46,7 @@ def check_size_fits_depth(image_size: int, depth: int) -> None:
 
 def choose_postprocessing(model, val_set: TensorPair, threshold: float, batch_size: int, dtype) -> tuple[str, dict]:
     """Try each post-processing option on the validation masks of the best model (never on test)."""
-    probabilities = torch.sigmoid(forward_in_batches(model, val_set.images, batch_size, dtype))
-    masks = (probabilities > threshold)[:, 0].cpu().numpy()
+    masks = predicted_masks(model, val_set.images, threshold, batch_size, dtype)
     return postprocess.choose(masks, val_set.masks[:, 0].cpu().numpy())
 
 

@@ -11,21 +11,14 @@ import torch
 from lungseg.checkpoint import CheckpointError, build_model, load_checkpoint, make_checkpoint, save_checkpoint
 from lungseg.inference import Predictor
 from lungseg.model import UNet
+from tiny_models import perturbed_unet
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 16
 
 
 def _trained_model(seed: int = 0) -> UNet:
-    """A small UNet whose weights and BatchNorm statistics are not the defaults."""
-    torch.manual_seed(seed)
-    model = UNet(**MODEL_ARGS)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.1)
-        model.train()
-        model(torch.rand(4, 1, SIZE, SIZE))  # moves the BatchNorm running statistics
-    return model.eval()
+    return perturbed_unet(MODEL_ARGS, SIZE, seed)
 
 
 def _save(model: UNet, path, threshold: float = 0.5) -> dict:

@@ -23,6 +23,7 @@ from lungseg.export import (
 from lungseg.inference import Predictor, load_predictor
 from lungseg.model import UNet
 from lungseg.onnx_model import require
+from tiny_models import perturbed_unet
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 32
@@ -30,17 +31,7 @@ POSTPROCESS = "fill_holes"  # not the default, so the round trip shows it travel
 
 
 def _trained_model(seed: int) -> UNet:
-    """A tiny UNet whose weights and BatchNorm running statistics are far from their defaults,
-    so a graph that dropped or mis-folded BatchNorm would fail the parity check."""
-    torch.manual_seed(seed)
-    model = UNet(**MODEL_ARGS)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.1)
-        model.train()
-        for _ in range(2):
-            model(torch.rand(4, 1, SIZE, SIZE) * 2 + 0.5)  # shifted inputs move the running means
-    return model.eval()
+    return perturbed_unet(MODEL_ARGS, SIZE, seed)
 
 
 def _write_checkpoint(path, seed: int = 0) -> None:

@@ -46,7 +46,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from lungseg.evaluate import dice_histogram, evaluate_folder, score_lines
+    from lungseg.evaluate import evaluate_folder, score_lines
     from lungseg.inference import Predictor
     from lungseg.io import write_csv, write_json
 
@@ -57,8 +57,7 @@ def evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result.metrics["data"] = str(Path(args.data).resolve())
     write_csv(result.scores, out / "per_image.csv")
-    write_csv(dice_histogram(result.scores["dice_native" if "dice_native" in result.scores else "dice"].to_numpy()),
-              out / "dice_histogram.csv")
+    write_csv(result.histogram(), out / "dice_histogram.csv")
     write_json(result.metrics, out / "metrics.json")
     print(score_lines(result.metrics))
     return 0

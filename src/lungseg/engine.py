@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -105,22 +106,12 @@ def combine_epoch(total: torch.Tensor, seen: int, first_bad: torch.Tensor) -> tu
 def validate(model, loss_fn, data: TensorPair, batch_size: int, threshold: float, dtype,
              worker: distributed.Worker | None = None) -> dict:
     """Loss, mean Dice and mean IoU on `data` at the inference threshold; with `worker`, `data` is
-    this rank's shard and the scores are those of all ranks' shards together."""
+    this rank's shard and the scores are those of all ranks' shards together (the sums of
+    validation_sums, added up over the ranks, then divided once)."""
+    sums = validation_sums(model, loss_fn, data, batch_size, threshold, dtype)
     if worker is not None:
-        return validate_shards(model, loss_fn, data, batch_size, threshold, dtype)
-    logits = forward_in_batches(model, data.images, batch_size, dtype)
-    predictions = torch.sigmoid(logits) > threshold
-    return {
-        "val_loss": float(loss_fn(logits, data.masks)),
-        "val_dice": float(dice_per_image(predictions, data.masks).mean()),
-        "val_iou": float(iou_per_image(predictions, data.masks).mean()),
-    }
-
-
-def validate_shards(model, loss_fn, data: TensorPair, batch_size: int, threshold: float, dtype) -> dict:
-    """validate's scores over the union of every rank's shard: the sums of validation_sums,
-    added up over the ranks, then divided once."""
-    loss, dice, iou, count = distributed.all_reduce_sum(validation_sums(model, loss_fn, data, batch_size, threshold, dtype)).tolist()
+        sums = distributed.all_reduce_sum(sums)
+    loss, dice, iou, count = sums.tolist()  # the one host-device sync of the validation
     return {"val_loss": loss / count, "val_dice": dice / count, "val_iou": iou / count}
 
 
@@ -132,9 +123,9 @@ def validation_sums(model, loss_fn, data: TensorPair, batch_size: int, threshold
     if len(data):  # a rank holds no validation image when there are fewer images than ranks
         logits = forward_in_batches(model, data.images, batch_size, dtype)
         predictions = torch.sigmoid(logits) > threshold
-        sums[0] = loss_fn(logits, data.masks) * len(data)
-        sums[1] = dice_per_image(predictions, data.masks).sum()
-        sums[2] = iou_per_image(predictions, data.masks).sum()
+        sums[0] = loss_fn(logits, data.masks).double() * len(data)
+        sums[1] = dice_per_image(predictions, data.masks).double().sum()
+        sums[2] = iou_per_image(predictions, data.masks).double().sum()
         sums[3] = len(data)
     return sums
 
@@ -145,6 +136,13 @@ def make_scheduler(optimizer, schedule: str, total_steps: int):
     if schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+
+
+def predicted_masks(model, images: torch.Tensor, threshold: float, batch_size: int, dtype=None) -> np.ndarray:
+    """Binary masks (N x H x W, bool, on the CPU) of `model` for device-resident N x 1 x H x W
+    images: what the train stage chooses post-processing on, before any checkpoint exists."""
+    logits = forward_in_batches(model, images, batch_size, dtype)
+    return (torch.sigmoid(logits) > threshold)[:, 0].cpu().numpy()
 
 
 def is_out_of_memory(problem: BaseException) -> bool:

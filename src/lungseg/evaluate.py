@@ -31,6 +31,11 @@ class Evaluation:
     metrics: dict  # what metrics.json holds
     masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
 
+    def histogram(self) -> pd.DataFrame:
+        """The per-image Dice histogram, at native resolution when it was scored there."""
+        column = "dice_native" if "dice_native" in self.scores else "dice"
+        return dice_histogram(self.scores[column].to_numpy())
+
 
 def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=None) -> pd.DataFrame:
     """Table id, dice, iou, hd95, truth and predicted lung fractions, one row per image.
