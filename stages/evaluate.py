@@ -8,7 +8,7 @@ from lungseg import config, paths, stage
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.evaluate import evaluate_set, per_image_scores, score_lines, summary
+from lungseg.evaluate import evaluate_set, headline, per_image_scores, score_lines, summary
 from lungseg.inference import Predictor
 from lungseg.io import atomic_path, write_csv, write_json
 
@@ -36,7 +36,8 @@ def main(params: dict) -> None:
         np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=result.masks)
     write_csv(result.histogram(), paths.DICE_HISTOGRAM)
     write_csv(result.scores, paths.PER_IMAGE)
-    write_json(result.metrics, paths.METRICS)
+    write_json(result.metrics, paths.EVALUATION_REPORT)
+    write_json(headline(result.metrics), paths.METRICS)
     print(score_lines(result.metrics))
     print(f"threshold baseline Dice {result.metrics['baseline']['dice']:.4f}")
 

@@ -5,6 +5,8 @@ processes on a machine without one); started by torchrun directly it trains as o
 multi-machine run. How the work is shared, and the commands: src/lungseg/distributed.py.
 """
 
+import sys
+
 import torch
 
 from lungseg import config, distributed, paths, postprocess, stage
@@ -20,7 +22,7 @@ from lungseg.engine import (
     out_of_memory_advice,
     predicted_masks,
 )
-from lungseg.io import write_csv, write_json
+from lungseg.io import write_json
 from lungseg.model import UNet
 from lungseg.runtime import (
     autocast_dtype,
@@ -32,6 +34,7 @@ from lungseg.runtime import (
     resolve_device,
     should_compile,
 )
+from lungseg.tracking import EpochLog
 
 
 def tensors(data, device, layout) -> TensorPair:
@@ -86,9 +89,12 @@ def train(model_config, train_config, augment, infer, device, worker) -> None:
     model = prepare_model(UNet(**model_args), device, layout)
     # each rank draws its own augmentations; rank 0 (or the only process) uses train.seed itself
     augmenter = Augmenter(augment, train_config.seed + rank, device) if augment.enabled else None
+    # rank 0 records each epoch as it ends; the bar only on a terminal (a log file gets the epoch lines)
+    epoch_log = EpochLog(paths.LIVE_DIR, train_config.epochs) if rank == 0 else None
     try:
         result = fit(model, train_set, val_set, train_config, infer.threshold, dtype,
-                     should_compile(device, train_config.compile), show_progress=rank == 0, augment=augmenter, worker=worker)
+                     should_compile(device, train_config.compile), show_progress=rank == 0 and sys.stdout.isatty(),
+                     augment=augmenter, worker=worker, on_epoch=epoch_log)
     except (torch.OutOfMemoryError, RuntimeError) as problem:
         if not is_out_of_memory(problem):
             raise
@@ -103,15 +109,15 @@ def train(model_config, train_config, augment, infer, device, worker) -> None:
 
 def save_outputs(model, model_args: dict, preprocessing: dict, threshold: float, result, val_set: TensorPair,
                  batch_size: int, dtype) -> None:
-    """Choose post-processing on validation, then write the checkpoint, history and metrics."""
+    """Choose post-processing on validation, then write the checkpoint and the training report
+    (the per-epoch metrics are already on disk: EpochLog wrote them as each epoch ended)."""
     chosen, option_scores = choose_postprocessing(model, val_set, threshold, batch_size, dtype)
     checkpoint = make_checkpoint(model, model_args, preprocessing, threshold, chosen,
                                  epoch=result.best_epoch, val_dice=result.best_dice)
     save_checkpoint(checkpoint, paths.MODEL)
-    write_csv(result.history, paths.HISTORY)
-    write_json({"best_epoch": result.best_epoch, "val_dice": result.best_dice, "postprocess": chosen,
-                "val_dice_postprocessed": option_scores[chosen],
-                "val_dice_by_postprocess": option_scores}, paths.TRAIN_METRICS)
+    write_json({"epochs": len(result.history), "best_epoch": result.best_epoch, "val_dice": result.best_dice,
+                "postprocess": chosen, "val_dice_postprocessed": option_scores[chosen],
+                "val_dice_by_postprocess": option_scores}, paths.TRAINING_REPORT)
     print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f}; post-processing '{chosen}' "
           f"(val Dice {option_scores[chosen]:.4f}) -> {paths.MODEL}")
 

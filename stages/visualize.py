@@ -7,6 +7,7 @@ from lungseg import config, paths, stage, viz
 from lungseg.data.preprocess import load_processed
 from lungseg.evaluate import pick_examples
 from lungseg.io import atomic_path
+from lungseg.tracking import read_history
 
 
 def montage_rows(test, predictions: dict, scores: pd.DataFrame, n: int) -> list[dict]:
@@ -35,7 +36,7 @@ def main(params: dict) -> None:
         tmp.mkdir()
         for image_id, mask in predictions.items():
             viz.save_mask_png(mask, tmp / f"{image_id}.png")
-    history = pd.read_csv(paths.HISTORY)
+    history = read_history(paths.LIVE_DIR)
     viz.save_loss_curves(history, paths.LOSS_CURVES, settings.dpi)
     viz.save_dice_curves(history, paths.DICE_CURVES, settings.dpi)
     print(f"wrote {len(rows)} montage rows to {paths.MONTAGE_DIR}, {len(predictions)} masks to {paths.PREDS_DIR}, curves to {paths.RESULTS}")

@@ -89,9 +89,11 @@ def test_evaluate_writes_scores_for_an_external_folder(write_pair_folder, tmp_pa
     code = main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out), "--params", "absent.yaml",
                  "--device", "cpu", "-q"])
     assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test_native"]["n_images"] == 3 and metrics["data"] == str(data.root.resolve())
-    assert 0 <= metrics["test_native"]["dice_ci_low"] <= metrics["test_native"]["dice_ci_high"] <= 1
+    report = json.loads((out / "evaluation_report.json").read_text())
+    assert report["test_native"]["n_images"] == 3 and report["data"] == str(data.root.resolve())
+    assert 0 <= report["test_native"]["dice_ci_low"] <= report["test_native"]["dice_ci_high"] <= 1
+    metrics = json.loads((out / "metrics.json").read_text())  # the headline, as the evaluate stage writes it
+    assert metrics["test"]["dice"] == report["test_native"]["dice"] and metrics["test"]["n_images"] == 3
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert sorted(per_image["id"]) == ["1", "2", "3"] and "hd95_native" in per_image
     assert "native resolution: Dice" in capsys.readouterr().out

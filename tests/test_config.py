@@ -69,6 +69,10 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys():
     ("train", "epochs", 2.5, "expected an integer"),
     ("train", "epochs", True, "expected an integer"),
     ("train", "lr", "fast", "expected a number"),
+    ("train", "lr", float("nan"), "expected a finite number"),
+    ("train", "lr", "nan", "expected a finite number"),  # how `dvc exp run -S train.lr=nan` arrives
+    ("augment", "noise", float("inf"), "expected a finite number"),
+    ("infer", "threshold", "-inf", "expected a finite number"),
     ("train", "device", 3, "expected text"),
     ("preprocess", "metadata_columns", "county", "expected a list of names"),
     ("preprocess", "metadata_columns", [1, 2], "expected a list of names"),
@@ -183,6 +187,21 @@ def test_validate_lists_every_problem_of_the_whole_file_at_once(repo_params):
     assert "train.epochs=-1: must be >= 1" in problems  # still checked although lr has the wrong type
     assert any(p.startswith("preprocess.image_size=100: must be divisible by 2**model.depth = 16") for p in problems)
     assert len(problems) == 5
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_nan_is_refused_in_every_number_of_every_section(section, repo_params):
+    """NaN compares false with everything, so it slipped past every range check before."""
+    numbers = [key for key, value in repo_params.get(section, {}).items()
+               if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool))]
+    params = copy.deepcopy(repo_params)
+    params[section] = {**params.get(section, {}), **{key: float("nan") for key in numbers}}
+    if not numbers:
+        validate(params)
+        return
+    with pytest.raises(ParamsError) as caught:
+        validate(params)
+    assert {p.split("=")[0] for p in _problems(caught.value)} == {f"{section}.{key}" for key in numbers}
 
 
 def test_validate_accepts_the_repo_params(repo_params):

@@ -26,6 +26,7 @@ from lungseg.io import write_csv
 from lungseg.losses import BceDiceLoss
 from lungseg.model import UNet
 from lungseg.runtime import images_to_tensor, masks_to_tensor
+from lungseg.tracking import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -193,11 +194,12 @@ def runs(tmp_path_factory) -> dict[int, tuple[Path, subprocess.CompletedProcess]
 def test_two_processes_run_through_and_rank_0_alone_writes_the_outputs(runs):
     project, done = runs[2]
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in (project / "results").iterdir()) == ["best_unet.pth", "history.csv", "train_metrics.json"]
+    assert sorted(p.name for p in (project / "results").iterdir()) == ["best_unet.pth", "live", "training_report.json"]
     assert done.stdout.count("best epoch") == 1  # one writer: rank 0
     assert "in 2 processes" in done.stdout
-    history = pd.read_csv(project / "results" / "history.csv")
+    history = read_history(project / "results" / "live")
     assert history["epoch"].tolist() == [1, 2, 3]
+    assert done.stdout.count("epoch 3/3") == 1  # one line per epoch, from rank 0 only
     build_model(load_checkpoint(project / "results" / "best_unet.pth"))  # a whole, loadable checkpoint
 
 
@@ -211,7 +213,7 @@ def test_two_process_loss_curve_matches_the_one_process_curve(runs):
     run with twice the learning rate ends 0.07-0.09 away (0.05-0.07 at epoch 2): an error in
     the steps per epoch or the learning rate fails it. (With Adam, a gradient scaled by a
     constant changes nothing, so summing instead of averaging gradients could not show here.)"""
-    one, two = (pd.read_csv(runs[n][0] / "results" / "history.csv") for n in (1, 2))
+    one, two = (read_history(runs[n][0] / "results" / "live") for n in (1, 2))
     gap = (one["train_loss"] - two["train_loss"]).abs()
     assert gap.max() < 0.025, f"per-epoch train-loss gap {gap.round(4).tolist()}"
     assert (two["lr"] == one["lr"]).all()  # the schedule does not depend on the number of processes
@@ -224,7 +226,7 @@ def test_validation_scores_of_two_ranks_are_those_of_the_saved_model_on_the_whol
     equal the saved checkpoint's scores on the whole set, so the reduction is exact and every
     rank validated the model rank 0 saved (BatchNorm statistics averaged first)."""
     project, _ = runs[2]
-    history = pd.read_csv(project / "results" / "history.csv").set_index("epoch")
+    history = read_history(project / "results" / "live").set_index("epoch")
     checkpoint = load_checkpoint(project / "results" / "best_unet.pth")
     val_images = np.load(project / "data" / "processed" / "images.npy")[PARTS["train"] : PARTS["train"] + PARTS["val"]]
     val_masks = np.load(project / "data" / "processed" / "masks.npy")[PARTS["train"] : PARTS["train"] + PARTS["val"]]

@@ -59,6 +59,18 @@ def test_history_has_one_row_per_epoch_with_every_column(trained):
     assert np.isfinite(result.history[["train_loss", "val_loss"]].to_numpy()).all()
 
 
+def test_on_epoch_sees_each_row_as_it_ends_with_the_best_epoch_so_far(phantoms):
+    seen = []
+    config = TrainConfig(epochs=3, batch_size=4, seed=0)
+    result = fit(UNet(depth=3, base_width=4), tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
+                 show_progress=False, on_epoch=lambda row, best_epoch, best_dice: seen.append((dict(row), best_epoch, best_dice)))
+    assert [row["epoch"] for row, _, _ in seen] == [1, 2, 3]
+    assert [row for row, _, _ in seen] == result.history.to_dict("records")
+    for k, (_, best_epoch, best_dice) in enumerate(seen, start=1):
+        so_far = result.history.iloc[:k]
+        assert best_dice == so_far["val_dice"].max() and best_epoch == int(so_far.loc[so_far["val_dice"].idxmax(), "epoch"])
+
+
 def test_loss_falls_and_the_best_epoch_is_the_best_val_dice(trained):
     _, result = trained
     history = result.history

@@ -9,7 +9,15 @@ from PIL import Image
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import EvaluateConfig
 from lungseg.errors import DataError
-from lungseg.evaluate import dice_histogram, evaluate_folder, per_image_scores, pick_examples, subgroup_means, summary
+from lungseg.evaluate import (
+    dice_histogram,
+    evaluate_folder,
+    headline,
+    per_image_scores,
+    pick_examples,
+    subgroup_means,
+    summary,
+)
 from lungseg.inference import Predictor
 
 FAST = EvaluateConfig(bootstrap_samples=200)
@@ -124,10 +132,51 @@ def test_evaluate_folder_refuses_broken_data(tmp_path, write_pair_folder):
         evaluate_folder(rectangle_predictor(), folder.root, FAST, show_progress=False)
 
 
-def test_dice_histogram_bins_every_image_once():
+def test_dice_histogram_bins_every_image_once_and_follows_the_spread():
     dice = np.array([0.912, 0.955, 0.958, 0.99, 1.0])
     table = dice_histogram(dice)
     assert table["images"].sum() == len(dice)
-    assert table["dice_bin"].iloc[0] == "0.91-0.92" and table["dice_bin"].iloc[-1] == "0.99-1.00"
-    assert table.set_index("dice_bin").loc["0.95-0.96", "images"] == 2
-    assert table.set_index("dice_bin").loc["0.99-1.00", "images"] == 2  # a perfect score lands in the last bin
+    edges = [tuple(float(edge) for edge in label.split("-")) for label in table["dice_bin"]]
+    assert edges[0][0] <= 0.912 < edges[0][1] and edges[-1][1] == 1.0
+    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))  # contiguous
+    assert table["images"].iloc[-1] == 2  # 0.99, and a perfect score lands in the last bin
+    assert list(table["dice_bin"]) == sorted(table["dice_bin"])  # DVC sorts the labels as text
+
+
+def test_dice_histogram_is_readable_at_a_glance_whatever_the_spread():
+    """A few bins however many images and however wide the scores: close scores get fine bins
+    (their labels still distinct), one outlier does not make dozens of empty bars."""
+    rng = np.random.default_rng(0)
+    close = 0.975 + 0.015 * rng.random(200)
+    with_outlier = np.append(0.96 + 0.03 * rng.random(70), 0.05)
+    for dice in (close, with_outlier):
+        table = dice_histogram(dice)
+        assert 2 <= len(table) <= 10 and table["images"].sum() == len(dice)
+        assert table["dice_bin"].is_unique
+    assert dice_histogram(with_outlier)["images"].iloc[0] == 1  # the outlier has its own bar
+
+
+def test_dice_histogram_of_identical_scores_is_one_bin_inside_0_1():
+    for value in (0.0, 0.5, 1.0):
+        table = dice_histogram(np.full(5, value))
+        assert list(table["images"]) == [5]
+        low, high = (float(edge) for edge in table["dice_bin"].iloc[0].split("-"))
+        assert 0 <= low <= value <= high <= 1
+
+
+def test_headline_holds_the_few_numbers_users_compare(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=4, metadata=False)
+    result = evaluate_folder(rectangle_predictor(), folder.root, FAST, show_progress=False)
+    result.metrics["baseline"] = {"dice": 0.4}
+    top = headline(result.metrics)
+    assert set(top) == {"test", "baseline"}
+    assert top["test"]["dice"] == result.metrics["test_native"]["dice"]  # native resolution first
+    assert top["test"]["dice_128px"] == result.metrics["test"]["dice"]
+    assert top["test"]["n_images"] == 4 and top["baseline"] == {"dice_128px": 0.4}
+    assert sum(1 for section in top.values() for _ in section) <= 10
+
+
+def test_headline_falls_back_to_model_size_without_native_scores():
+    model_size = {"dice": 0.9, "dice_ci_low": 0.8, "dice_ci_high": 0.95, "iou": 0.8, "hd95": 3.0, "dice_min": 0.7, "n_images": 5}
+    top = headline({"test": model_size, "postprocess": "none"})
+    assert top == {"test": {**{k: v for k, v in model_size.items() if k != "n_images"}, "dice_128px": 0.9, "n_images": 5}}

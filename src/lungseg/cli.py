@@ -46,7 +46,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from lungseg.evaluate import evaluate_folder, score_lines
+    from lungseg.evaluate import evaluate_folder, headline, score_lines
     from lungseg.inference import Predictor
     from lungseg.io import write_csv, write_json
 
@@ -58,7 +58,8 @@ def evaluate(args: argparse.Namespace) -> int:
     result.metrics["data"] = str(Path(args.data).resolve())
     write_csv(result.scores, out / "per_image.csv")
     write_csv(result.histogram(), out / "dice_histogram.csv")
-    write_json(result.metrics, out / "metrics.json")
+    write_json(result.metrics, out / "evaluation_report.json")
+    write_json(headline(result.metrics), out / "metrics.json")
     print(score_lines(result.metrics))
     return 0
 
@@ -152,7 +153,8 @@ def add_evaluate(commands) -> None:
                     "and HD95 with bootstrap intervals, at model size and at each image's original resolution.")
     evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
     evaluator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
-    evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json, per_image.csv and dice_histogram.csv")
+    evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json (headline scores), evaluation_report.json (every interval and "
+                           "subgroup), per_image.csv and dice_histogram.csv")
     evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
     evaluator.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     evaluator.add_argument("--batch-size", type=positive_int, default=32, metavar="N")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,11 +287,13 @@ def _coerce(value, hint):
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text; accept it as the number it means
             try:
-                return float(value), None
+                value = float(value)
             except ValueError:
                 return value, "expected a number"
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value), None) if ok else (value, "expected a number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return value, "expected a number"
+        # NaN passes every range check (all its comparisons are false), so it is refused here
+        return (float(value), None) if math.isfinite(value) else (value, "expected a finite number")
     if hint is str:
         if value is None:  # an empty YAML value, e.g. `stratify_by:`
             return "", None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,7 +160,7 @@ def out_of_memory_advice(device: torch.device, batch_size: int, base_width: int)
 
 def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: TrainConfig, threshold: float,
         dtype=None, compile_model: bool = False, show_progress: bool = True, augment=None,
-        worker: distributed.Worker | None = None) -> FitResult:
+        worker: distributed.Worker | None = None, on_epoch: Callable[[dict, int, float], None] | None = None) -> FitResult:
     """Train for config.epochs and keep the weights of the epoch with the best validation Dice.
 
     `augment`, if given, maps each training batch (images, masks) to a changed copy
@@ -173,6 +174,9 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
     and `val` are its shards, config.batch_size is the global batch, and the model trains
     wrapped in DDP (its BatchNorms become SyncBatchNorm on CUDA, in place). Every rank returns
     the same history and best epoch.
+
+    `on_epoch(row, best_epoch, best_dice)`, if given, is called as each epoch ends with its
+    history row and the best epoch so far (lungseg.tracking.EpochLog writes them to disk).
     """
     if worker is not None:
         model = distributed.sync_batchnorm(model, worker)
@@ -206,4 +210,6 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
             if scores["val_dice"] > best[0]:
                 best = (scores["val_dice"], epoch, copy.deepcopy(model.state_dict()))
             progress.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_dice=f"{scores['val_dice']:.3f}")
+            if on_epoch is not None:
+                on_epoch(rows[-1], best[1], best[0])
     return FitResult(pd.DataFrame(rows), best[2], best[1], best[0])

@@ -28,7 +28,7 @@ NATIVE_COLUMNS = ("dice_native", "iou_native", "hd95_native")
 @dataclass
 class Evaluation:
     scores: pd.DataFrame  # one row per image
-    metrics: dict  # what metrics.json holds
+    metrics: dict  # the full report (headline() picks what metrics.json holds)
     masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
 
     def histogram(self) -> pd.DataFrame:
@@ -121,15 +121,28 @@ def _group_scores(group: pd.DataFrame, config: EvaluateConfig) -> dict:
     return out
 
 
-def dice_histogram(dice: np.ndarray, width: float = 0.01) -> pd.DataFrame:
-    """Counts of per-image Dice in bins of `width`, from the lowest score's bin up to 1.0
-    (for the DVC bar plot; the labels sort as text in the right order)."""
-    lowest = np.floor(float(np.min(dice)) / width) * width
-    edges = np.round(np.arange(lowest, 1.0 + width / 2, width), 6)
-    edges[-1] = 1.0 + 1e-9  # a perfect score falls in the last bin
-    counts, _ = np.histogram(np.clip(dice, lowest, 1.0), bins=edges)
-    labels = [f"{low:.2f}-{min(low + width, 1.0):.2f}" for low in edges[:-1]]
+def dice_histogram(dice: np.ndarray, max_bins: int = 10) -> pd.DataFrame:
+    """Counts of per-image Dice in at most `max_bins` bins of a round width (0.002, 0.005, 0.01,
+    0.025, ...) that follows the spread of the scores: numpy's 'auto' rule picks the number of
+    bins, so close scores get fine bins and one outlier does not make dozens of empty bars.
+    The labels sort as text in order (for DVC's bar plot)."""
+    dice = np.clip(np.asarray(dice, dtype=float), 0.0, 1.0)
+    low, high = float(dice.min()), float(dice.max())
+    bins = min(max(len(np.histogram_bin_edges(dice, bins="auto")) - 1, 1), max_bins)
+    width = _round_width(max(high - low, 0.01) / bins)
+    start = min(np.floor(low / width + 1e-9) * width, 1.0 - width)
+    count = max(int(np.ceil(round((high - start) / width, 9))), 1)
+    edges = np.minimum(np.round(start + width * np.arange(count + 1), 9), 1.0)
+    counts, _ = np.histogram(dice, bins=edges)
+    decimals = next(d for d in range(2, 10) if abs(round(width, d) - width) < 1e-12)
+    labels = [f"{a:.{decimals}f}-{b:.{decimals}f}" for a, b in zip(edges[:-1], edges[1:])]
     return pd.DataFrame({"dice_bin": labels, "images": counts})
+
+
+def _round_width(raw: float) -> float:
+    """The smallest of 1, 2, 2.5 and 5 times a power of ten that is at least `raw`."""
+    power = 10.0 ** np.floor(np.log10(raw))
+    return next(round(m * power, 12) for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
 
 
 def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
@@ -160,6 +173,19 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
     images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
     return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
                         subgroups, show_progress)
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers users compare between runs (metrics.json, `dvc exp show`): the test scores
+    at native resolution when they were computed (else at model size), the Dice at model size,
+    and the threshold baseline's Dice. Everything else stays in the full report."""
+    scored = metrics.get("test_native", metrics["test"])
+    test = {key: scored[key] for key in ("dice", "dice_ci_low", "dice_ci_high", "iou", "hd95", "dice_min")}
+    test |= {"dice_128px": metrics["test"]["dice"], "n_images": scored["n_images"]}
+    out = {"test": test}
+    if "baseline" in metrics:
+        out["baseline"] = {"dice_128px": metrics["baseline"]["dice"]}
+    return out
 
 
 def score_lines(metrics: dict) -> str:

@@ -2,15 +2,17 @@
 
 from pathlib import Path
 
+PARAMS_CHECKED = Path("data/params_checked.txt")
 SYNTHETIC_DIR = Path("data/raw/synthetic")
 PROCESSED_DIR = Path("data/processed")
 SPLIT_CSV = Path("data/split.csv")
 
 RESULTS = Path("results")
 MODEL = RESULTS / "best_unet.pth"
-HISTORY = RESULTS / "history.csv"
-TRAIN_METRICS = RESULTS / "train_metrics.json"
+LIVE_DIR = RESULTS / "live"  # dvclive: metrics.json and plots/metrics/*.tsv, written as each epoch ends
+TRAINING_REPORT = RESULTS / "training_report.json"
 METRICS = RESULTS / "metrics.json"
+EVALUATION_REPORT = RESULTS / "evaluation_report.json"
 PER_IMAGE = RESULTS / "per_image.csv"
 PREDICTIONS = RESULTS / "test_predictions.npz"
 DICE_HISTOGRAM = RESULTS / "dice_histogram.csv"
