@@ -18,13 +18,24 @@ TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.git
            ".gitignore", "data/.gitignore", "results/.gitignore"]
 
 
-def run_status(cwd: Path, *args: str) -> tuple[int, str]:
-    """Run a command in `cwd` with the HOME beside it. PYTHONPATH is relative on purpose: every
-    stage then imports the lungseg of the copy it runs in (a queued run's copy, or a clone)."""
-    env = {**os.environ, "HOME": str(cwd.parent / "home"), "PYTHONPATH": "src", "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
+def environment(cwd: Path, extra: dict | None = None) -> dict:
+    """The environment commands run in: the HOME beside `cwd`, and PYTHONPATH relative on purpose,
+    so every stage imports the lungseg of the copy it runs in (a queued run's copy, or a clone)."""
+    return {**os.environ, "HOME": str(cwd.parent / "home"), "PYTHONPATH": "src", "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(extra or {})}
+
+
+def run_status(cwd: Path, *args: str, extra_env: dict | None = None) -> tuple[int, str]:
+    """Run a command in `cwd`; return its exit status and output (stdout, then stderr)."""
+    done = subprocess.run(args, check=False, cwd=cwd, env=environment(cwd, extra_env), capture_output=True, text=True)
     return done.returncode, done.stdout + done.stderr
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """Start a command in `cwd` in its own process group (so a test can interrupt it as Ctrl-C
+    would); its output, stdout and stderr together, is read from .stdout."""
+    return subprocess.Popen(args, cwd=cwd, env=environment(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
 
 
 def run(cwd: Path, *args: str) -> str:

@@ -74,6 +74,14 @@ def test_save_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]
 
 
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    """DVC compares outputs by hash: a rerun with the same seed must not look like a new model."""
+    model = _trained_model()
+    _save(model, tmp_path / "a" / "best.pth")
+    _save(model, tmp_path / "b" / "best.pth")
+    assert (tmp_path / "a" / "best.pth").read_bytes() == (tmp_path / "b" / "best.pth").read_bytes()
+
+
 def test_missing_checkpoint_is_named(tmp_path):
     path = tmp_path / "absent.pth"
     with pytest.raises(CheckpointError) as caught:

@@ -27,8 +27,10 @@ def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: 
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # through a handle: given a path, torch names the archive's inner folder after the (temporary,
+    # random) file name, and the same checkpoint would differ in bytes from run to run
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(checkpoint, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict:
