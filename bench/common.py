@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lungseg.config import PreprocessConfig
@@ -22,6 +24,7 @@ from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.split import split_ids
 from lungseg.engine import TensorPair
 from lungseg.runtime import images_to_tensor, masks_to_tensor
+from lungseg.tracking import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -97,3 +100,14 @@ def tensors(part: tuple[np.ndarray, np.ndarray], device: torch.device) -> Tensor
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ .*  ([\d.]+) s  \(best", re.MULTILINE)
+
+
+def stage_history(project: Path, stdout: str) -> pd.DataFrame:
+    """The train stage's per-epoch history (results/live) with each epoch's seconds, which only
+    its log lines carry: they differ from run to run, so no file that git tracks holds them."""
+    history = read_history(project / "results" / "live")
+    seconds = {int(match[1]): float(match[2]) for match in EPOCH_LINE.finditer(stdout)}
+    return history.assign(seconds=history["epoch"].map(seconds))

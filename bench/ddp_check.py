@@ -6,7 +6,7 @@ GPUs (or on CPU). Time per epoch, loss and validation Dice of each, side by side
 
 Each run is `stages/train.py` in a scratch project holding synthetic phantoms (data/processed
 and data/split.csv written directly: no dvc, no preprocess stage). Times come from the stage's
-results/history.csv: the first epoch (which includes torch.compile on CUDA) apart, then the
+the train stage's epoch lines: the first epoch (which includes torch.compile on CUDA) apart, then the
 median of the others. Needs only torch, numpy, pandas, pyyaml, tqdm, scipy and pillow.
 
 With one GPU, NCCL cannot run two ranks on it, so the 2-rank code path of CUDA (SyncBatchNorm,
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
-from common import ROOT, print_table, write_results
+from common import ROOT, print_table, stage_history, write_results
 
 from lungseg import distributed
 from lungseg.config import PreprocessConfig, TrainConfig
@@ -79,9 +80,7 @@ def set_nproc(project: Path, nproc: int) -> None:
 
 def run(project: Path, label: str, command: list[str], processes: int, backend: str) -> dict:
     results = project / "results"
-    if results.exists():
-        for path in results.iterdir():
-            path.unlink()
+    shutil.rmtree(results, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     started = time.perf_counter()
     done = subprocess.run(command, check=False, cwd=project, env=env, capture_output=True, text=True)
@@ -89,7 +88,7 @@ def run(project: Path, label: str, command: list[str], processes: int, backend: 
     if done.returncode != 0:
         print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
         return {"run": label, "processes": processes, "backend": backend, "status": f"failed ({done.returncode})"}
-    history = pd.read_csv(results / "history.csv")
+    history = stage_history(project, done.stdout)
     later = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]
     return {"run": label, "processes": processes, "backend": backend, "status": "ok",
             "first_epoch_s": float(history["seconds"].iloc[0]), "epoch_s": float(later.median()), "wall_s": wall,

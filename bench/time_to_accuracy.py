@@ -4,8 +4,8 @@
 
 lungseg side: the real pipeline stages (preprocess, split, train) run as subprocesses in a
 scratch copy of the project with the default params.yaml, data.dir pointed at
-../shared/data/lungs-kaggle-layout-sample; the time is read from results/history.csv (the
-`seconds` column: training and validation of each epoch). Baseline, in the same run: the
+../shared/data/lungs-kaggle-layout-sample; the time is read from the train stage's epoch
+lines (the seconds of each epoch's training and validation). Baseline, in the same run: the
 seed-style loop (fp32, batch 2, DataLoader, constant lr 1e-3) on the same split, validated
 with the same code after each epoch, until the target or the time cap.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import yaml
 
-from common import ROOT, print_table, real_split, require_real_sample, tensors, write_results
+from common import ROOT, print_table, real_split, require_real_sample, stage_history, tensors, write_results
 from lungseg.engine import validate
 from lungseg.losses import BceDiceLoss
 from lungseg.model import UNet
@@ -44,12 +44,13 @@ def run_pipeline_train(data_dir: Path, workdir: Path) -> tuple[pd.DataFrame, flo
     params["data"]["dir"] = str(data_dir)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(workdir / "src")}
-    wall = {}
+    wall, logs = {}, {}
     for stage in ("preprocess", "split", "train"):
         started = time.perf_counter()
-        subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=workdir, env=env, check=True, stderr=subprocess.DEVNULL)
+        logs[stage] = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=workdir, env=env, check=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
         wall[stage] = time.perf_counter() - started
-    return pd.read_csv(workdir / "results" / "history.csv"), wall["train"], params
+    return stage_history(workdir, logs["train"]), wall["train"], params
 
 
 def seconds_to(history: pd.DataFrame, target: float) -> tuple[float | None, int | None]:

@@ -160,15 +160,22 @@ def test_a_queued_run_cannot_see_a_git_ignored_relative_data_folder(sweep):
 # --------------------------------------------------------------------------- the remote
 
 
-def test_a_fresh_clone_pulls_model_and_results_and_reruns_only_the_phantoms(tmp_path):
-    first = tiny_project(tmp_path)
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory) -> Path:
+    """A reproduced tiny project committed with a folder as its default DVC remote, pushed."""
+    root = tmp_path_factory.mktemp("remote")
+    first = tiny_project(root)
     run(first, "dvc", "repro")
-    run(first, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-storage"))
+    run(first, "dvc", "remote", "add", "-d", "shared", str(root / "dvc-storage"))
     run(first, "git", "add", "-A")
     run(first, "git", "commit", "-qm", "results, and the team's remote")
     run(first, "dvc", "push")
+    return first
 
-    clone = tmp_path / "clone"
+
+def test_a_fresh_clone_pulls_model_and_results_and_reruns_only_the_phantoms(pushed, tmp_path):
+    first, clone = pushed, tmp_path / "clone"
+    (tmp_path / "home").mkdir()
     run(first, "git", "clone", "-q", str(first), str(clone))
     run(clone, "dvc", "pull")
     model = "results/best_unet.pth"
@@ -184,3 +191,12 @@ def test_a_fresh_clone_pulls_model_and_results_and_reruns_only_the_phantoms(tmp_
     assert "Data and pipelines are up to date." in run(clone, "dvc", "status")
     assert run(clone, "git", "status", "--porcelain") == ""
     assert (clone / model).read_bytes() == (first / model).read_bytes()
+
+
+def test_a_tagged_model_version_downloads_through_the_remote_without_a_clone(pushed, tmp_path):
+    """dvc.yaml declares the checkpoint as the artifact lung-unet: `dvc artifacts get` fetches a
+    version tagged in GTO's format from the remote, with no clone and nothing run."""
+    run(pushed, "git", "tag", "-a", "lung-unet@v1.0.0", "-m", "lung-unet 1.0.0")
+    downloaded = tmp_path / "downloaded.pth"
+    run(pushed, "dvc", "artifacts", "get", str(pushed), "lung-unet", "--rev", "v1.0.0", "-o", str(downloaded))
+    assert downloaded.read_bytes() == (pushed / "results/best_unet.pth").read_bytes()

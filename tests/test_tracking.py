@@ -26,7 +26,7 @@ def test_each_epoch_is_on_disk_when_it_ends(tmp_path, capsys):
         assert read_history(tmp_path / "live")["epoch"].tolist() == list(range(1, epoch + 1))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("epoch 1/3  train_loss 1.0000  val_loss 1.5000  val_dice 0.6000  val_iou 0.5000")
-    assert lines[1].endswith("6.5 s  (best: epoch 2, val_dice 0.7000)")
+    assert lines[1].endswith("6.50 s  (best: epoch 2, val_dice 0.7000)")
 
 
 def test_history_reads_back_every_series_and_nothing_that_changes_between_runs(tmp_path):

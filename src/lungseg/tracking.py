@@ -68,7 +68,7 @@ def _files_only_live(directory: str | os.PathLike):
 
 def epoch_line(row: dict, epochs: int, best_epoch: int, best_dice: float) -> str:
     scores = "  ".join(f"{name} {row[name]:.4f}" for name in SERIES if name != "lr")
-    return (f"epoch {row['epoch']}/{epochs}  {scores}  lr {row['lr']:.2e}  {row['seconds']:.1f} s  "
+    return (f"epoch {row['epoch']}/{epochs}  {scores}  lr {row['lr']:.2e}  {row['seconds']:.2f} s  "
             f"(best: epoch {best_epoch}, val_dice {best_dice:.4f})")
 
 
