@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import ROOT, print_table, write_results
 
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", ".gitignore"]
+TRACKED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:

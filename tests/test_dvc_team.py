@@ -139,6 +139,8 @@ def test_every_swept_run_succeeds_with_its_own_test_metrics(sweep):
         pytest.fail(f"swept runs: {states}\n{queue_logs(sweep.project, sweep.tasks)}")
     for exp in runs:
         assert 0 <= exp["metrics"]["test"]["dice"] <= 1, (exp["name"], exp["metrics"])
+        # the log a queued run leaves has one plain line per epoch (dvc queue logs --follow shows them as they come)
+        assert "epoch 1/1  train_loss" in run(sweep.project, "dvc", "queue", "logs", exp["name"])
 
 
 def test_a_queued_run_reads_a_data_folder_given_by_absolute_path(sweep):

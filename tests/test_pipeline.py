@@ -131,6 +131,7 @@ def test_plots_show_draws_the_curves_the_histogram_and_the_montage_and_git_ignor
     plots = json.loads(run(project, "dvc", "plots", "show", "--json"))["data"]
     assert set(plots) == {"Loss", "Validation Dice and IoU", "results/dice_histogram.csv", "results/montage/montage.png"}
     assert "seconds" not in json.dumps(plots)
+    assert plots["results/dice_histogram.csv"][0]["content"]["encoding"]["x"]["scale"] == {"zero": True}  # bars from 0
     histogram = pd.read_csv(project / "results/dice_histogram.csv")
     assert 1 <= len(histogram) <= 10
     run(project, "dvc", "plots", "show")
