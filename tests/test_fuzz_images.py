@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -48,6 +48,7 @@ def test_valid_files_of_any_mode_and_size_read_into_range(tmp_path, data, size, 
 
 @FUZZ
 @given(data=images, cut=st.floats(0.0, 0.95), flips=st.lists(st.integers(0, 10**6), max_size=8))
+@example(data=encoded("RGB", 4, 10, 0, "PNG"), cut=0.0, flips=[36])  # a broken chunk: Pillow raised SyntaxError
 def test_corrupted_files_read_or_fail_with_a_named_error(tmp_path, data, cut, flips):
     broken = bytearray(data[: max(1, int(len(data) * cut))] if cut > 0 else data)
     for position in flips:

@@ -19,7 +19,8 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+# Pillow's PNG reader raises SyntaxError for a corrupt chunk (found by tests/test_fuzz_images.py)
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Shrink by whole factors with a box filter while the image is over this many times the target,
 # then finish with Lanczos: as sharp as Lanczos all the way, at a fraction of the cost.
 REDUCING_GAP = 3.0
