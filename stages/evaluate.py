@@ -6,6 +6,7 @@ import numpy as np
 
 from lungseg import config, paths, stage
 from lungseg.baseline import fit_threshold, threshold_masks
+from lungseg.data.images import set_max_pixels
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import ids_in, read_split
 from lungseg.evaluate import evaluate_set, headline, per_image_scores, score_lines, summary
@@ -23,7 +24,8 @@ def baseline_scores(processed, split, test, steps: int, settings) -> tuple[dict,
 
 
 def main(params: dict) -> None:
-    data, infer, settings = config.load(params, "data", "infer", "evaluate")
+    data, infer, settings, preprocess = config.load(params, "data", "infer", "evaluate", "preprocess")
+    set_max_pixels(preprocess.max_pixels)  # the original masks are read for native-resolution scores
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     test = processed.subset(ids_in(split, "test"))
     predictor = Predictor.from_checkpoint(paths.MODEL, infer.device, infer.threshold)

@@ -3,12 +3,14 @@
 import sys
 
 from lungseg import config, paths, stage
+from lungseg.data.images import set_max_pixels
 from lungseg.data.integrity import summary, warnings_of
 from lungseg.data.preprocess import assemble, raise_on_errors, save_processed, scan_folder
 
 
 def main(params: dict) -> None:
     data, settings = config.load(params, "data", "preprocess")
+    set_max_pixels(settings.max_pixels)
     scan = scan_folder(data.dir, settings)
     if warnings_of(scan.findings):
         print(f"warnings about {data.dir} (run `lungseg check {data.dir}` for every file):", file=sys.stderr)

@@ -180,3 +180,22 @@ def test_headline_falls_back_to_model_size_without_native_scores():
     model_size = {"dice": 0.9, "dice_ci_low": 0.8, "dice_ci_high": 0.95, "iou": 0.8, "hd95": 3.0, "dice_min": 0.7, "n_images": 5}
     top = headline({"test": model_size, "postprocess": "none"})
     assert top == {"test": {**{k: v for k, v in model_size.items() if k != "n_images"}, "dice_128px": 0.9, "n_images": 5}}
+
+def test_hd95_is_also_given_in_mm_for_images_that_carry_a_pixel_spacing(tmp_path, write_pair_folder):
+    """DICOM X-rays carry PixelSpacing: HD95 in mm beside pixels, over the images that have it."""
+    from PIL import Image
+    from test_dicom import write_dicom
+
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=3, size=(64, 48), metadata=False)
+    for image_id, spacing in (("1", [0.5, 0.5]), ("2", [0.5, 0.5]), ("3", None)):
+        png = folder.image_paths[image_id]
+        pixels = np.asarray(Image.open(png).convert("L"))
+        write_dicom(png.with_suffix(".dcm"), pixels, **({"PixelSpacing": spacing} if spacing else {}))
+        png.unlink()
+    result = evaluate_folder(rectangle_predictor(), folder.root, FAST, show_progress=False)
+    native, scores = result.metrics["test_native"], result.scores
+    assert native["n_images_with_spacing"] == 2
+    assert scores["hd95_native_mm"].iloc[:2].tolist() == pytest.approx((scores["hd95_native"].iloc[:2] * 0.5).tolist())
+    assert np.isnan(scores["hd95_native_mm"].iloc[2])
+    assert native["hd95_mm"] == pytest.approx(scores["hd95_native_mm"].iloc[:2].mean())
+    assert headline(result.metrics)["test"]["hd95_mm"] == native["hd95_mm"]

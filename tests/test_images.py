@@ -1,15 +1,21 @@
-"""Tests for lungseg.data.images: every PNG/JPEG mode to float32 greyscale in [0, 1]."""
+"""Tests for lungseg.data.images: every PNG/JPEG/TIFF/BMP mode to float32 greyscale in [0, 1], masks as
+labelling tools write them, EXIF orientation and the pixel limit (DICOM: tests/test_dicom.py)."""
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from lungseg.data.images import ImageReadError, read_grayscale, read_size
+from lungseg.data.images import (DEFAULT_MAX_PIXELS, ImageReadError, is_image_file, max_pixels, read_grayscale, read_mask,
+                                 read_resized, read_size, set_max_pixels)
 
 
 def _check(values: np.ndarray, shape: tuple[int, int]) -> None:
@@ -199,3 +205,222 @@ def test_decompression_bomb_is_an_image_read_error_in_read_size(tmp_path):
     with pytest.raises(ImageReadError) as caught:
         read_size(path)
     assert str(path) in str(caught.value)
+
+
+# --------------------------------------------------------------------------- TIFF and BMP
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".tiff", ".bmp", ".TIF"])
+def test_tiff_and_bmp_read_as_the_same_png(tmp_path, suffix):
+    pixels = np.array([[0, 51, 255], [128, 1, 204]], dtype=np.uint8)
+    png, other = tmp_path / "x.png", tmp_path / f"x{suffix}"
+    Image.fromarray(pixels).save(png)
+    Image.fromarray(pixels).save(other, format="BMP" if suffix == ".bmp" else "TIFF")
+    assert is_image_file(other)
+    np.testing.assert_array_equal(read_grayscale(other), read_grayscale(png))
+    np.testing.assert_array_equal(read_resized(other, 4).values, read_resized(png, 4).values)
+
+
+def test_16_bit_tiff_is_scaled_by_65535(tmp_path):
+    pixels = np.array([[0, 32768], [65535, 1000]], dtype=np.uint16)
+    path = tmp_path / "sixteen.tif"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_allclose(read_grayscale(path), pixels / 65535.0, rtol=1e-6)
+
+
+def test_is_image_file_by_suffix_and_name(tmp_path):
+    for name in ["a.png", "b.JPG", "c.jpeg", "d.tif", "e.tiff", "f.bmp", "g.dcm", "h.DCM"]:
+        assert is_image_file(tmp_path / name), name
+    for name in ["notes.txt", "Thumbs.db", ".DS_Store", "._a.png", ".hidden.dcm"]:
+        assert not is_image_file(tmp_path / name), name
+    (tmp_path / "plain").write_bytes(b"\x00" * 200)  # no extension, no DICOM preamble
+    assert not is_image_file(tmp_path / "plain")
+
+
+# --------------------------------------------------------------------------- masks as labelling tools write them
+
+
+def _rect(shape=(8, 10)) -> np.ndarray:
+    lung = np.zeros(shape, dtype=bool)
+    lung[2:6, 3:8] = True
+    return lung
+
+
+def test_palette_mask_is_read_by_index_not_by_colour(tmp_path):
+    lung = _rect()
+    image = Image.fromarray(lung.astype(np.uint8)).convert("P")
+    image.putpalette([0, 0, 0, 128, 0, 0] + [0] * (254 * 3))  # index 1: dark red, grey value 38: under any threshold
+    path = tmp_path / "palette.png"
+    image.save(path)
+    assert Image.open(path).mode == "P"
+    np.testing.assert_array_equal(read_mask(path), lung)
+    small = read_resized(path, 10, is_mask=True)
+    assert small.colours == 1 and small.levels == 2
+    assert small.values[3, 5] == 1.0 and small.values[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("lung_colour", [(1, 1, 1), (255, 255, 255), (255, 0, 0), (0, 0, 90)])
+def test_rgb_mask_is_lung_wherever_a_channel_is_not_zero(tmp_path, lung_colour):
+    lung = _rect()
+    pixels = np.zeros((*lung.shape, 3), dtype=np.uint8)
+    pixels[lung] = lung_colour
+    path = tmp_path / "rgb.png"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_array_equal(read_mask(path), lung)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(lung.astype(np.uint8) * 255).save(grey)
+    small, expected = read_resized(path, 4, is_mask=True), read_resized(grey, 4, is_mask=True)
+    np.testing.assert_array_equal(small.values, expected.values)
+    assert small.colours == 1
+
+
+def test_rgba_mask_whose_alpha_alone_varies_is_read_by_its_alpha(tmp_path):
+    lung = _rect()
+    pixels = np.zeros((*lung.shape, 4), dtype=np.uint8)
+    pixels[..., 0] = 255  # red everywhere; only the alpha draws the lung
+    pixels[..., 3] = lung * 255
+    path = tmp_path / "alpha.png"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_array_equal(read_mask(path), lung)
+
+
+def test_rgba_mask_on_a_transparent_white_background(tmp_path):
+    lung = _rect()
+    pixels = np.full((*lung.shape, 4), 255, dtype=np.uint8)
+    pixels[..., 3] = 0  # transparent white: background
+    pixels[lung] = (0, 200, 0, 255)
+    path = tmp_path / "rgba.png"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_array_equal(read_mask(path), lung)
+
+
+def test_colour_mask_with_several_colours_counts_them(tmp_path):
+    pixels = np.zeros((8, 10, 3), dtype=np.uint8)
+    pixels[2:6, 1:4] = (255, 0, 0)  # right lung red
+    pixels[2:6, 6:9] = (0, 255, 0)  # left lung green
+    path = tmp_path / "two.png"
+    Image.fromarray(pixels).save(path)
+    small = read_resized(path, 10, is_mask=True)
+    assert small.colours == 2
+    assert read_mask(path).sum() == 2 * 4 * 3  # both count as lung
+
+
+def test_grey_masks_are_read_as_before(tmp_path):
+    lung = _rect()
+    for name, pixels in [("l255.png", lung.astype(np.uint8) * 255), ("l01.png", lung.astype(np.uint8)),
+                         ("i16.png", lung.astype(np.uint16) * 65535), ("i16_01.png", lung.astype(np.uint16))]:
+        Image.fromarray(pixels).save(tmp_path / name)
+        np.testing.assert_array_equal(read_mask(tmp_path / name), lung, err_msg=name)
+        assert read_resized(tmp_path / name, 4, is_mask=True).colours == 0
+
+
+# --------------------------------------------------------------------------- EXIF orientation
+
+
+def _save_rotated_jpeg(path, upright: np.ndarray, orientation: int = 6) -> None:
+    """Save `upright` as a JPEG stored turned 90 degrees anticlockwise, tagged so that viewers turn it back."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.rot90(upright, 1).copy()).save(path, quality=95, exif=exif)
+
+
+def test_exif_orientation_is_applied_everywhere(tmp_path):
+    upright = np.zeros((40, 24), dtype=np.uint8)
+    upright[:10, :8] = 255  # a bright block at the top left, as a viewer shows it
+    path = tmp_path / "turned.jpg"
+    _save_rotated_jpeg(path, upright)
+    assert Image.open(path).size == (40, 24)  # stored 24 high and 40 wide
+    assert read_size(path) == (40, 24)
+    full = read_grayscale(path)
+    assert full.shape == (40, 24) and full[:10, :8].mean() > 0.9 and full[20:, 12:].mean() < 0.1
+    small = read_resized(path, 8)
+    assert small.original_size == (40, 24) and small.orientation == 6
+    assert small.values[0, 0] > 0.9 and small.values[-1, -1] < 0.1
+    mask = read_mask(path)
+    assert mask.shape == (40, 24) and mask[:10, :8].all()
+
+
+def test_upright_image_has_orientation_1(tmp_path):
+    path = tmp_path / "plain.jpg"
+    Image.fromarray(np.zeros((8, 4), np.uint8)).save(path)
+    assert read_resized(path, 4).orientation == 1
+
+
+# --------------------------------------------------------------------------- the pixel limit
+
+
+@pytest.fixture
+def restore_max_pixels():
+    before = max_pixels()
+    yield
+    set_max_pixels(before)
+
+
+def test_image_over_the_pixel_limit_names_file_size_limit_and_the_way_out(tmp_path, restore_max_pixels):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(path)
+    set_max_pixels(1000)
+    for read in (read_grayscale, read_size, lambda p: read_resized(p, 8), read_mask):
+        with pytest.raises(ImageReadError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert str(path) in message and "40x30" in message and "1,200" in message and "1,000" in message
+        assert "--max-pixels N (lungseg commands) or preprocess.max_pixels in params.yaml" in message
+    set_max_pixels(DEFAULT_MAX_PIXELS)
+    assert read_size(path) == (30, 40)
+
+
+def test_pillow_never_warns_under_lungsegs_limit(tmp_path):
+    path = tmp_path / "large.png"
+    _png_header_only(path, 14000, 14000)  # 196 Mpx: over Pillow's own 89 Mpx warning, under lungseg's limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning would fail the test
+        assert read_size(path) == (14000, 14000)
+
+
+def test_decompression_bomb_message_is_lungsegs_not_pillows(tmp_path):
+    path = tmp_path / "bomb.png"
+    _png_header_only(path, 20000, 20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageReadError) as caught:
+            read_grayscale(path)
+    assert str(path) in str(caught.value) and "--max-pixels" in str(caught.value)
+    assert "decompression bomb DOS attack" not in str(caught.value)
+
+
+def test_set_max_pixels_refuses_a_nonsense_limit():
+    for limit in (0, -5, 2.5, True):
+        with pytest.raises(ValueError):
+            set_max_pixels(limit)
+
+
+# --------------------------------------------------------------------------- corrupt TIFF and BMP files
+
+
+def _encoded(fmt: str, mode: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (int(rng.integers(1, 30)), int(rng.integers(1, 30))), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fmt=st.sampled_from(["TIFF", "BMP"]), mode=st.sampled_from(["L", "RGB", "1", "P"]), seed=st.integers(0, 2**16),
+       cut=st.floats(0.0, 0.95), flips=st.lists(st.integers(0, 10**6), max_size=6))
+def test_corrupt_tiff_and_bmp_read_or_fail_with_a_named_error(tmp_path, fmt, mode, seed, cut, flips):
+    data = bytearray(_encoded(fmt, mode, seed))
+    data = data[: max(1, int(len(data) * cut))] if cut > 0 else data
+    for position in flips:
+        data[position % len(data)] ^= 0xFF
+    path = tmp_path / ("broken.tif" if fmt == "TIFF" else "broken.bmp")
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about the corrupt TIFF tags it skips
+        try:
+            small = read_resized(path, 8, is_mask=bool(seed % 2))
+        except ImageReadError as error:
+            assert str(path) in str(error)
+        else:
+            assert small.values.shape == (8, 8) and 0 <= small.values.min() and small.values.max() <= 1

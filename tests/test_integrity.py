@@ -126,3 +126,86 @@ def test_metadata_keeps_the_raw_value_beside_the_normalised_one(tmp_path):
     table = read_metadata(path, ["1"], ["gender", "age", "county"])
     row = table.iloc[0].to_dict()
     assert row == {"id": "1", "gender": "male", "gender_raw": "Male,", "age": "1.33", "age_raw": "16month", "county": "Shenxhen"}
+
+
+# --------------------------------------------------------------------------- masks read as something else than meant
+
+
+def _empty_masks(folder, ids):
+    for id_ in ids:
+        Image.fromarray(np.zeros((40, 30), np.uint8)).save(folder.mask_paths[id_])
+
+
+def test_all_masks_empty_is_one_error_naming_a_few(tmp_path, write_pair_folder, capsys):
+    folder = write_pair_folder(tmp_path / "data", n=5)
+    _empty_masks(folder, folder.ids)
+    scan = scan_folder(folder.root, SETTINGS)
+    assert [(f.level, f.kind) for f in scan.findings] == [("error", "empty masks")]
+    detail = scan.findings[0].detail
+    assert detail.startswith("all 5 masks are empty")
+    assert all(str(folder.mask_paths[i]) in detail for i in ["1", "2", "3"]) and str(folder.mask_paths["4"]) not in detail
+    assert "palette index" in detail and "mask_threshold" in detail  # the mask format rules
+    with pytest.raises(DataError, match="all 5 masks are empty"):
+        preprocess_folder(folder.root, SETTINGS)
+    assert cli(["check", str(folder.root), "--params", str(tmp_path / "none.yaml")]) == 1
+    assert "empty masks" in capsys.readouterr().out
+
+
+def test_more_than_half_empty_is_an_error_half_is_not(tmp_path, write_pair_folder):
+    five = write_pair_folder(tmp_path / "five", n=5)
+    _empty_masks(five, ["1", "3", "5"])
+    found = errors(scan_folder(five.root, SETTINGS).findings)
+    assert len(found) == 1 and found[0].detail.startswith("3 of 5 masks are empty")
+    four = write_pair_folder(tmp_path / "four", n=4)
+    _empty_masks(four, ["1", "2"])
+    scan = scan_folder(four.root, SETTINGS)
+    assert errors(scan.findings) == [] and [f.kind for f in scan.findings] == ["empty mask", "empty mask"]
+
+
+def test_colour_mask_with_several_colours_is_a_warning(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", n=2)
+    colours = np.zeros((40, 30, 3), np.uint8)
+    colours[10:30, 3:12] = (255, 0, 0)
+    colours[10:30, 18:27] = (0, 0, 255)
+    Image.fromarray(colours).save(folder.mask_paths["2"])
+    scan = scan_folder(folder.root, SETTINGS)
+    assert [(f.level, f.kind) for f in scan.findings] == [("warning", "mask with several colours")]
+    assert str(folder.mask_paths["2"]) in scan.findings[0].detail and "2 colours besides black" in scan.findings[0].detail
+
+
+# --------------------------------------------------------------------------- files not read, EXIF orientation
+
+
+def test_skipped_files_are_warnings_that_check_lists(tmp_path, write_pair_folder, capsys):
+    folder = write_pair_folder(tmp_path / "data", n=2)
+    notes, hidden = folder.image_dir / "notes.txt", folder.mask_dir / ".DS_Store"
+    notes.write_text("x")
+    hidden.write_bytes(b"")
+    scan = scan_folder(folder.root, SETTINGS)
+    assert [(f.level, f.kind) for f in scan.findings] == [("warning", "skipped file")] * 2
+    assert {str(notes), str(hidden)} == {f.detail.split(": ")[0] for f in scan.findings}
+    assert cli(["check", str(folder.root), "--params", str(tmp_path / "none.yaml"), "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "2 usable pairs, 0 error(s), 2 warning(s)" in out and "skipped file" in out
+    assert str(notes) in out and str(hidden) in out
+
+
+def test_exif_rotated_jpeg_lines_up_with_its_upright_mask(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    upright = np.full((40, 30), 30, np.uint8)
+    upright[4:20, 3:12] = 230  # a bright patch at the top left, where the mask is drawn
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned anticlockwise; a viewer turns it clockwise
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tmp_path / "image" / "1.jpg", quality=95, exif=exif)
+    mask = np.zeros((40, 30), np.uint8)
+    mask[4:20, 3:12] = 255
+    Image.fromarray(mask).save(tmp_path / "mask" / "1.png")
+    settings = PreprocessConfig(image_size=16, workers=1, normalize="none", metadata_columns=("ptb",))
+    scan = scan_folder(tmp_path, settings)
+    assert errors(scan.findings) == []  # no size mismatch: both are 30 wide, 40 high once upright
+    assert [f.kind for f in warnings_of(scan.findings)] == ["orientation differs"]
+    assert "EXIF orientation 1, its image" in scan.findings[0].detail and "has 6" in scan.findings[0].detail
+    images, masks, _ = preprocess_folder(tmp_path, settings)
+    lung = masks[0].astype(bool)
+    assert images[0][lung].mean() > 200 and images[0][~lung].mean() < 80

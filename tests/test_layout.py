@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from lungseg.data.layout import DataError, find_layout, list_pairs
+from lungseg.data.layout import DataError, find_layout, list_pairs, pair_files, skip_reason
 from lungseg.data.metadata import read_metadata
 
 
@@ -225,3 +225,39 @@ def test_data_error_lists_at_most_20_problems_and_counts_the_rest(tmp_path):
     assert len(caught.value.problems) == 25
     assert str(caught.value).count("\n  - ") == 20
     assert "... and 5 more" in str(caught.value)
+
+
+def test_tiff_and_bmp_pair_with_png_masks(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "image" / "1.tif")
+    Image.new("L", (8, 8)).save(tmp_path / "image" / "2.BMP", format="BMP")
+    Image.new("L", (8, 8)).save(tmp_path / "image" / "3.tiff")
+    for i in (1, 2, 3):
+        Image.new("L", (8, 8)).save(tmp_path / "mask" / f"{i}.png")
+    pairs = list_pairs(find_layout(tmp_path))
+    assert pairs["id"].tolist() == ["1", "2", "3"]
+
+
+def test_skipped_files_are_listed_but_do_not_block_pairing(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=2)
+    readme, resource_fork, thumbs = folder.image_dir / "README.txt", folder.image_dir / "._1.png", folder.mask_dir / "Thumbs.db"
+    for path in (readme, resource_fork, thumbs):
+        path.write_bytes(b"")
+    (folder.image_dir / "subfolder").mkdir()  # folders are not files: not listed
+    pairing = pair_files(find_layout(folder.root))
+    assert pairing.problems == []
+    assert pairing.pairs["id"].tolist() == ["1", "2"]
+    assert sorted(pairing.skipped) == sorted([readme, resource_fork, thumbs])
+    assert skip_reason(resource_fork) == f"{resource_fork}: hidden file, not read"
+    assert str(readme) in skip_reason(readme) and ".dcm" in skip_reason(readme)
+
+
+def test_image_folder_with_only_other_files_says_what_it_found(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    (tmp_path / "image" / "scan.gif").write_bytes(b"")
+    with pytest.raises(DataError) as caught:
+        list_pairs(find_layout(tmp_path))
+    message = str(caught.value)
+    assert "no images found" in message and ".tif" in message and ".dcm" in message and "scan.gif" in message

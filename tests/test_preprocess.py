@@ -13,8 +13,9 @@ import yaml
 from PIL import Image
 
 from lungseg.config import PreprocessConfig
+from lungseg.data.images import max_pixels, set_max_pixels
 from lungseg.data.layout import DataError
-from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed
+from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed, scan_folder
 
 SIZE = 16
 
@@ -140,12 +141,26 @@ def test_16_bit_masks_stored_as_0_1_are_recognised(tmp_path):
 def test_mask_threshold_decides_grey_mask_pixels(tmp_path):
     (tmp_path / "image").mkdir()
     (tmp_path / "mask").mkdir()
-    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))).save(tmp_path / "image" / "1.png")
+    for id_ in ("1", "2"):
+        Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))).save(tmp_path / "image" / f"{id_}.png")
     Image.fromarray(_rect_mask((32, 32), 100)).save(tmp_path / "mask" / "1.png")  # grey region, value 100
+    Image.fromarray(_rect_mask((32, 32), 255)).save(tmp_path / "mask" / "2.png")  # keeps the empty share at a half
     _, low, _ = preprocess_folder(tmp_path, settings(mask_threshold=50))
     _, high, _ = preprocess_folder(tmp_path, settings(mask_threshold=127))
-    assert high.sum() == 0
-    assert 0.15 < low.mean() < 0.35  # the 16x16 centre of a 32x32 mask: about a quarter
+    assert high[0].sum() == 0 and high[1].sum() > 0
+    assert 0.15 < low[0].mean() < 0.35  # the 16x16 centre of a 32x32 mask: about a quarter
+
+
+def test_a_threshold_that_empties_every_mask_is_an_error(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))).save(tmp_path / "image" / "1.png")
+    Image.fromarray(_rect_mask((32, 32), 100)).save(tmp_path / "mask" / "1.png")
+    with pytest.raises(DataError) as caught:
+        preprocess_folder(tmp_path, settings(mask_threshold=127))
+    message = str(caught.value)
+    assert "empty masks: the only mask is empty" in message and str(tmp_path / "mask" / "1.png") in message
+    assert "mask_threshold" in message  # the hint at the mask format rules
 
 
 def test_index_table_columns_and_values(tmp_path, write_pair_folder):
@@ -220,6 +235,20 @@ def test_one_and_two_workers_give_identical_results(tmp_path, write_pair_folder)
     pd.testing.assert_frame_equal(one[2], two[2])
 
 
+def test_the_pixel_limit_reaches_the_worker_processes(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=2, size=(40, 30))
+    before = max_pixels()
+    set_max_pixels(1000)  # under 40 x 30: every file is refused, in whichever process reads it
+    try:
+        with pytest.raises(DataError) as caught:
+            preprocess_folder(folder.root, settings(workers=2))
+    finally:
+        set_max_pixels(before)
+    message = str(caught.value)
+    assert "2 problem(s)" in message and "--max-pixels" in message
+    assert str(folder.image_paths["1"]) in message and str(folder.image_paths["2"]) in message
+
+
 # --------------------------------------------------------------------------- the stage script
 
 
@@ -284,3 +313,13 @@ def test_real_covid_sample_in_plain_layout(covid_sample):
     assert (index["height"] != index["width"]).any()  # varied, non-square originals
     assert set(np.unique(masks)) == {0, 1}
     assert np.all(masks.reshape(42, -1).sum(axis=1) > 0)
+
+
+def test_a_metadata_file_saved_by_excel_in_cp1252_is_read_with_a_warning(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "data", layout="kaggle", n=2)
+    text = folder.metadata_path.read_text().replace("Montgomery", "Montgoméry")
+    folder.metadata_path.write_bytes(text.encode("cp1252"))
+    scan = scan_folder(folder.root, PreprocessConfig(image_size=16, workers=1))
+    notes = [f for f in scan.findings if f.kind == "MetaData.csv encoding"]
+    assert len(notes) == 1 and notes[0].level == "warning" and str(folder.metadata_path) in notes[0].detail
+    assert "Montgoméry" in scan.metadata["county"].tolist()

@@ -48,9 +48,10 @@ class PreprocessConfig:
     normalize: str = "minmax"  # minmax: stretch each image to the full range; none: keep values
     metadata_columns: tuple[str, ...] = ("county", "ptb")  # carried into the index; nothing else is kept
     workers: int = 0  # processes; 0 = every core
+    max_pixels: int = 200_000_000  # larger images are refused unread: a guard against decompression bombs
 
     def problems(self) -> list[str]:
-        out = _at_least(self, image_size=8, workers=0)
+        out = _at_least(self, image_size=8, workers=0, max_pixels=1)
         if not 0 <= self.mask_threshold < 255:
             out.append(f"preprocess.mask_threshold={self.mask_threshold}: must be in 0..254")
         out += _one_of(self, normalize=("minmax", "none"))

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungseg.config import EvaluateConfig, PreprocessConfig
-from lungseg.data.images import read_mask
+from lungseg.data.images import pixel_spacing, read_mask
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
 from lungseg.stats import mean_with_ci
@@ -53,19 +53,26 @@ def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=
     })
 
 
-def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True) -> pd.DataFrame:
+def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
+                  image_paths=None) -> pd.DataFrame:
     """Dice, IoU and HD95 at each image's original resolution: the model-size probabilities are
     resized to the original mask's size, thresholded and post-processed there (Predictor.native_mask),
-    and compared with the original mask. One image at a time, so 3000 px masks never pile up."""
+    and compared with the original mask. One image at a time, so 3000 px masks never pile up.
+
+    With `image_paths`, HD95 is also given in mm (`hd95_native_mm`) for each image whose file
+    carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others."""
+    image_paths = [None] * len(mask_paths) if image_paths is None else list(image_paths)
     rows = []
-    for probability, path in tqdm(list(zip(probabilities, mask_paths)), desc="native resolution", unit="image",
-                                  disable=not show_progress, mininterval=1.0):
+    for probability, path, image_path in tqdm(list(zip(probabilities, mask_paths, image_paths)), desc="native resolution",
+                                              unit="image", disable=not show_progress, mininterval=1.0):
         truth = read_mask(path, mask_threshold)
         prediction = predictor.native_mask(probability, truth.shape)
+        spacing = pixel_spacing(image_path) if image_path is not None else None
         rows.append({"dice_native": float(dice_per_image(prediction[None], truth[None])[0]),
                      "iou_native": float(iou_per_image(prediction[None], truth[None])[0]),
-                     "hd95_native": hd95(prediction, truth)})
-    return pd.DataFrame(rows, columns=list(NATIVE_COLUMNS))
+                     "hd95_native": hd95(prediction, truth),
+                     "hd95_native_mm": hd95(prediction, truth, spacing) if spacing else np.nan})
+    return pd.DataFrame(rows, columns=[*NATIVE_COLUMNS, "hd95_native_mm"])
 
 
 def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix: str = "") -> dict:
@@ -92,12 +99,19 @@ def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray, c
 
 
 def native_summary(scores: pd.DataFrame, config: EvaluateConfig) -> dict:
-    return {
+    """Native-resolution means with intervals, the spread, and HD95 in mm over the images whose
+    files give a pixel spacing (with how many those are), when any do."""
+    out = {
         **with_intervals(scores, NATIVE_COLUMNS, config, suffix="_native"),
         "dice_min": float(scores["dice_native"].min()),
         "dice_std": float(scores["dice_native"].std(ddof=0)),
         "n_images": len(scores),
     }
+    with_spacing = scores.dropna(subset=["hd95_native_mm"]) if "hd95_native_mm" in scores else scores.iloc[:0]
+    if len(with_spacing):
+        out |= with_intervals(with_spacing.rename(columns={"hd95_native_mm": "hd95_mm"}), ("hd95_mm",), config)
+        out["n_images_with_spacing"] = len(with_spacing)
+    return out
 
 
 def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config: EvaluateConfig | None = None) -> dict:
@@ -158,7 +172,8 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
     metrics = {"postprocess": predictor.postprocess, "test": summary(scores, predictions, masks, config)}
     if data_dir is not None and config.native:
         mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
-        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress)
+        image_paths = [Path(data_dir) / name for name in index["image_file"]]
+        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress, image_paths)
         scores = pd.concat([scores, native], axis=1)
         metrics["test_native"] = native_summary(scores, config)
     metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
@@ -182,6 +197,8 @@ def headline(metrics: dict) -> dict:
     scored = metrics.get("test_native", metrics["test"])
     test = {key: scored[key] for key in ("dice", "dice_ci_low", "dice_ci_high", "iou", "hd95", "dice_min")}
     test |= {"dice_128px": metrics["test"]["dice"], "n_images": scored["n_images"]}
+    if "hd95_mm" in scored:  # some images carry a pixel spacing (DICOM)
+        test["hd95_mm"] = scored["hd95_mm"]
     out = {"test": test}
     if "baseline" in metrics:
         out["baseline"] = {"dice_128px": metrics["baseline"]["dice"]}

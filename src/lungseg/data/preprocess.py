@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from lungseg.config import PreprocessConfig
-from lungseg.data.images import ImageReadError, read_resized
-from lungseg.data.integrity import Finding, error, errors, mask_findings, metadata_findings, warning
-from lungseg.data.layout import DataError, Layout, find_layout, pair_files
-from lungseg.data.metadata import clean_metadata, read_raw_metadata, unreadable_values
+from lungseg.data.images import ImageReadError, max_pixels, read_resized, set_max_pixels
+from lungseg.data.integrity import (Finding, empty_masks_finding, error, errors, mask_findings, metadata_findings,
+                                    orientation_finding, warning)
+from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason
+from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
 from lungseg.io import atomic_path, save_npy, write_csv, write_json
 
 @dataclass
@@ -63,11 +64,14 @@ def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> Prepar
         mask = read_resized(mask_path, settings.image_size, is_mask=True)
     except ImageReadError as problem:
         return error("unreadable file", str(problem))
+    turned = orientation_finding(image_path, mask_path, image.orientation, mask.orientation)
     if image.original_size != mask.original_size:
         (ih, iw), (mh, mw) = image.original_size, mask.original_size
-        return error("size mismatch", f"{mask_path}: mask size {mw}x{mh} differs from its image's {iw}x{ih} ({image_path})")
+        why = f"; they carry different EXIF orientations ({image.orientation} and {mask.orientation})" if turned else ""
+        return error("size mismatch", f"{mask_path}: mask size {mw}x{mh} differs from its image's {iw}x{ih} ({image_path}){why}")
     small_mask = finish_mask(mask.values, settings)
-    findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold)
+    findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold, mask.colours)
+    findings += [turned] if turned else []
     if image.values.max() - image.values.min() < 1e-6:
         findings.append(warning("constant image", f"{image_path}: every pixel has the same value"))
     return PreparedPair(finish_image(image.values, settings), small_mask, image.original_size, findings)
@@ -79,7 +83,8 @@ def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[Prepared
     workers = min(settings.workers or os.cpu_count() or 1, len(work))
     if workers <= 1:
         return [task(item) for item in work]
-    with ProcessPoolExecutor(workers) as pool:
+    # workers started by spawn (macOS, Windows) would not inherit a limit set with set_max_pixels
+    with ProcessPoolExecutor(workers, initializer=set_max_pixels, initargs=(max_pixels(),)) as pool:
         return list(pool.map(task, work, chunksize=max(1, len(work) // (4 * workers))))
 
 
@@ -103,18 +108,44 @@ def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
     pairing = pair_files(layout)
     pairs = pairing.pairs
     findings = [error("unpaired or duplicate file", p) for p in pairing.problems]
+    findings += [warning("skipped file", skip_reason(path)) for path in pairing.skipped]
+    # MetaData.csv before the images: a broken file stops the run before minutes of decoding
+    metadata, metadata_problems = _read_metadata(layout, list(settings.metadata_columns), pairing.ids_with_files)
+    findings += metadata_problems
     results = _map_pairs(pairs, settings)
     findings += [r for r in results if isinstance(r, Finding)]
     for result in results:
         findings += result.findings if isinstance(result, PreparedPair) else []
-    columns = list(settings.metadata_columns)
-    metadata = None if layout.metadata_path is None else read_raw_metadata(layout.metadata_path, columns)
-    if metadata is not None:
-        unreadable = unreadable_values(metadata, columns)
-        findings += metadata_findings(metadata["id"].tolist(), sorted(pairing.ids_with_files), unreadable, layout.metadata_path)
+    findings = _judge_empty_masks(findings, pairs["mask_path"], results)
     usable = [isinstance(r, PreparedPair) for r in results]
     prepared = [r for r in results if isinstance(r, PreparedPair)]
     return Scan(data_dir, layout, pairs[usable].reset_index(drop=True), prepared, findings, len(pairs), metadata)
+
+
+def _read_metadata(layout, columns: list[str], ids_with_files: set[str]) -> tuple[pd.DataFrame | None, list[Finding]]:
+    """MetaData.csv as written (None when there is none) and the warnings about it: a guessed
+    encoding, ids without files and the reverse, values that cannot be read."""
+    if layout.metadata_path is None:
+        return None, []
+    raw = read_raw_metadata_with_notes(layout.metadata_path, columns)
+    findings = [warning("MetaData.csv encoding", note) for note in raw.notes]
+    unreadable = unreadable_values(raw.table, columns)
+    findings += metadata_findings(raw.table["id"].tolist(), sorted(ids_with_files), unreadable, layout.metadata_path)
+    return raw.table, findings
+
+
+def _judge_empty_masks(findings: list[Finding], mask_paths: pd.Series, results: list[PreparedPair | Finding]) -> list[Finding]:
+    """`findings` with the per-mask "empty mask" warnings replaced by one error when every mask
+    read, or more than half of them, is empty (integrity.empty_masks_finding).
+
+    mask_paths: the mask of each pair, in the order of `results`. results: what prepare_pair gave for each.
+    """
+    read = [(path, r) for path, r in zip(mask_paths, results) if isinstance(r, PreparedPair)]
+    empty = [path for path, r in read if not r.mask.any()]
+    too_many = empty_masks_finding(empty, len(read))
+    if too_many is None:
+        return findings
+    return [f for f in findings if f.kind != "empty mask"] + [too_many]
 
 
 def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
