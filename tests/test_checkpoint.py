@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from lungseg.checkpoint import CheckpointError, build_model, load_checkpoint, make_checkpoint, save_checkpoint
-from lungseg.inference import Predictor
+from lungseg.checkpoint import NOT_A_MODEL, CheckpointError, build_model, load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.inference import Predictor, load_predictor
 from lungseg.model import UNet
 from tiny_models import perturbed_unet
 
@@ -89,13 +90,25 @@ def test_missing_checkpoint_is_named(tmp_path):
     assert str(path) in str(caught.value) and "not found" in str(caught.value)
 
 
+def _random_zip(path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+        archive.writestr("weights/data.bin", np.random.default_rng(0).bytes(64))
+
+
+def _truncated_checkpoint(path) -> None:
+    _save(_trained_model(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 @pytest.mark.parametrize("content", [b"hello, I am a text file\n", b"", b"PK\x03\x04 broken zip"])
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, content):
     path = tmp_path / "notes.pth"
     path.write_bytes(content)
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert str(path) in str(caught.value)
+    assert str(caught.value) == f"{path}: {NOT_A_MODEL}"
 
 
 def test_a_torch_file_without_our_marker_is_refused(tmp_path):
@@ -103,10 +116,30 @@ def test_a_torch_file_without_our_marker_is_refused(tmp_path):
     torch.save({"state_dict": UNet(**MODEL_ARGS).state_dict()}, path)  # e.g. someone else's bare weights
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert str(path) in str(caught.value) and "lungseg-checkpoint" in str(caught.value)
+    assert str(caught.value) == f"{path}: {NOT_A_MODEL}"
     torch.save([1, 2, 3], path)
-    with pytest.raises(CheckpointError, match="not a lungseg checkpoint"):
+    with pytest.raises(CheckpointError, match="not a lungseg model"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".ts", ".pt", ".onnx"])
+@pytest.mark.parametrize("writer", ["text", "random zip", "truncated checkpoint", "foreign torch file"])
+def test_any_model_file_lungseg_did_not_write_says_so(tmp_path, writer, suffix):
+    """Whatever the suffix, load_predictor (predict, evaluate) gives the one message, not e.g. 'KeyError: 101'."""
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+    path = tmp_path / f"model{suffix}"
+    {"text": lambda p: p.write_text("hello, I am a text file\n"), "random zip": _random_zip,
+     "truncated checkpoint": _truncated_checkpoint,
+     "foreign torch file": lambda p: torch.save({"weights": torch.zeros(3)}, p)}[writer](path)
+    with pytest.raises(CheckpointError) as caught:
+        load_predictor(path, device="cpu")
+    assert str(caught.value) == f"{path}: {NOT_A_MODEL}"
+
+
+def test_a_folder_given_as_the_model_says_it_cannot_be_read(tmp_path):
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: cannot read the model file"):
+        load_checkpoint(tmp_path)
 
 
 def test_an_unsupported_version_is_refused(tmp_path):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lungseg.checkpoint import make_checkpoint, save_checkpoint
+from lungseg.checkpoint import NOT_A_MODEL, make_checkpoint, save_checkpoint
 from lungseg.cli import main
+from lungseg.data.images import max_pixels, set_max_pixels
 from lungseg.model import UNet
 
 ENTRY_POINT = Path(sys.executable).parent / "lungseg"  # the console script installed beside this python
@@ -120,3 +125,160 @@ def test_export_then_predict_from_the_onnx_file(write_pair_folder, tmp_path, cap
     for name in ("exported/tiny.onnx", "exported/tiny.ts"):
         pd.testing.assert_frame_equal(runs[name].drop(columns=["mask_file", "overlay_file"]),
                                       runs["tiny.pth"].drop(columns=["mask_file", "overlay_file"]))
+
+
+# --------------------------------------------------------------------------- exit codes and Ctrl-C
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["predict"], ["evaluate"], ["export"]])
+def test_help_documents_every_exit_code(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0" in text
+    for code in (" 1 ", " 2 ", " 130 interrupted"):
+        assert code in text
+
+
+def test_ctrl_c_in_predict_prints_one_line_and_exits_130(tmp_path):
+    """SIGINT (what Ctrl-C sends) to a real `lungseg predict` run, once it has written a mask:
+    one line `interrupted` on stderr, exit 130, and every file it left is whole."""
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 240), np.uint8)).save(tmp_path / "in" / "0000.png")
+    for k in range(1, 3000):  # hard links: thousands of inputs in no time, so the run is surely still going
+        os.link(tmp_path / "in" / "0000.png", tmp_path / "in" / f"{k:04d}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lungseg.cli", "predict", str(model), str(tmp_path / "in"), "--out", str(out),
+               "--device", "cpu", "--batch-size", "1", "-q"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finished_masks() -> list[Path]:  # not the hidden temporary of the mask being written
+        return [path for path in (out / "masks").glob("*.png") if not path.name.startswith(".")]
+
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "masks").is_dir() or not finished_masks():
+            assert child.poll() is None, child.communicate()[1]
+            assert time.monotonic() < deadline, "predict wrote no mask within 120 s"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr
+    assert stderr.splitlines() == ["interrupted"] and stdout == ""
+    assert not (out / "predictions.csv").exists()  # the table is written last, once every image is done
+    masks = sorted((out / "masks").iterdir())
+    assert masks and all(path.name.endswith(".png") and not path.name.startswith(".") for path in masks)
+    for path in masks:  # whole files only: no temporaries, no truncated PNGs
+        Image.open(path).verify()
+
+
+# --------------------------------------------------------------------------- model files lungseg did not write
+
+
+def _text_file(path: Path) -> Path:
+    path.write_text("hello, I am a text file\n")
+    return path
+
+
+def _random_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+        archive.writestr("weights/blob.bin", np.random.default_rng(0).bytes(64))
+    return path
+
+
+@pytest.mark.parametrize("write", [_text_file, _random_zip])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+def test_a_model_file_lungseg_did_not_write_says_so_in_one_line(write, command, write_pair_folder, tmp_path, capsys):
+    model = write(tmp_path / "model.pth")
+    data = write_pair_folder(tmp_path / "data", layout="plain", n=2, metadata=False)
+    out = tmp_path / "out"
+    argv = {"predict": ["predict", str(model), str(data.image_dir), "--out", str(out), "-q"],
+            "evaluate": ["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out), "-q",
+                         "--params", str(tmp_path / "absent.yaml")],
+            "export": ["export", str(model), "--out", str(out), "--format", "torchscript"]}[command]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {model}: {NOT_A_MODEL}\n"
+    assert "Traceback" not in captured.out and not out.exists()
+
+
+# --------------------------------------------------------------------------- --out for evaluate and export
+
+
+def test_evaluate_refuses_an_out_folder_in_its_data_even_with_overwrite(write_pair_folder, tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=3, metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    for out, relation in ((data.root, "is"), (data.root / "scores", "lies inside")):
+        code = main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out), "--params", "absent.yaml",
+                     "--device", "cpu", "-q", "--overwrite"])
+        assert code == 2
+        assert f"{out} {relation} the input folder {data.root}" in capsys.readouterr().err
+    assert not (data.root / "scores").exists() and not (data.root / "metrics.json").exists()
+
+
+def test_evaluate_overwrites_an_earlier_report_only_when_asked(write_pair_folder, tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=3, metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "scores"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier report
+    (out / "notes.txt").write_text("mine")
+    argv = ["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out), "--params", "absent.yaml",
+            "--device", "cpu", "-q"]
+    assert main(argv) == 2
+    assert "already holds 2 file(s)" in capsys.readouterr().err and (out / "metrics.json").read_text() == "{}"
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]["n_images"] == 3
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["dice_histogram.csv", "evaluation_report.json", "metrics.json",
+                                                      "notes.txt", "per_image.csv"]
+
+
+def test_evaluate_max_pixels_refuses_larger_images(write_pair_folder, tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=2, size=(48, 40), metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    before = max_pixels()
+    try:
+        code = main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(tmp_path / "scores"),
+                     "--params", "absent.yaml", "--device", "cpu", "-q", "--max-pixels", "1000"])
+    finally:
+        set_max_pixels(before)
+    assert code == 2 and "over the limit of 1,000 pixels" in capsys.readouterr().err
+    assert not (tmp_path / "scores").exists()
+
+
+def test_check_max_pixels_reports_larger_images(write_pair_folder, tmp_path, capsys):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=2, metadata=False)  # 40 x 30 pixels
+    before = max_pixels()
+    try:
+        code = main(["check", str(folder.root), "--params", str(tmp_path / "absent.yaml"), "--max-pixels", "1000"])
+    finally:
+        set_max_pixels(before)
+    assert code == 1 and "over the limit of 1,000 pixels" in capsys.readouterr().out
+
+
+def test_export_refuses_the_models_own_folder_even_with_overwrite(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "models" / "tiny.pth")
+    for out, relation in ((tmp_path / "models", "is the folder of"), (tmp_path, "holds")):
+        assert main(["export", str(model), "--out", str(out), "--format", "torchscript", "--overwrite"]) == 2
+        assert f"{out} {relation} the input file {model}" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny.pth"]
+    # below the model's folder is fine: nothing is written beside the model
+    assert main(["export", str(model), "--out", str(tmp_path / "models" / "exported"), "--format", "torchscript"]) == 0
+
+
+def test_export_overwrite_replaces_its_files_and_drops_a_format_not_exported_again(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "tiny.onnx").write_bytes(b"an earlier export")
+    (out / "other.onnx").write_bytes(b"someone else's model")
+    assert main(["export", str(model), "--out", str(out), "--format", "torchscript"]) == 2
+    assert "already holds 2 file(s)" in capsys.readouterr().err
+    assert main(["export", str(model), "--out", str(out), "--format", "torchscript", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["other.onnx", "tiny.ts"]
+    assert (out / "other.onnx").read_bytes() == b"someone else's model"

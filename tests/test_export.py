@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungseg.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.checkpoint import NOT_A_MODEL, load_checkpoint, make_checkpoint, save_checkpoint
 from lungseg.errors import CheckpointError, ExportError
 from lungseg.export import (
     PARITY_TOLERANCE,
@@ -171,6 +171,36 @@ def test_onnx_file_without_lungseg_metadata_is_refused(onnx_path, tmp_path):
     onnx.save_model(proto, str(foreign))
     with pytest.raises(CheckpointError, match="foreign.onnx.*no 'lungseg' metadata"):
         Predictor.from_onnx(foreign)
+
+
+def test_an_onnx_file_lungseg_did_not_write_is_not_a_lungseg_model(onnx_path, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    del proto.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save_model(proto, str(foreign))
+    text = tmp_path / "notes.onnx"
+    text.write_text("hello, I am a text file\n")
+    for path in (foreign, text):
+        with pytest.raises(CheckpointError) as caught:
+            load_predictor(path, device="cpu")
+        assert str(caught.value) == f"{path}: {NOT_A_MODEL}"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated in torch 2.x, still what we read
+def test_a_torchscript_file_lungseg_did_not_write_is_not_a_lungseg_model(tmp_path):
+    path = tmp_path / "someone_elses.ts"
+    torch.jit.save(torch.jit.trace(torch.nn.Conv2d(1, 1, 3), torch.rand(1, 1, 8, 8)), str(path))
+    with pytest.raises(CheckpointError) as caught:
+        load_predictor(path, device="cpu")
+    assert str(caught.value) == f"{path}: {NOT_A_MODEL}"
+
+
+def test_export_takes_a_checkpoint_not_an_export(torchscript_path, tmp_path):
+    with pytest.raises(ExportError, match="not an exported model"):
+        export_model(torchscript_path, tmp_path / "exported", formats=("torchscript",))
+    assert _files_in(tmp_path / "exported") == []
 
 
 def test_missing_or_unreadable_onnx_file_is_a_checkpoint_error(torchscript_path, tmp_path):

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from scipy import ndimage
 
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
+from lungseg.data.images import max_pixels, set_max_pixels
 from lungseg.data.preprocess import prepare_image
 from lungseg.model import UNet
 from lungseg.predict import (
     COLUMNS,
+    display_grey,
     list_inputs,
     load_predictor,
     lung_sides,
@@ -68,6 +75,39 @@ def read_table(out):
 
 def predict(model_path, inputs, out, *options) -> int:
     return main(["predict", str(model_path), *map(str, inputs), "--out", str(out), "--device", "cpu", "--quiet", *options])
+
+
+def fingerprint(folder) -> dict:
+    """{relative path: sha256} of every file below `folder`: what a refused run must leave as it was."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_dicom(path, pixels: np.ndarray, **elements):
+    """`pixels` (uint16 H x W) as a minimal single-frame MONOCHROME2 DICOM file; `elements` are
+    extra attributes by keyword (PixelSpacing=[...])."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.SamplesPerPixel, dataset.PhotometricInterpretation = "DX", 1, "MONOCHROME2"
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+    for keyword, value in elements.items():
+        setattr(dataset, keyword, value)
+    dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def restore_max_pixels():
+    """--max-pixels sets the reader's limit for the whole process: put it back after the test."""
+    before = max_pixels()
+    yield
+    set_max_pixels(before)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -207,12 +247,197 @@ def test_a_file_named_twice_is_predicted_once(tmp_path):
     assert listed[0] == str(tmp_path / "in" / "c_wide.png") and len(listed) == 3
 
 
-def test_a_recursive_rerun_does_not_segment_its_own_masks(model_path, tmp_path):
+def test_hidden_files_skipped_in_a_folder_are_reported_in_one_line(model_path, tmp_path, capsys):
     write_inputs(tmp_path / "in")
-    out = tmp_path / "in" / "predicted"
-    for _ in range(2):
-        assert predict(model_path, [tmp_path / "in"], out, "--recursive") == 0
-    assert len(read_table(out)) == 3
+    (tmp_path / "in" / "._a_gray.png").write_bytes(b"macOS companion file")
+    (tmp_path / "in" / ".DS_Store").write_bytes(b"Finder")
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert f"skipped 2 hidden file(s) in {tmp_path / 'in'}" in err.splitlines()
+    assert len(read_table(tmp_path / "out")) == 3
+
+
+def test_folders_list_tiff_bmp_and_extensionless_dicom_too(tmp_path):
+    (tmp_path / "in").mkdir()
+    pixels = (gradient(20, 24) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in" / "b.tif")
+    Image.fromarray(pixels).save(tmp_path / "in" / "c.bmp")
+    write_dicom(tmp_path / "in" / "a", (gradient(20, 24) * 4000).astype(np.uint16))
+    (tmp_path / "in" / "notes").write_text("an extension-less file that is not DICOM")
+    assert [p.rsplit("/", 1)[1] for p in list_inputs([str(tmp_path / "in")])] == ["a", "b.tif", "c.bmp"]
+
+
+# --------------------------------------------------------------------------- the --out folder
+
+
+def pairs_folder(root, n: int = 3):
+    """A dataset laid out as ds/images/<id>.png + ds/masks/<id>.png (ground truth)."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for k in range(n):
+        Image.fromarray((gradient(30, 24, k) * 255).astype(np.uint8)).save(root / "images" / f"{k}.png")
+        truth = np.zeros((30, 24), np.uint8)
+        truth[5:25, 3 + k:10 + k] = 255
+        Image.fromarray(truth).save(root / "masks" / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_holding_the_input_folder_is_refused_and_ground_truth_masks_survive(model_path, tmp_path, capsys, overwrite):
+    ds = pairs_folder(tmp_path / "ds")
+    before = fingerprint(ds)
+    assert predict(model_path, [ds / "images"], ds, *overwrite) == 2
+    captured = capsys.readouterr()
+    assert fingerprint(ds) == before  # not one byte of ds/masks/* (or anything else) changed
+    error = captured.err
+    assert error.startswith(f"error: --out {ds}:") and f"{ds} holds the input folder {ds / 'images'}" in error
+    assert "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_inside_an_input_folder_is_refused_even_with_overwrite(model_path, tmp_path, capsys, overwrite):
+    write_inputs(tmp_path / "in")
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "in" / "predicted", "--recursive", *overwrite) == 2
+    assert f"lies inside the input folder {tmp_path / 'in'}" in capsys.readouterr().err
+    assert not (tmp_path / "in" / "predicted").exists()
+
+
+def test_out_is_refused_as_the_folder_of_an_input_file_but_below_it_is_fine(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    source = tmp_path / "in" / "a_gray.png"
+    assert predict(model_path, [source], tmp_path / "in", "--overwrite") == 2
+    assert f"is the folder of the input file {source}" in capsys.readouterr().err
+    assert predict(model_path, [source], tmp_path / "in" / "preds") == 0  # as `predict model.pth xray.png --out preds`
+
+
+def test_out_holding_the_model_file_is_refused(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    assert predict(model_path, [tmp_path / "in"], model_path.parent.parent, "--overwrite") == 2
+    assert f"holds the input file {model_path}" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_holds_files_is_refused_without_overwrite(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert f"--out {tmp_path / 'out'} already holds 1 file(s)" in error and "--overwrite" in error
+    assert fingerprint(tmp_path / "out") == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}
+
+
+def test_an_empty_or_hidden_only_out_folder_is_used(model_path, tmp_path):
+    write_inputs(tmp_path / "in")
+    (tmp_path / "out" / "masks").mkdir(parents=True)  # e.g. left by a run stopped before its first mask
+    (tmp_path / "out" / ".DS_Store").write_bytes(b"Finder")
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out") == 0
+    assert (tmp_path / "out" / ".DS_Store").read_bytes() == b"Finder"
+
+
+def test_overwrite_replaces_the_earlier_run_and_removes_its_stale_outputs_only(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert predict(model_path, [tmp_path / "in"], out) == 0
+    (out / "notes.txt").write_text("mine")  # the user's own file beside the outputs
+    (out / "mine").mkdir()
+    (out / "mine" / "x.png").write_bytes(b"also mine")
+    assert predict(model_path, [tmp_path / "in" / "c_wide.png"], out, "--overwrite") == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["c_wide.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["c_wide.png"]
+    assert read_table(out)["mask_file"].tolist() == ["masks/c_wide.png"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "mine" / "x.png").read_bytes() == b"also mine"
+    # --no-overlays: the earlier overlays are stale too, and their emptied folder goes
+    assert predict(model_path, [tmp_path / "in" / "c_wide.png"], out, "--overwrite", "--no-overlays") == 0
+    assert not (out / "overlays").exists() and (out / "masks" / "c_wide.png").is_file()
+
+
+def test_overwrite_refuses_a_foreign_file_where_only_lungseg_writes(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert predict(model_path, [tmp_path / "in"], out) == 0
+    (out / "masks" / "readme.txt").write_text("my notes on these masks")
+    before = fingerprint(out)
+    assert predict(model_path, [tmp_path / "in" / "a_gray.png"], out, "--overwrite") == 2
+    error = capsys.readouterr().err
+    assert "not overwritten" in error and str(out / "masks" / "readme.txt") in error
+    assert fingerprint(out) == before
+
+
+def test_failed_images_of_an_overwrite_run_leave_no_mask_of_the_earlier_run(model_path, tmp_path):
+    write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert predict(model_path, [tmp_path / "in"], out) == 0
+    (tmp_path / "in" / "b_colour.jpg").write_bytes(b"now broken")
+    assert predict(model_path, [tmp_path / "in"], out, "--overwrite") == 1
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a_gray.png", "c_wide.png"]
+
+
+# --------------------------------------------------------------------------- size limit, areas and memory
+
+
+def test_max_pixels_turns_a_larger_image_into_an_error_row(model_path, tmp_path, capsys, restore_max_pixels):
+    write_inputs(tmp_path / "in")  # 40 x 30, 50 x 64 and 37 x 45 pixels
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out", "--max-pixels", "2000") == 1
+    table = read_table(tmp_path / "out")
+    assert table["error"].str.contains("over the limit of 2,000 pixels").tolist() == [False, True, False]
+
+
+def test_lung_areas_in_cm2_come_from_the_dicom_pixel_spacing(model_path, tmp_path):
+    (tmp_path / "in").mkdir()
+    write_dicom(tmp_path / "in" / "spaced.dcm", (gradient(40, 30) * 4000).astype(np.uint16), PixelSpacing=[0.5, 0.2])
+    Image.fromarray((gradient(40, 30) * 255).astype(np.uint8)).save(tmp_path / "in" / "unspaced.png")
+    threshold = splitting_threshold(model_path, [tmp_path / "in" / "spaced.dcm"])
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out", "--threshold", str(threshold)) == 0
+    spaced, unspaced = read_table(tmp_path / "out").itertuples()
+    assert int(spaced.right_lung_px) + int(spaced.left_lung_px) > 0
+    assert float(spaced.right_lung_cm2) == pytest.approx(int(spaced.right_lung_px) * 0.5 * 0.2 / 100, abs=1e-3)
+    assert float(spaced.left_lung_cm2) == pytest.approx(int(spaced.left_lung_px) * 0.5 * 0.2 / 100, abs=1e-3)
+    assert (unspaced.right_lung_cm2, unspaced.left_lung_cm2) == ("", "")
+
+
+def old_overlay(grey: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """The overlay as predict made it before: grey in [0, 1] blended toward red in float64."""
+    rgb = np.repeat(grey.astype(np.float64)[..., None] * 255.0, 3, axis=-1)
+    rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * np.array([255.0, 0.0, 0.0])
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["a_gray.png", "c_wide.png", "b_colour.jpg"])
+def test_overlays_are_8_bit_and_within_one_grey_level_of_the_old_float_overlay(model_path, tmp_path, name):
+    write_inputs(tmp_path / "in")
+    source = tmp_path / "in" / name
+    threshold = splitting_threshold(model_path, [source])
+    assert predict(model_path, [source], tmp_path / "out", "--threshold", str(threshold)) == 0
+    written = Image.open(tmp_path / "out" / "overlays" / f"{source.stem}.png")
+    assert written.mode == "RGB"  # 8 bits a channel
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{source.stem}.png")) > 0
+    from lungseg.data.images import read_grayscale
+
+    grey = read_grayscale(source)
+    stretched = np.clip((grey - grey.min()) / max(grey.max() - grey.min(), 1e-6), 0, 1)
+    difference = np.abs(np.asarray(written).astype(int) - old_overlay(stretched, mask, 0.4))
+    assert 0 < mask.mean() < 1 and difference.max() <= 1
+
+
+def test_display_grey_is_uint8_stretched_to_the_full_range(tmp_path):
+    write_inputs(tmp_path / "in")
+    for name in ("a_gray.png", "c_wide.png", "b_colour.jpg"):
+        grey = display_grey(str(tmp_path / "in" / name), "minmax")
+        assert grey.dtype == np.uint8 and (grey.min(), grey.max()) == (0, 255)
+
+
+def test_lung_sides_centres_agree_with_scipy_center_of_mass():
+    rng = np.random.default_rng(3)
+    mask = (ndimage.gaussian_filter(rng.random((60, 80)), 4) > 0.5).astype(np.uint8)
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    largest = np.argsort(sizes, kind="stable")[::-1][:2] + 1
+    columns = [ndimage.center_of_mass(labels == label)[1] for label in largest]
+    expected = sorted(int(sizes[label - 1]) for label in largest)
+    sides = lung_sides(mask)
+    assert sorted([sides.right_px, sides.left_px]) == expected
+    right = int(sizes[largest[int(np.argmin(columns))] - 1])
+    assert sides.right_px == right
 
 
 # --------------------------------------------------------------------------- lung sides

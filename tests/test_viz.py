@@ -95,6 +95,45 @@ def test_overlay_uint8_and_float_agree():
     )
 
 
+def _old_float_overlay(image: np.ndarray, mask: np.ndarray, color, alpha: float) -> np.ndarray:
+    """The overlay as viz made it before: a full-size float64 RGB blend of the unrounded grey."""
+    grey = image.astype(np.float64) * (255.0 if image.dtype != np.uint8 else 1.0)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * np.asarray(color, dtype=float)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize(("color", "alpha"), [((255, 0, 0), 0.4), ((10, 200, 30), 0.73), ((0, 0, 255), 1.0)])
+def test_overlay_is_uint8_and_equals_the_old_full_size_float_blend(dtype, color, alpha, monkeypatch):
+    monkeypatch.setattr(viz, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
+    rng = np.random.default_rng(1)
+    image = rng.random((300, 41))
+    image = (image * 255).round().astype(np.uint8) if dtype == np.uint8 else image.astype(dtype)
+    mask = rng.random((300, 41)) > 0.5
+    out = viz.overlay(image, mask, color=color, alpha=alpha)
+    assert out.dtype == np.uint8 and out.shape == (300, 41, 3)
+    np.testing.assert_array_equal(out, _old_float_overlay(image, mask, color, alpha))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_overlay_needs_a_few_bytes_a_pixel_not_a_float64_rgb(dtype):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    image = rng.random((2000, 2000)).astype(dtype) if dtype != np.uint8 else rng.integers(0, 256, (2000, 2000), np.uint8)
+    mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
+    tracemalloc.start()
+    try:
+        viz.overlay(image, mask)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the result is 3 bytes a pixel, the blocks' temporaries a few MB; the old float64 RGB
+    # blend needed 24 bytes a pixel for that array alone, and as much again for its copies
+    assert peak / image.size < 8
+
+
 def test_overlay_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"image shape \(128, 128\) != mask shape \(64, 64\)"):
         viz.overlay(np.zeros((128, 128)), np.zeros((64, 64)))

@@ -6,6 +6,8 @@ torch.load(weights_only=True): a downloaded file cannot run code when opened.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +18,38 @@ from lungseg.model import UNet
 
 FORMAT = "lungseg-checkpoint"
 VERSION = 1
+NOT_A_MODEL = ("not a lungseg model (expected a checkpoint written by the train stage (.pth), "
+               "or a TorchScript (.ts) or ONNX (.onnx) export from `lungseg export`)")
+# What torch.load raises for an archive that looks like torch's but whose contents are not a
+# weights-only checkpoint: UnpicklingError for refused or corrupt pickles (with EOFError,
+# IndexError and KeyError, which pickle documents for truncated or garbled streams), and
+# RuntimeError from torch's zip reader for a damaged member.
+UNLOADABLE = (pickle.UnpicklingError, EOFError, IndexError, KeyError, RuntimeError)
+
+
+def not_a_model(path: str | Path) -> CheckpointError:
+    """The error for a model file that lungseg did not write.
+
+    path: the file, named in the message.
+    """
+    return CheckpointError(f"{path}: {NOT_A_MODEL}")
+
+
+def is_torch_archive(path: str | Path) -> bool:
+    """True for a zip archive laid out as torch.save writes one: every entry inside one top
+    folder, which holds data.pkl. Anything else (text, a truncated file, another zip, a bare
+    pickle) is refused before torch.load, whose errors for such files say nothing useful
+    (e.g. "KeyError: 101" for a text file).
+
+    path: an existing file; raises OSError when it cannot be read.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+    root = names[0].split("/", 1)[0] if names else ""
+    return f"{root}/data.pkl" in names and all(name.startswith(f"{root}/") for name in names)
 
 
 def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none", **info) -> dict:
@@ -34,15 +68,22 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (no pickled code) and check that it is one of ours."""
+    """Read a checkpoint safely (no pickled code) and check that it is one of ours; anything
+    else is a CheckpointError naming the file (not_a_model for a file lungseg did not write)."""
+    if not Path(path).exists():
+        raise CheckpointError(f"{path}: checkpoint not found (run the train stage first: dvc repro train)")
+    try:
+        archive = is_torch_archive(path)
+    except OSError as error:  # unreadable: permissions, a folder, a disk error
+        raise CheckpointError(f"{path}: cannot read the model file ({error.strerror or error})") from error
+    if not archive:
+        raise not_a_model(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found (run the train stage first: dvc repro train)") from None
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise CheckpointError(f"{path}: not a loadable lungseg checkpoint ({type(error).__name__}: {error})") from error
+    except UNLOADABLE as error:
+        raise not_a_model(path) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a lungseg checkpoint (no '{FORMAT}' marker)")
+        raise not_a_model(path)
     if checkpoint.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported (expected {VERSION})")
     return checkpoint

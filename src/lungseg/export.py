@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lungseg.checkpoint import build_model, load_checkpoint
+from lungseg.checkpoint import build_model, load_checkpoint, not_a_model
 from lungseg.errors import CheckpointError, ExportError
 from lungseg.io import atomic_path
 from lungseg.onnx_model import METADATA_KEY, OnnxModel, parse_metadata, require
@@ -45,6 +45,9 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, formats: tupl
         require(*ONNX_PACKAGES)  # before writing anything, so a missing package never leaves half a set
     exporters = {"torchscript": export_torchscript, "onnx": export_onnx}
     checkpoint_path = Path(checkpoint_path)
+    if checkpoint_path.suffix == ".onnx" or is_torchscript(checkpoint_path):
+        raise ExportError(f"{checkpoint_path}: lungseg export takes the checkpoint written by the train stage (.pth), "
+                          "e.g. results/best_unet.pth, not an exported model (.ts, .onnx)")
     results = {}
     for name in formats:
         path = Path(out_dir) / f"{checkpoint_path.stem}{SUFFIXES[name]}"
@@ -125,10 +128,10 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tu
         with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; loading still works
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: not a loadable TorchScript model ({error})") from error
-    if not extra[TORCHSCRIPT_EXTRA]:
-        raise CheckpointError(f"{path}: TorchScript model has no {TORCHSCRIPT_EXTRA}: it was not written by lungseg export")
+    except RuntimeError as error:  # torch's archive reader: a damaged or foreign file
+        raise not_a_model(path) from error
+    if not extra[TORCHSCRIPT_EXTRA]:  # someone else's TorchScript: no threshold or preprocessing to go with it
+        raise not_a_model(path)
     return module.eval(), parse_metadata(extra[TORCHSCRIPT_EXTRA], path)
 
 
@@ -138,8 +141,11 @@ def is_torchscript(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_file() or not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except zipfile.BadZipFile:  # an end record but a damaged directory: not an archive lungseg wrote
+        return False
 
 
 # --------------------------------------------------------------------------- helpers

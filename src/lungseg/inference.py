@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from lungseg import postprocess
-from lungseg.checkpoint import build_model, load_checkpoint
+from lungseg.checkpoint import build_model, load_checkpoint, not_a_model
+from lungseg.errors import CheckpointError
 from lungseg.export import is_torchscript, load_torchscript
 from lungseg.onnx_model import OnnxModel
 from lungseg.runtime import autocast_dtype, configure, forward_in_batches, images_to_tensor, prepare_model, resolve_device
@@ -80,7 +81,13 @@ def load_predictor(path: str | Path, device: str = "auto", threshold: float | No
     export (by content: a .ts or .pt archive holding compiled code), or else a checkpoint.
     `precision` applies to checkpoints only; exports run in fp32, the precision they were checked in."""
     if Path(path).suffix == ".onnx":
-        return Predictor.from_onnx(path, device, threshold)
+        try:
+            return Predictor.from_onnx(path, device, threshold)
+        except CheckpointError as error:
+            if not Path(path).is_file():
+                raise  # "not found" says it better
+            # onnxruntime could not parse it, or it lacks lungseg's metadata (lungseg.onnx_model)
+            raise not_a_model(path) from error
     if is_torchscript(path):
         torch_device = resolve_device(device)
         configure(torch_device)

@@ -84,6 +84,9 @@ def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{name} must be 2-D (HxW), got shape {mask.shape}")
+    if mask.dtype == np.uint8 and (not mask.size or mask.max() <= 1):
+        # the masks lungseg makes: checked and viewed without a full-size temporary
+        return np.ascontiguousarray(mask).view(bool)
     if mask.dtype != bool:
         # Reject probabilities / 0-255 masks instead of silently thresholding them:
         # the caller decides the threshold, not the plotting code.
@@ -142,11 +145,34 @@ def _check_row(row: dict, i: int) -> dict:
 # --------------------------------------------------------------------------- overlay
 
 
-def _grey_0_255(image: np.ndarray) -> np.ndarray:
-    """Greyscale as float64 on the 0..255 scale, so uint8 and float inputs blend identically."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float64)
-    return image.astype(np.float64) * 255.0
+_OVERLAY_BLOCK = 1 << 18  # pixels blended at a time: temporaries stay a few MB whatever the image size
+
+
+def _blend_tables(rgb_color: np.ndarray, alpha: float) -> np.ndarray:
+    """3 x 256 uint8: entry [c, g] is ``round((1 - alpha) * g + alpha * color[c])``, computed in
+    float64 once per grey level instead of once per pixel."""
+    levels = np.arange(256, dtype=np.float64)
+    blended = (1.0 - alpha) * levels[None, :] + alpha * rgb_color[:, None]
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def _blend_block(grey: np.ndarray, inside: np.ndarray, rgb_color: np.ndarray, alpha: float,
+                 tables: np.ndarray, out: np.ndarray) -> None:
+    """Blend one block of rows into ``out`` (rows x W x 3 uint8).
+
+    grey: the block of the image (uint8, or float in [0, 1]). inside: its bool mask.
+    rgb_color, alpha: as for overlay. tables: _blend_tables for uint8 images.
+    """
+    if grey.dtype == np.uint8:
+        for channel in range(3):
+            out[..., channel] = np.where(inside, tables[channel][grey], grey)
+        return
+    # float: the float64 formula, on this block only, so results match the full-size blend exactly
+    scaled = grey.astype(np.float64) * 255.0
+    outside = np.clip(np.rint(scaled), 0, 255)
+    for channel in range(3):
+        blended = np.clip(np.rint((1.0 - alpha) * scaled + alpha * rgb_color[channel]), 0, 255)
+        out[..., channel] = np.where(inside, blended, outside)
 
 
 def overlay(
@@ -156,7 +182,11 @@ def overlay(
 
     image: HxW float in [0, 1] or uint8. mask: HxW bool or 0/1.
     Returns HxWx3 uint8 RGB: outside the mask R == G == B == the grey value; inside,
-    each channel is ``round((1 - alpha) * grey + alpha * color[c])``.
+    each channel is ``round((1 - alpha) * grey + alpha * color[c])`` (grey on the 0..255 scale).
+
+    Built block of rows by block of rows into the uint8 result, uint8 images through per-level
+    tables: besides the result (3 bytes a pixel) it needs a few MB, never a full-size float64
+    RGB (24 bytes a pixel, 1.8 GB for a 10000 x 8000 X-ray).
     """
     image = _check_image(image)
     mask = _check_mask(mask)
@@ -164,9 +194,13 @@ def overlay(
     rgb_color = _check_color(color)
     _check_alpha(alpha)
 
-    rgb = np.repeat(_grey_0_255(image)[..., None], 3, axis=-1)
-    rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * rgb_color
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    tables = _blend_tables(rgb_color, alpha)
+    rgb = np.empty((*image.shape, 3), dtype=np.uint8)
+    rows = max(1, _OVERLAY_BLOCK // max(image.shape[1], 1))
+    for start in range(0, len(image), rows):
+        block = slice(start, start + rows)
+        _blend_block(image[block], mask[block], rgb_color, alpha, tables, rgb[block])
+    return rgb
 
 
 # --------------------------------------------------------------------------- montage

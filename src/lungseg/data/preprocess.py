@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -83,9 +84,22 @@ def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[Prepared
     workers = min(settings.workers or os.cpu_count() or 1, len(work))
     if workers <= 1:
         return [task(item) for item in work]
-    # workers started by spawn (macOS, Windows) would not inherit a limit set with set_max_pixels
-    with ProcessPoolExecutor(workers, initializer=set_max_pixels, initargs=(max_pixels(),)) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(max_pixels(),))
+    try:
         return list(pool.map(task, work, chunksize=max(1, len(work) // (4 * workers))))
+    except KeyboardInterrupt:  # Ctrl-C: drop the queued images instead of waiting for them
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _start_worker(limit: int) -> None:
+    """Each worker: Ctrl-C is the parent's to handle (one "interrupted" line, not a traceback
+    per worker), and the pixel limit is the parent's (workers started by spawn, on macOS and
+    Windows, would not inherit one set with set_max_pixels)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_max_pixels(limit)
 
 
 @dataclass
