@@ -22,8 +22,6 @@ import torch
 from lungseg.config import PreprocessConfig
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.split import split_ids
-from lungseg.engine import TensorPair
-from lungseg.runtime import images_to_tensor, masks_to_tensor
 from lungseg.tracking import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,10 +89,6 @@ def real_split(image_size: int = 128, seed: int = 42) -> dict[str, tuple[np.ndar
     images, masks, index = preprocess_folder(require_real_sample(), PreprocessConfig(image_size=image_size))
     split = split_ids(index, (0.8, 0.1, 0.1), seed, "county")["split"].to_numpy()
     return {part: (images[split == part], masks[split == part]) for part in ("train", "val", "test")}
-
-
-def tensors(part: tuple[np.ndarray, np.ndarray], device: torch.device) -> TensorPair:
-    return TensorPair(images_to_tensor(part[0], device), masks_to_tensor(part[1], device))
 
 
 def synchronize(device: torch.device) -> None:

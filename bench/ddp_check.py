@@ -10,8 +10,8 @@ the train stage's epoch lines: the first epoch (which includes torch.compile on 
 median of the others. Needs only torch, numpy, pandas, pyyaml, tqdm, scipy and pillow.
 
 With one GPU, NCCL cannot run two ranks on it, so the 2-rank code path of CUDA (SyncBatchNorm,
-torch.compile and DDP together) runs instead as two ranks sharing the GPU over gloo: lungseg's
-fit, called directly (`--shared-gpu`, started here under torchrun). Its times say nothing about
+torch.compile and DDP together) runs instead as two ranks sharing the GPU over gloo: the train
+stage's recipe (lungseg.training.train_model), called directly (`--shared-gpu`, started here under torchrun). Its times say nothing about
 speed; it shows that the path runs and that both ranks end with the same history.
 """
 
@@ -35,20 +35,11 @@ import yaml
 from common import ROOT, print_table, stage_history, write_results
 
 from lungseg import distributed
-from lungseg.config import PreprocessConfig, TrainConfig
-from lungseg.data.preprocess import save_processed
+from lungseg.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.data.preprocess import ProcessedSet, save_processed
 from lungseg.data.synthetic import make_phantom
-from lungseg.engine import TensorPair, fit
 from lungseg.io import write_csv, write_json
-from lungseg.model import UNet
-from lungseg.runtime import (
-    autocast_dtype,
-    images_to_tensor,
-    masks_to_tensor,
-    memory_format,
-    prepare_model,
-    should_compile,
-)
+from lungseg.training import train_model
 
 STAGE = ROOT / "stages" / "train.py"
 
@@ -60,14 +51,21 @@ def phantoms(n_images: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([p[0] for p in pairs]), np.stack([(p[1] > 0).astype(np.uint8) for p in pairs])
 
 
+def phantom_set(images: np.ndarray, masks: np.ndarray) -> tuple[ProcessedSet, pd.DataFrame]:
+    """The phantoms as the preprocess and split stages would leave them: 80% train, 20% validation."""
+    ids = [f"p{i:04d}" for i in range(len(images))]
+    size = images.shape[-1]
+    index = pd.DataFrame({"id": ids, "image_file": ids, "mask_file": ids, "height": size, "width": size})
+    n_train = int(0.8 * len(images))
+    split = pd.DataFrame({"id": ids, "split": ["train"] * n_train + ["val"] * (len(images) - n_train)})
+    return ProcessedSet(images, masks, index, {"image_size": size}), split
+
+
 def make_project(root: Path, n_images: int, size: int, params: dict) -> Path:
     """Phantoms at `size` px, 80% train and 20% validation, and a params.yaml."""
-    images, masks = phantoms(n_images, size)
-    ids = [f"p{i:04d}" for i in range(n_images)]
-    index = pd.DataFrame({"id": ids, "image_file": ids, "mask_file": ids, "height": size, "width": size})
-    save_processed(images, masks, index, PreprocessConfig(image_size=size), root / "data" / "processed")
-    n_train = int(0.8 * n_images)
-    write_csv(pd.DataFrame({"id": ids, "split": ["train"] * n_train + ["val"] * (n_images - n_train)}), root / "data" / "split.csv")
+    processed, split = phantom_set(*phantoms(n_images, size))
+    save_processed(processed.images, processed.masks, processed.index, PreprocessConfig(image_size=size), root / "data" / "processed")
+    write_csv(split, root / "data" / "split.csv")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -97,27 +95,18 @@ def run(project: Path, label: str, command: list[str], processes: int, backend: 
 
 
 def shared_gpu_rank(args) -> None:
-    """One of two ranks on one GPU over gloo: SyncBatchNorm, compile and DDP as train.nproc=2 uses them."""
+    """One of two ranks on one GPU over gloo: SyncBatchNorm, compile and DDP as train.nproc=2 uses them,
+    through the train stage's own recipe (lungseg.training.train_model)."""
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", 0)
-    worker = distributed.Worker(rank, world, 0, device)
-    dtype = autocast_dtype(device, "auto")
-    layout = memory_format(device, dtype)
+    worker = distributed.Worker(rank, world, 0, torch.device("cuda", 0))
     images, masks = phantoms(args.images, args.size)
-    n_train = int(0.8 * len(images))
-
-    def part(rows):  # this rank's shard, on the GPU
-        rows = distributed.shard(np.arange(len(images))[rows], rank, world)
-        return TensorPair(images_to_tensor(images[rows], device, layout), masks_to_tensor(masks[rows], device, layout))
-
-    torch.manual_seed(42)
-    model = prepare_model(UNet(depth=4, base_width=args.width), device, layout)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch)
-    result = fit(model, part(slice(0, n_train)), part(slice(n_train, None)), config, 0.5, dtype,
-                 should_compile(device, args.compile), show_progress=False, worker=worker)
-    sync_batchnorms = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
-    write_json({"history": result.history.to_dict("list"), "sync_batchnorms": sync_batchnorms}, Path(args.shared_gpu) / f"rank{rank}.json")
+    processed, split = phantom_set(images, masks)
+    trained = train_model(processed, split, ModelConfig(depth=4, base_width=args.width),
+                          TrainConfig(epochs=args.epochs, batch_size=args.batch, compile=args.compile),
+                          AugmentConfig(enabled=False), InferConfig(threshold=0.5), worker.device, worker, verbose=False)
+    sync_batchnorms = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in trained.model.modules())
+    write_json({"history": trained.history.to_dict("list"), "sync_batchnorms": sync_batchnorms}, Path(args.shared_gpu) / f"rank{rank}.json")
     dist.destroy_process_group()
 
 

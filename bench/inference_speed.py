@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import peak_rss_mb, print_table, synchronize, write_results
+
 from lungseg.checkpoint import build_model, load_checkpoint, make_checkpoint, save_checkpoint
 from lungseg.inference import Predictor
 from lungseg.model import UNet

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, peak_rss_mb, print_table, write_results
 from PIL import Image
 
-from common import ROOT, peak_rss_mb, print_table, write_results
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import open_image, to_float_gray
 from lungseg.data.preprocess import preprocess_folder

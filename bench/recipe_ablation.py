@@ -2,9 +2,9 @@
 split seeds on the real sample (or any preprocessed folder).
 
 Each job splits the data with one seed (80/10/10, stratified by county, exactly as the split
-stage does), trains one variant with the library's own training loop, picks post-processing on
-validation only, and scores the test part. Every choice is made on validation; the test
-scores are only reported. Jobs run in parallel processes (a GPU is shared by all of them).
+stage does), trains one variant with the train stage's own recipe (lungseg.training.train_model),
+which picks post-processing on validation only, and scores the test part. Every choice is made
+on validation; the test scores are only reported. Jobs run in parallel processes (a GPU is shared by all of them).
 
     python bench/recipe_ablation.py                      # the real sample, every variant, seeds 1-5
     python bench/recipe_ablation.py --save-processed DIR # write the preprocessed sample (to carry elsewhere)
@@ -18,24 +18,21 @@ import argparse
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
 from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
 import torch
-
-from common import print_table, require_real_sample, tensors, write_results
+from common import print_table, require_real_sample, write_results
 
 from lungseg import postprocess
-from lungseg.augment import Augmenter
-from lungseg.config import AugmentConfig, PreprocessConfig, TrainConfig
-from lungseg.data.preprocess import load_processed, preprocess_folder, save_processed
-from lungseg.data.split import split_ids
-from lungseg.engine import fit, predicted_masks
+from lungseg.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed
+from lungseg.data.split import ids_in, split_ids
+from lungseg.engine import predicted_masks
 from lungseg.metrics import dice_per_image
-from lungseg.model import UNet
-from lungseg.runtime import images_to_tensor, resolve_device
+from lungseg.runtime import resolve_device
+from lungseg.training import tensors, train_model
 
 PLAIN = {"epochs": 8, "augment": False, "postprocess": False, "base_width": 8, "batch_size": 2}  # the default before issue 5
 # README's real-data recipe: 20 epochs of 563 images fit in 10 minutes on 2 CPU cores (24 s an epoch)
@@ -62,26 +59,32 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
 
 
 def run_job(job: dict) -> dict:
-    """Train one variant on one split seed; score validation and test."""
+    """Train one variant on one split seed with lungseg.training.train_model; score validation and test."""
     torch.set_num_threads(job["threads"])
     device, variant = resolve_device(job["device"]), VARIANTS[job["variant"]]
-    images, masks, parts = job["images"], job["masks"], job["parts"]
-    train = [np.tile(a[parts == "train"], (job["tile"], 1, 1)) for a in (images, masks)]
-    val, test = [(images[parts == p], masks[parts == p]) for p in ("val", "test")]
-    config = replace(TrainConfig(), epochs=job["epochs"] or variant["epochs"], batch_size=variant["batch_size"], seed=42)
-    torch.manual_seed(config.seed)
-    model = UNet(depth=4, base_width=variant["base_width"]).to(device)
-    augmenter = Augmenter(AugmentConfig(), config.seed, device) if variant["augment"] else None
+    index = job["index"].assign(id=job["index"]["id"].astype(str))
+    processed = ProcessedSet(job["images"], job["masks"], index, {})
+    split = tiled_train(pd.DataFrame({"id": index["id"], "split": job["parts"]}), job["tile"])
+    # fp32 and no torch.compile, as the results in bench/results were measured (jobs share one GPU)
+    config = TrainConfig(epochs=job["epochs"] or variant["epochs"], batch_size=variant["batch_size"], seed=42,
+                         precision="fp32", compile="never")
     started = time.perf_counter()
-    result = fit(model, tensors(train, device), tensors(val, device), config, 0.5, show_progress=False, augment=augmenter)
+    trained = train_model(processed, split, ModelConfig(depth=4, base_width=variant["base_width"]), config,
+                          AugmentConfig(enabled=variant["augment"]), InferConfig(threshold=0.5), device, verbose=False)
     seconds = time.perf_counter() - started
-    model.load_state_dict(result.best_state)
-    val_masks, test_masks = (predicted_masks(model, images_to_tensor(part[0], device), 0.5, 32) for part in (val, test))
-    chosen = postprocess.choose(val_masks, val[1])[0] if variant["postprocess"] else "none"
-    test_dice = dice_per_image(postprocess.apply(test_masks, chosen), test[1])
+    test = processed.subset(ids_in(split, "test"))
+    test_masks = predicted_masks(trained.model, tensors(test.images, test.masks, device).images, 0.5, 32)
+    chosen = trained.postprocess if variant["postprocess"] else "none"
+    test_dice = dice_per_image(postprocess.apply(test_masks, chosen), test.masks)
     return {"variant": job["variant"], "seed": job["seed"], "test_dice": float(test_dice.mean()), "test_worst": float(test_dice.min()),
-            "val_dice": result.best_dice, "best_epoch": result.best_epoch, "postprocess": chosen,
-            "train_images": len(train[0]), "epochs": config.epochs, "train_seconds": seconds}
+            "val_dice": trained.best_dice, "best_epoch": trained.best_epoch, "postprocess": chosen,
+            "train_images": len(ids_in(split, "train")), "epochs": config.epochs, "train_seconds": seconds}
+
+
+def tiled_train(split: pd.DataFrame, tile: int) -> pd.DataFrame:
+    """`split` with its train rows repeated `tile` times (timing at full-data size)."""
+    train = split[split["split"] == "train"]
+    return pd.concat([train] * tile + [split[split["split"] != "train"]], ignore_index=True)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -116,7 +119,7 @@ def main() -> None:
     images, masks, index = load_data(args)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     # seeds in the outer loop: the first results to finish cover every variant
-    jobs = [{"variant": v, "seed": s, "device": args.device, "threads": threads, "tile": args.tile, "epochs": args.epochs, "images": images, "masks": masks,
+    jobs = [{"variant": v, "seed": s, "device": args.device, "threads": threads, "tile": args.tile, "epochs": args.epochs, "images": images, "masks": masks, "index": index,
              "parts": split_ids(index, (0.8, 0.1, 0.1), s, "county")["split"].to_numpy()}
             for s in args.seeds for v in args.variants]
     started, rows = time.perf_counter(), []

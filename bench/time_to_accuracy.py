@@ -24,12 +24,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from common import ROOT, print_table, real_split, require_real_sample, stage_history, write_results
+from seed_style import seed_epoch, seed_loader
 
-from common import ROOT, print_table, real_split, require_real_sample, stage_history, tensors, write_results
 from lungseg.engine import validate
 from lungseg.losses import BceDiceLoss
 from lungseg.model import UNet
-from seed_style import seed_epoch, seed_loader
+from lungseg.training import tensors
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src"]
 
@@ -63,7 +64,7 @@ def seed_style_history(width: int, cap_seconds: float, target: float) -> pd.Data
     device = torch.device("cpu")
     parts = real_split()
     loader = seed_loader(*parts["train"], batch_size=2)
-    val = tensors(parts["val"], device)
+    val = tensors(*parts["val"], device)
     torch.manual_seed(42)
     model = UNet(depth=4, base_width=width)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

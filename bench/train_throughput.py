@@ -15,14 +15,15 @@ import time
 
 import numpy as np
 import torch
-
 from common import peak_rss_mb, print_table, synchronize, write_results
+from seed_style import seed_epoch, seed_loader
+
+from lungseg.config import ModelConfig, TrainConfig
 from lungseg.engine import TensorPair, train_epoch, train_step
 from lungseg.losses import BceDiceLoss
 from lungseg.model import UNet
-from lungseg.runtime import (autocast_dtype, configure, images_to_tensor, masks_to_tensor, memory_format,
-                             prepare_model, resolve_device, should_compile)
-from seed_style import seed_epoch, seed_loader
+from lungseg.runtime import configure, resolve_device
+from lungseg.training import new_model, runtime_for, tensors
 
 SIZE = 128
 
@@ -54,15 +55,14 @@ def seed_style(width: int, images, masks, device, seconds: float) -> dict:
 
 def project(width: int, images, masks, device, batch: int, seconds: float, precision: str = "auto") -> list[dict]:
     """The real epoch loop and, for comparison, the same steps on one static batch."""
-    torch.manual_seed(0)
-    dtype, compiled = autocast_dtype(device, precision), should_compile(device, "auto")
-    layout = memory_format(device, dtype)
-    model = prepare_model(UNet(depth=4, base_width=width), device, layout)
+    runtime = runtime_for(device, TrainConfig(precision=precision, compile="auto"))  # the train stage's choices
+    dtype, compiled, layout = runtime.dtype, runtime.compile, runtime.layout
+    model, _ = new_model(ModelConfig(depth=4, base_width=width), 0, runtime)
     network = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     loss_fn, generator = BceDiceLoss(0.5, 0.5), torch.Generator().manual_seed(0)
-    data = TensorPair(images_to_tensor(images, device, layout), masks_to_tensor(masks, device, layout))
+    data = tensors(images, masks, device, layout)
     warm = TensorPair(data.images[: 2 * batch], data.masks[: 2 * batch])
     first = timed(lambda: train_epoch(network, loss_fn, optimizer, scheduler, warm, batch, generator, dtype), device)
     per_image = timed(lambda: train_epoch(network, loss_fn, optimizer, scheduler, warm, batch, generator, dtype), device) / len(warm)

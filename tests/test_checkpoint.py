@@ -8,11 +8,18 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from tiny_models import perturbed_unet
 
-from lungseg.checkpoint import NOT_A_MODEL, CheckpointError, build_model, load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.checkpoint import (
+    NOT_A_MODEL,
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
 from lungseg.inference import Predictor, load_predictor
 from lungseg.model import UNet
-from tiny_models import perturbed_unet
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 16

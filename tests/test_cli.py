@@ -127,6 +127,52 @@ def test_export_then_predict_from_the_onnx_file(write_pair_folder, tmp_path, cap
                                       runs["tiny.pth"].drop(columns=["mask_file", "overlay_file"]))
 
 
+def _perturbed_checkpoint(path: Path, size: int = 32) -> Path:
+    """A tiny checkpoint whose masks are neither empty nor full: moved weights (tiny_models) and
+    the threshold at the median probability over random images."""
+    from tiny_models import perturbed_unet
+
+    model_args = {"depth": 2, "base_width": 4}
+    model = perturbed_unet(model_args, size, seed=0)
+    with torch.no_grad():
+        threshold = float(torch.sigmoid(model(torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0)))).median())
+    save_checkpoint(make_checkpoint(model, model_args, {"image_size": size, "normalize": "minmax"}, threshold), path)
+    return path
+
+
+def test_evaluate_runs_exported_models_with_the_checkpoints_scores(write_pair_folder, tmp_path, capsys, monkeypatch):
+    """`evaluate --model` takes what `export` writes, as predict does: .ts and .onnx score like the .pth."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+    # the checkpoint in fp32 too: on CPUs with fast bf16, precision 'auto' runs checkpoints in
+    # bf16 (lungseg.runtime.autocast_dtype), while exports always run in fp32
+    monkeypatch.setattr("lungseg.inference.autocast_dtype", lambda device, precision="auto": None)
+    model = _perturbed_checkpoint(tmp_path / "tiny.pth")
+    assert main(["export", str(model), "--out", str(tmp_path / "exported")]) == 0
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=3, size=(48, 40), metadata=False)
+    scores = {}
+    for name in ("tiny.pth", "exported/tiny.ts", "exported/tiny.onnx"):
+        out = tmp_path / f"scores-{Path(name).suffix[1:]}"
+        assert main(["evaluate", "--model", str(tmp_path / name), "--data", str(data.root), "--out", str(out),
+                     "--params", "absent.yaml", "--device", "cpu", "-q"]) == 0
+        scores[name] = pd.read_csv(out / "per_image.csv", dtype={"id": str}).set_index("id")
+    dice = scores["tiny.pth"]["dice_native"]
+    assert 0.05 < dice.mean() < 0.95  # the masks are neither empty nor full: the comparison means something
+    for name in ("exported/tiny.ts", "exported/tiny.onnx"):
+        np.testing.assert_allclose(scores[name]["dice_native"], dice, rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(scores[name]["dice"], scores["tiny.pth"]["dice"], rtol=0, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_evaluate_on_an_unavailable_device_exits_2_naming_it(write_pair_folder, tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=1, metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    code = main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(tmp_path / "scores"),
+                 "--params", "absent.yaml", "--device", "cuda", "-q"])
+    assert code == 2 and not (tmp_path / "scores").exists()
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "'cuda'" in error and "Traceback" not in error
+
+
 # --------------------------------------------------------------------------- exit codes and Ctrl-C
 
 

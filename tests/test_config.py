@@ -1,8 +1,10 @@
-"""Tests for lungseg.config: params.yaml -> checked dataclasses, every problem reported at once."""
+"""Tests for lungseg.config: params.yaml -> checked pydantic dataclasses, every problem reported at once."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import subprocess
 import sys
 
@@ -90,9 +92,9 @@ def test_section_that_is_not_a_mapping_is_reported():
         load({"train": [1, 2]}, "train")
 
 
-def test_missing_required_key_is_reported():
-    with pytest.raises(ParamsError, match=r"data\.dir: missing \(required\)"):
-        load({"data": {}}, "data")
+def test_data_dir_defaults_to_the_folder_the_synthesize_stage_makes():
+    """data.dir was required before; every key now defaults to its params.yaml value."""
+    assert load({"data": {}}, "data").dir == "data/raw/synthetic"
 
 
 def test_all_out_of_range_values_are_reported_in_one_error(repo_params):
@@ -216,3 +218,156 @@ def test_a_stage_refuses_bad_params_before_writing_anything(tmp_path, repo_root)
     assert done.returncode == 2
     assert "train.epochs=0: must be >= 1" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+# --------------------------------------------------------------------------- one source of truth
+
+
+def test_the_defaults_are_the_repo_params(repo_params):
+    """Every key of params.yaml has a default, equal to its value there: the two cannot drift."""
+    for name, cls in SECTIONS.items():
+        assert {f.name for f in dataclasses.fields(cls)} == set(repo_params[name]), name
+        assert load(repo_params, name) == cls(), name
+
+
+def _keys_whose_default_is(kind) -> list[tuple[str, str]]:
+    return [(name, f.name) for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if type(getattr(cls(), f.name)) is kind]
+
+
+FLOATS, INTS = _keys_whose_default_is(float), _keys_whose_default_is(int)
+
+
+def test_the_key_lists_cover_every_number_of_the_repo_params(repo_params):
+    numbers = {(name, key) for name, section in repo_params.items() for key, value in section.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    assert set(FLOATS) | set(INTS) == numbers and not set(FLOATS) & set(INTS)
+    assert ("augment", "rotate_degrees") in FLOATS  # written 10 in params.yaml, read as 10.0
+
+
+@pytest.mark.parametrize("section, key", FLOATS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "-inf"])
+def test_nan_and_infinity_are_refused_in_every_float(section, key, value):
+    with pytest.raises(ParamsError) as caught:
+        load({section: {key: value}}, section)
+    assert _problems(caught.value) == [f"{section}.{key}={value!r}: expected a finite number"]
+
+
+@pytest.mark.parametrize("section, key", INTS)
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_not_an_integer(section, key, value):
+    with pytest.raises(ParamsError) as caught:
+        load({section: {key: value}}, section)
+    assert _problems(caught.value) == [f"{section}.{key}={value}: expected an integer"]
+
+
+@pytest.mark.parametrize("section, key", FLOATS)
+def test_a_boolean_is_not_a_number(section, key):
+    with pytest.raises(ParamsError) as caught:
+        load({section: {key: True}}, section)
+    assert _problems(caught.value) == [f"{section}.{key}=True: expected a number"]
+
+
+@pytest.mark.parametrize("value", [2.0, "2", None])
+def test_integers_are_not_read_from_floats_or_text(value):
+    with pytest.raises(ParamsError) as caught:
+        load({"train": {"epochs": value}}, "train")
+    assert _problems(caught.value) == [f"train.epochs={value!r}: expected an integer"]
+
+
+def test_yaml_1_1_exponent_without_a_dot_is_still_a_number():
+    params = yaml.safe_load("train:\n  lr: 1e-4\naugment:\n  noise: -1e-2\n")
+    assert params["train"]["lr"] == "1e-4"  # what YAML 1.1 makes of it
+    assert load(params, "train").lr == 1e-4
+    with pytest.raises(ParamsError) as caught:
+        load(params, "augment")
+    assert _problems(caught.value) == ["augment.noise=-0.01: must be >= 0"]  # shown as the number it means
+
+
+def test_empty_yaml_values_mean_empty_text_and_no_names():
+    params = yaml.safe_load("split:\n  stratify_by:\nevaluate:\n  subgroups:\n")
+    split, evaluate = load(params, "split", "evaluate")
+    assert split.stratify_by == "" and evaluate.subgroups == ()
+
+
+def test_lists_of_names_become_tuples_and_configs_are_frozen_and_hashable():
+    preprocess = load({"preprocess": {"metadata_columns": ["ptb"]}}, "preprocess")
+    assert preprocess.metadata_columns == ("ptb",)
+    assert hash(preprocess) == hash(config.PreprocessConfig(metadata_columns=("ptb",)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preprocess.image_size = 64
+
+
+def test_range_messages_say_the_declared_bounds():
+    params = {"train": {"epochs": -1, "lr": 0}, "infer": {"threshold": 2}, "preprocess": {"mask_threshold": 255},
+              "augment": {"probability": 1.5, "scale": 1, "rotate_degrees": 90}, "visualize": {"overlay_alpha": 0}}
+    with pytest.raises(ParamsError) as caught:
+        load(params, "train", "infer", "preprocess", "augment", "visualize")
+    assert _problems(caught.value) == [
+        "train.epochs=-1: must be >= 1",
+        "train.lr=0.0: must be > 0",
+        "infer.threshold=2.0: must be in (0, 1)",
+        "preprocess.mask_threshold=255: must be in 0..254",
+        "augment.probability=1.5: must be in [0, 1]",
+        "augment.rotate_degrees=90.0: must be in [0, 45] (chest X-rays are taken upright)",
+        "augment.scale=1.0: must be in [0, 1)",
+        "visualize.overlay_alpha=0.0: must be in (0, 1]",
+    ]
+
+
+def test_choice_and_type_messages():
+    params = {"train": {"device": "tpu", "compile": 1, "precision": None}, "augment": {"enabled": "yes"}}
+    with pytest.raises(ParamsError) as caught:
+        load(params, "train", "augment")
+    assert _problems(caught.value) == [
+        "train.device='tpu': must be one of ['auto', 'cpu', 'cuda', 'mps']",
+        "train.precision='': must be one of ['auto', 'fp32', 'bf16']",
+        "train.compile=1: expected text",
+        "augment.enabled='yes': expected true or false",
+    ]
+
+
+def test_a_rule_over_several_keys_is_still_checked_when_another_key_is_bad():
+    with pytest.raises(ParamsError) as caught:
+        load({"train": {"lr": "fast", "bce_weight": 0, "dice_weight": 0}}, "train")
+    assert _problems(caught.value) == ["train.lr='fast': expected a number", "train.bce_weight + train.dice_weight must be > 0"]
+
+
+def test_a_rule_is_not_checked_with_a_bad_key_it_involves():
+    with pytest.raises(ParamsError) as caught:
+        load({"split": {"train": "x", "val": 0.5}}, "split")
+    assert _problems(caught.value) == ["split.train='x': expected a number"]  # not also "sum = 1.4"
+
+
+def test_the_exact_rule_messages():
+    with pytest.raises(ParamsError) as caught:
+        validate({"synthetic": {"min_size": 600, "max_size": 500}, "split": {"train": 0.7},
+                  "preprocess": {"image_size": 30}, "model": {"depth": 2}})
+    assert _problems(caught.value) == [
+        "synthetic.max_size=500: must be >= synthetic.min_size (600)",
+        "split.train + split.val + split.test = 0.9: must be 1",
+        "preprocess.image_size=30: must be divisible by 2**model.depth = 4 (model.depth=2); e.g. 28",
+    ]
+
+
+def test_the_size_and_depth_rule_needs_both_sections():
+    assert load({"preprocess": {"image_size": 30}}, "preprocess").image_size == 30
+    with pytest.raises(ParamsError, match=r"preprocess\.image_size=30: must be divisible by 2\*\*model\.depth = 16"):
+        load({"preprocess": {"image_size": 30}}, "preprocess", "model")
+
+
+def test_a_key_that_is_not_text_is_an_unknown_key():
+    with pytest.raises(ParamsError) as caught:
+        load({"model": {7: 1}}, "model")
+    assert _problems(caught.value) == ["model.7: unknown key; allowed: ['base_width', 'depth']"]
+
+
+def test_direct_construction_and_replace_check_the_values_too():
+    assert dataclasses.replace(config.AugmentConfig(), probability=1.0).probability == 1.0
+    assert config.TrainConfig(epochs=3, batch_size=4, seed=0).lr == 1e-3
+    with pytest.raises(ValueError):
+        dataclasses.replace(config.TrainConfig(), epochs=0)
+    with pytest.raises(ValueError):
+        config.InferConfig(threshold=math.nan)
+    with pytest.raises(ValueError):
+        config.ModelConfig(colour="red")

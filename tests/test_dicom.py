@@ -16,12 +16,27 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from lungseg.cli import main as cli
 from lungseg.config import PreprocessConfig
-from lungseg.data.images import (ImageReadError, is_image_file, max_pixels, pixel_spacing, read_grayscale, read_mask,
-                                 read_resized, read_size, set_max_pixels)
+from lungseg.data.images import (
+    ImageReadError,
+    is_image_file,
+    max_pixels,
+    pixel_spacing,
+    read_grayscale,
+    read_mask,
+    read_resized,
+    read_size,
+    set_max_pixels,
+)
 from lungseg.data.layout import find_layout, list_pairs
 from lungseg.data.preprocess import preprocess_folder, scan_folder
 

@@ -1,5 +1,6 @@
-"""Tests for lungseg.export (TorchScript and ONNX export with a parity check), lungseg.onnx_model
-(the onnxruntime wrapper) and the loaders it adds to lungseg.inference (from_onnx, load_predictor)."""
+"""Tests for lungseg.export (TorchScript and ONNX export with a parity check), lungseg.exported
+(the formats' metadata and loaders), lungseg.onnx_model (the onnxruntime wrapper) and
+lungseg.inference's loaders of exports (from_onnx, from_torchscript, load_predictor)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,21 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_models import perturbed_unet
 
 from lungseg.checkpoint import NOT_A_MODEL, load_checkpoint, make_checkpoint, save_checkpoint
-from lungseg.errors import CheckpointError, ExportError
+from lungseg.errors import CheckpointError, ExportError, LungsegError
 from lungseg.export import (
     PARITY_TOLERANCE,
     check_parity,
     export_model,
     export_onnx,
     export_torchscript,
-    load_torchscript,
-    metadata,
 )
+from lungseg.exported import is_exported, is_torchscript, load_onnx, load_torchscript, metadata, parse_metadata
 from lungseg.inference import Predictor, load_predictor
 from lungseg.model import UNet
 from lungseg.onnx_model import require
-from tiny_models import perturbed_unet
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 32
@@ -151,15 +151,13 @@ def test_missing_onnx_packages_name_the_extra_to_install():
 
 
 def test_metadata_round_trips_through_both_formats(checkpoint_path, torchscript_path, onnx_path):
-    from lungseg.onnx_model import OnnxModel
-
     checkpoint = load_checkpoint(checkpoint_path)
     expected = metadata(checkpoint)
     assert expected["threshold"] == checkpoint["threshold"] and expected["postprocess"] == POSTPROCESS
     assert expected["preprocess"] == checkpoint["preprocess"] and expected["model"] == MODEL_ARGS
     assert expected["info"] == {"epoch": 2, "val_dice": 0.75}
     assert load_torchscript(torchscript_path)[1] == expected
-    assert OnnxModel(onnx_path).metadata == expected
+    assert load_onnx(onnx_path)[1] == expected
 
 
 def test_onnx_file_without_lungseg_metadata_is_refused(onnx_path, tmp_path):
@@ -249,3 +247,35 @@ def test_load_predictor_picks_the_loader_from_the_file(checkpoint_path, torchscr
         predictor = load_predictor(path, device="cpu", precision="fp32")  # fp32 on CPUs with bf16 too
         assert isinstance(predictor.model, kind), path
         _assert_same_masks(reference, predictor, _random_images(3, seed=2))
+
+
+def test_torchscript_predictor_gives_the_checkpoint_predictors_masks(checkpoint_path, torchscript_path):
+    reference = Predictor.from_checkpoint(checkpoint_path, device="cpu", precision="fp32")
+    predictor = Predictor.from_torchscript(torchscript_path, device="cpu")
+    assert (predictor.threshold, predictor.postprocess, predictor.preprocess) == (reference.threshold, POSTPROCESS, reference.preprocess)
+    _assert_same_masks(reference, predictor, _random_images(3))
+    assert Predictor.from_torchscript(torchscript_path, device="cpu", threshold=0.9).threshold == 0.9
+
+
+@pytest.mark.parametrize("device, why", [("cuda", "onnxruntime-gpu"), ("mps", "ONNX models run on device 'auto', 'cpu' or 'cuda'")])
+def test_a_device_onnxruntime_cannot_use_is_a_lungseg_error(onnx_path, device, why):
+    import onnxruntime
+
+    if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("needs an onnxruntime without CUDA")
+    with pytest.raises(LungsegError, match=rf"tiny_unet\.onnx: cannot load the model on device '{device}'.*{why}"):
+        load_predictor(onnx_path, device=device)
+
+
+def test_a_checkpoint_or_an_export_is_told_apart(checkpoint_path, torchscript_path, onnx_path):
+    assert not is_exported(checkpoint_path) and is_exported(torchscript_path) and is_exported(onnx_path)
+    assert is_torchscript(torchscript_path) and not is_torchscript(checkpoint_path)
+
+
+@pytest.mark.parametrize("text, problem", [("{not json", "is not valid JSON"),
+                                           ('{"threshold": 0.5, "postprocess": "none", "model": {}}', "lacks preprocess"),
+                                           ('{"threshold": 0.5, "postprocess": "none", "model": {}, "preprocess": {}}',
+                                            "lacks preprocess.image_size")])
+def test_metadata_that_inference_cannot_use_is_refused_naming_the_file(text, problem):
+    with pytest.raises(CheckpointError, match=f"model.ts: the 'lungseg' metadata {problem}"):
+        parse_metadata(text, "model.ts")

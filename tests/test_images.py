@@ -14,8 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lungseg.data.images import (DEFAULT_MAX_PIXELS, ImageReadError, is_image_file, max_pixels, read_grayscale, read_mask,
-                                 read_resized, read_size, set_max_pixels)
+from lungseg.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    is_image_file,
+    max_pixels,
+    read_grayscale,
+    read_mask,
+    read_resized,
+    read_size,
+    set_max_pixels,
+)
 
 
 def _check(values: np.ndarray, shape: tuple[int, int]) -> None:

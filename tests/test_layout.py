@@ -8,7 +8,6 @@ from PIL import Image
 from lungseg.data.layout import DataError, find_layout, list_pairs, pair_files, skip_reason
 from lungseg.data.metadata import read_metadata
 
-
 # --------------------------------------------------------------------------- find_layout
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungseg.model import Down, Up, UNet
+from lungseg.model import Down, UNet, Up
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

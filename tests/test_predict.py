@@ -17,13 +17,13 @@ from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import max_pixels, set_max_pixels
-from lungseg.data.preprocess import prepare_image
+from lungseg.data.preprocess import finish_image, prepare_image, stretch_to_uint8
+from lungseg.inference import load_predictor
 from lungseg.model import UNet
 from lungseg.predict import (
     COLUMNS,
     display_grey,
     list_inputs,
-    load_predictor,
     lung_sides,
     unique_names,
 )
@@ -424,6 +424,22 @@ def test_display_grey_is_uint8_stretched_to_the_full_range(tmp_path):
     for name in ("a_gray.png", "c_wide.png", "b_colour.jpg"):
         grey = display_grey(str(tmp_path / "in" / name), "minmax")
         assert grey.dtype == np.uint8 and (grey.min(), grey.max()) == (0, 255)
+
+
+def test_overlay_grey_is_stretched_as_the_models_input_is(tmp_path):
+    """display_grey and preprocessing share one min-max stretch (stretch_to_uint8): a 16-bit
+    image's overlay grey is what finish_image makes of the same pixels."""
+    values = (gradient(37, 45, 2) * 65535).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "wide.png")
+    as_read = values.astype(np.float32) / 65535.0  # as lungseg.data.images reads 16-bit files
+    expected = finish_image(as_read, PreprocessConfig(image_size=SIZE, normalize="minmax"))
+    np.testing.assert_array_equal(display_grey(str(tmp_path / "wide.png"), "minmax"), expected)
+
+
+def test_stretch_to_uint8_maps_low_and_high_to_0_and_255_and_a_constant_to_0():
+    values = np.array([0.2, 0.3, 0.6, 0.9], dtype=np.float32)
+    assert stretch_to_uint8(values, 0.2, 0.6).tolist() == [0, 64, 255, 255]
+    assert stretch_to_uint8(np.full(3, 0.5, np.float32), 0.5, 0.5).tolist() == [0, 0, 0]
 
 
 def test_lung_sides_centres_agree_with_scipy_center_of_mass():

@@ -2,9 +2,19 @@ import numpy as np
 import pytest
 import torch
 
+from lungseg.errors import ParamsError
 from lungseg.model import UNet
-from lungseg.runtime import (autocast_dtype, cpu_has_fast_bf16, forward_in_batches, images_to_tensor, masks_to_tensor,
-                             memory_format, prepare_model, resolve_device, should_compile)
+from lungseg.runtime import (
+    autocast_dtype,
+    cpu_has_fast_bf16,
+    forward_in_batches,
+    images_to_tensor,
+    masks_to_tensor,
+    memory_format,
+    prepare_model,
+    resolve_device,
+    should_compile,
+)
 
 
 def test_auto_and_cpu_resolve_to_an_available_device():
@@ -13,10 +23,33 @@ def test_auto_and_cpu_resolve_to_an_available_device():
     assert resolve_device("auto").type == expected
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error seen on machines without CUDA")
-def test_asking_for_missing_cuda_says_what_to_use_instead():
-    with pytest.raises(RuntimeError, match="no CUDA GPU.*auto or cpu"):
+def test_asking_for_missing_cuda_names_the_setting_and_what_to_use_instead(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ParamsError) as caught:  # a user error: stages and the CLI exit 2 with it, no traceback
         resolve_device("cuda")
+    assert str(caught.value) == ("train.device, infer.device or --device: device 'cuda' was asked for but PyTorch sees "
+                                 "no CUDA GPU; use one of ['auto', 'cpu'] (auto picks the best one here)")
+    with pytest.raises(ParamsError, match=r"^train\.device: device 'cuda:1' was asked for but PyTorch sees no CUDA GPU"):
+        resolve_device("cuda:1", setting="train.device")
+
+
+def test_asking_for_missing_mps_lists_the_devices_usable_here(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ParamsError, match=r"^infer\.device: device 'mps' .*Apple MPS is not available; "
+                                          r"use one of \['auto', 'cpu', 'cuda'\]"):
+        resolve_device("mps", setting="infer.device")
+
+
+def test_an_unknown_device_lists_the_choices():
+    with pytest.raises(ParamsError, match=r"--device: unknown device 'tpu'; use one of \['auto', 'cpu', 'cuda', 'mps'\]"):
+        resolve_device("tpu", setting="--device")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_resolves_where_there_is_a_gpu():
+    assert resolve_device("cuda").type == "cuda"
 
 
 def test_precision_choice():

@@ -10,7 +10,6 @@ from PIL import Image
 
 from lungseg import viz
 
-
 # --------------------------------------------------------------------------- helpers
 
 

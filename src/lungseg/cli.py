@@ -84,9 +84,9 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 
 def evaluate(args: argparse.Namespace) -> int:
     from lungseg.evaluate import evaluate_folder, headline, score_lines
+    from lungseg.inference import load_predictor
     from lungseg.io import write_csv, write_json
     from lungseg.outdir import OutputNames, check_out, remove_stale
-    from lungseg.predict import load_predictor
 
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
     settings, preprocess = config.load(params, "evaluate", "preprocess", source=args.params)

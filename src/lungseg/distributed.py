@@ -60,10 +60,6 @@ class Worker(NamedTuple):
     local_rank: int  # on this machine: picks the GPU
     device: torch.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 # --------------------------------------------------------------------------- starting and stopping
 
@@ -75,11 +71,6 @@ def launched() -> bool:
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def is_main() -> bool:
-    """True in the one process that writes outputs: rank 0, or the only process."""
-    return not is_distributed() or dist.get_rank() == 0
 
 
 def check_launch(nproc: int, batch_size: int, device: torch.device) -> None:

@@ -1,8 +1,8 @@
 """Export a trained checkpoint to TorchScript and ONNX, each checked against eager PyTorch.
 
 Both files are self-describing: they carry the checkpoint's threshold, post-processing,
-preprocessing settings and model arguments as JSON (TorchScript: an extra file in the archive;
-ONNX: the model's metadata_props), so `lungseg.inference.load_predictor` can run them alone.
+preprocessing settings and model arguments (lungseg.exported, which also reads them back), so
+`lungseg.inference.load_predictor` can run them alone.
 
 An export is written to a temporary file, its logits are compared with the checkpoint's eager
 fp32 model on random inputs, and only if they agree within PARITY_TOLERANCE is it renamed into
@@ -11,27 +11,23 @@ place: a failed export leaves no file behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from lungseg.checkpoint import build_model, load_checkpoint, not_a_model
-from lungseg.errors import CheckpointError, ExportError
+from lungseg.checkpoint import build_model, load_checkpoint
+from lungseg.errors import ExportError
+from lungseg.exported import is_exported, load_exported, onnx_properties, torchscript_extra_files
 from lungseg.io import atomic_path
-from lungseg.onnx_model import METADATA_KEY, OnnxModel, parse_metadata, require
+from lungseg.onnx_model import require
 
-FORMAT = "lungseg-export"
-VERSION = 1
 PARITY_TOLERANCE = 1e-4  # max |logit difference|; fp32 re-orderings give ~1e-8 here, a wrong graph gives >1e-2
 ONNX_OPSET = 18  # the dynamo exporter's native opset (no version conversion); onnxruntime >= 1.14 runs it
 SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx"}
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
-TORCHSCRIPT_EXTRA = f"{METADATA_KEY}.json"
 
 
 def export_model(checkpoint_path: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("torchscript", "onnx")) -> dict:
@@ -45,7 +41,7 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, formats: tupl
         require(*ONNX_PACKAGES)  # before writing anything, so a missing package never leaves half a set
     exporters = {"torchscript": export_torchscript, "onnx": export_onnx}
     checkpoint_path = Path(checkpoint_path)
-    if checkpoint_path.suffix == ".onnx" or is_torchscript(checkpoint_path):
+    if is_exported(checkpoint_path):
         raise ExportError(f"{checkpoint_path}: lungseg export takes the checkpoint written by the train stage (.pth), "
                           "e.g. results/best_unet.pth, not an exported model (.ts, .onnx)")
     results = {}
@@ -72,7 +68,7 @@ def export_torchscript(checkpoint_path: str | Path, out_path: str | Path) -> flo
         # file (at another batch size) already does; it cost 1-3 s of a 4 s export
         traced = torch.jit.trace(model, example, check_trace=False)
         with atomic_path(out_path) as tmp:
-            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata(checkpoint))})
+            torch.jit.save(traced, str(tmp), _extra_files=torchscript_extra_files(checkpoint))
             return _checked_parity(model, tmp, checkpoint)
 
 
@@ -94,7 +90,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, opset: int = 
                                     output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     proto = program.model_proto
     properties = {entry.key: entry.value for entry in proto.metadata_props}
-    onnx.helper.set_model_props(proto, {**properties, METADATA_KEY: json.dumps(metadata(checkpoint))})
+    onnx.helper.set_model_props(proto, {**properties, **onnx_properties(checkpoint)})
     onnx.checker.check_model(proto)
     with atomic_path(out_path) as tmp:
         onnx.save_model(proto, str(tmp))  # one file: weights inline (far below protobuf's 2 GB limit)
@@ -107,45 +103,6 @@ def check_parity(checkpoint_path: str | Path, exported_path: str | Path, n: int 
     checkpoint = load_checkpoint(checkpoint_path)
     model, _ = _eager(checkpoint)
     return _parity(model, exported_path, int(checkpoint["preprocess"]["image_size"]), n, seed)
-
-
-def metadata(checkpoint: dict) -> dict:
-    """What inference needs besides the graph: the JSON both export formats carry."""
-    size = int(checkpoint["preprocess"]["image_size"])
-    return {"format": FORMAT, "version": VERSION, "model": dict(checkpoint["model"]),
-            "preprocess": dict(checkpoint["preprocess"]), "threshold": float(checkpoint["threshold"]),
-            "postprocess": checkpoint.get("postprocess", "none"), "info": _jsonable(checkpoint.get("info", {})),
-            "input": {"shape": ["batch", 1, size, size], "dtype": "float32", "range": [0.0, 1.0]},
-            "output": "logits", "torch": torch.__version__}
-
-
-def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict]:
-    """An exported TorchScript model on `device`, in eval mode, and its metadata."""
-    extra = {TORCHSCRIPT_EXTRA: ""}
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: TorchScript model not found (write one with lungseg export)")
-    try:
-        with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; loading still works
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except RuntimeError as error:  # torch's archive reader: a damaged or foreign file
-        raise not_a_model(path) from error
-    if not extra[TORCHSCRIPT_EXTRA]:  # someone else's TorchScript: no threshold or preprocessing to go with it
-        raise not_a_model(path)
-    return module.eval(), parse_metadata(extra[TORCHSCRIPT_EXTRA], path)
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """True for a TorchScript archive. torch.save checkpoints are zip files too, but only
-    TorchScript archives hold compiled code (a `code/` folder)."""
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist())
-    except zipfile.BadZipFile:  # an end record but a damaged directory: not an archive lungseg wrote
-        return False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -170,8 +127,7 @@ def _checked_parity(model: torch.nn.Module, exported_path: Path, checkpoint: dic
 @torch.inference_mode()
 def _parity(model: torch.nn.Module, exported_path: str | Path, image_size: int, n: int = 4, seed: int = 0) -> float:
     images = torch.rand(n, 1, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-    exported = OnnxModel(exported_path) if Path(exported_path).suffix == ".onnx" else load_torchscript(exported_path)[0]
-    return float((exported(images) - model.eval()(images)).abs().max())
+    return float((load_exported(exported_path)(images) - model.eval()(images)).abs().max())
 
 
 @contextmanager
@@ -189,15 +145,3 @@ def _quiet_exporter():
     finally:
         logger.setLevel(level)
 
-
-def _jsonable(value):
-    """Checkpoint info made JSON-safe: tensors and numpy scalars become numbers, the rest text."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)

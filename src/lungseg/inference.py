@@ -1,6 +1,9 @@
-"""The one path from a checkpoint to masks, shared by evaluate, predict and the train stage's
+"""The one path from a model file to masks, shared by evaluate, predict and the train stage's
 choice of post-processing: batching, device, threshold, post-processing, and resizing the
-probabilities back to each image's original size."""
+probabilities back to each image's original size.
+
+`load_predictor` is the one place any model file (a checkpoint, or a TorchScript or ONNX
+export read through lungseg.exported) becomes a Predictor, with lungseg's errors."""
 
 from __future__ import annotations
 
@@ -13,10 +16,16 @@ import torch.nn.functional as F
 
 from lungseg import postprocess
 from lungseg.checkpoint import build_model, load_checkpoint, not_a_model
-from lungseg.errors import CheckpointError
-from lungseg.export import is_torchscript, load_torchscript
-from lungseg.onnx_model import OnnxModel
-from lungseg.runtime import autocast_dtype, configure, forward_in_batches, images_to_tensor, prepare_model, resolve_device
+from lungseg.errors import CheckpointError, LungsegError
+from lungseg.exported import is_onnx, is_torchscript, load_onnx, load_torchscript
+from lungseg.runtime import (
+    autocast_dtype,
+    configure,
+    forward_in_batches,
+    images_to_tensor,
+    prepare_model,
+    resolve_device,
+)
 
 
 @dataclass
@@ -34,6 +43,11 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> "Predictor":
+        """A checkpoint written by the train stage.
+
+        path: the .pth file. device: 'auto', 'cpu', 'cuda' or 'mps'. threshold: overrides the
+        checkpoint's. precision: 'auto' (bf16 where the hardware runs it natively) or 'fp32'.
+        """
         checkpoint = load_checkpoint(path)
         torch_device = resolve_device(device)
         configure(torch_device)
@@ -49,9 +63,19 @@ class Predictor:
     def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
         """An exported ONNX model (lungseg export) run by onnxruntime on device 'cpu', 'cuda' or
         'auto'. onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU
-        whichever provider runs the graph; fp32 throughout, as the export's parity was checked."""
-        model = OnnxModel(path, device)
-        return _exported_predictor(model, torch.device("cpu"), model.metadata, threshold)
+        whichever provider runs the graph; fp32 throughout, as the export's parity was checked.
+        threshold: overrides the one the export carries."""
+        model, metadata = load_onnx(path, device)
+        return _exported_predictor(model, torch.device("cpu"), metadata, threshold)
+
+    @classmethod
+    def from_torchscript(cls, path: str | Path, device: str = "auto", threshold: float | None = None) -> Predictor:
+        """An exported TorchScript model (lungseg export) on device 'auto', 'cpu', 'cuda' or 'mps',
+        in fp32 as the export's parity was checked. threshold: overrides the one the export carries."""
+        torch_device = resolve_device(device)
+        configure(torch_device)
+        module, metadata = load_torchscript(path, torch_device)
+        return _exported_predictor(module, torch_device, metadata, threshold)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Lung probability per pixel for preprocessed uint8 images (N x S x S) -> float32 N x S x S."""
@@ -79,25 +103,36 @@ class Predictor:
 def load_predictor(path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> Predictor:
     """A Predictor for any model file lungseg writes: an ONNX export (by suffix), a TorchScript
     export (by content: a .ts or .pt archive holding compiled code), or else a checkpoint.
-    `precision` applies to checkpoints only; exports run in fp32, the precision they were checked in."""
-    if Path(path).suffix == ".onnx":
-        try:
-            return Predictor.from_onnx(path, device, threshold)
-        except CheckpointError as error:
-            if not Path(path).is_file():
-                raise  # "not found" says it better
-            # onnxruntime could not parse it, or it lacks lungseg's metadata (lungseg.onnx_model)
-            raise not_a_model(path) from error
-    if is_torchscript(path):
-        torch_device = resolve_device(device)
-        configure(torch_device)
-        module, metadata = load_torchscript(path, torch_device)
-        return _exported_predictor(module, torch_device, metadata, threshold)
-    return Predictor.from_checkpoint(path, device, threshold, precision)
+
+    path: the model file. device: 'auto', 'cpu', 'cuda' or 'mps' ('mps' not for ONNX).
+    threshold: overrides the model's. precision: for checkpoints only ('auto' or 'fp32');
+    exports run in fp32, the precision they were checked in.
+    Raises CheckpointError for a missing file or one lungseg did not write (one message,
+    whatever the format), and LungsegError for a device that is not available.
+    """
+    try:
+        if is_onnx(path):
+            return _from_onnx_file(path, device, threshold)
+        if is_torchscript(path):
+            return Predictor.from_torchscript(path, device, threshold)
+        return Predictor.from_checkpoint(path, device, threshold, precision)
+    except RuntimeError as problem:  # e.g. --device cuda or mps for an onnxruntime without them
+        raise LungsegError(f"{path}: cannot load the model on device {device!r}: {problem}") from None
+
+
+def _from_onnx_file(path: str | Path, device: str, threshold: float | None) -> Predictor:
+    """Predictor.from_onnx, with a file onnxruntime cannot parse or that lacks lungseg's
+    metadata reported as not a lungseg model, as for checkpoints and TorchScript."""
+    try:
+        return Predictor.from_onnx(path, device, threshold)
+    except CheckpointError as error:
+        if not Path(path).is_file():
+            raise  # "not found" says it better
+        raise not_a_model(path) from error
 
 
 def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: dict, threshold: float | None) -> Predictor:
-    """A Predictor from an exported model and the metadata it carries (lungseg.export.metadata)."""
+    """A Predictor from an exported model and the metadata it carries (lungseg.exported.metadata)."""
     chosen = metadata["threshold"] if threshold is None else threshold
     return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
                      torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]))

@@ -1,5 +1,8 @@
-"""Run an exported ONNX model as if it were the PyTorch one: a module that takes and returns
-torch tensors, so `lungseg.inference.Predictor` and `runtime.forward_in_batches` use it unchanged.
+"""Run an ONNX model as if it were the PyTorch one: a module that takes and returns torch
+tensors, so `lungseg.inference.Predictor` and `runtime.forward_in_batches` use it unchanged.
+
+This is onnxruntime and nothing else; what lungseg writes into its ONNX files, and how a
+lungseg export is recognised and read, is lungseg.exported's business.
 
 onnx, onnxruntime and onnxscript are optional (the `onnx` extra); they are imported only when
 needed, and their absence is a clear ExportError instead of an ImportError deep in a call.
@@ -8,7 +11,6 @@ needed, and their absence is a clear ExportError instead of an ImportError deep 
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,6 @@ import torch
 
 from lungseg.errors import CheckpointError, ExportError
 
-METADATA_KEY = "lungseg"  # the ONNX metadata_props entry (and TorchScript extra file stem) holding our JSON
 INSTALL_HINT = "install the onnx extra: pip install -e '.[onnx]'"
 
 
@@ -34,7 +35,9 @@ def require(*packages: str) -> None:
 
 def providers(device: str = "cpu") -> list[str]:
     """onnxruntime execution providers for a device name: 'cpu', 'cuda', or 'auto' (CUDA when
-    this onnxruntime build has it). The CPU provider always comes last as the fallback."""
+    this onnxruntime build has it). The CPU provider always comes last as the fallback.
+    RuntimeError for a device this onnxruntime cannot use (lungseg.inference.load_predictor
+    reports it as a LungsegError naming the model and the device)."""
     import onnxruntime
 
     available = onnxruntime.get_available_providers()
@@ -42,8 +45,8 @@ def providers(device: str = "cpu") -> list[str]:
     if device == "cuda" and not has_cuda:
         raise RuntimeError(f"device 'cuda' was asked for but this onnxruntime has no CUDAExecutionProvider "
                            f"(available: {', '.join(available)}); install onnxruntime-gpu or use device cpu")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"ONNX models run on device 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device not in ("auto", "cpu", "cuda"):  # e.g. 'mps', which torch has and onnxruntime lacks
+        raise RuntimeError(f"ONNX models run on device 'auto', 'cpu' or 'cuda', got {device!r}")
     use_cuda = device == "cuda" or (device == "auto" and has_cuda)
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
 
@@ -57,6 +60,8 @@ class OnnxModel(torch.nn.Module):
     """
 
     def __init__(self, path: str | Path, device: str = "cpu"):
+        """path: the .onnx file. device: 'cpu', 'cuda' or 'auto' (see providers).
+        Raises CheckpointError for a missing file or one onnxruntime cannot load."""
         super().__init__()
         require("onnxruntime")
         import onnxruntime
@@ -72,7 +77,10 @@ class OnnxModel(torch.nn.Module):
             raise CheckpointError(f"{path}: not a loadable ONNX model ({type(error).__name__}: {error})") from error
         self.path = path
         self.input_name = self.session.get_inputs()[0].name
-        self.metadata = _metadata(path, self.session.get_modelmeta().custom_metadata_map)
+
+    def properties(self) -> dict[str, str]:
+        """The model's metadata_props as {key: value} (where an exporter keeps its own notes)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # onnxruntime reads host memory: one contiguous float32 copy, whatever the torch layout
@@ -80,21 +88,3 @@ class OnnxModel(torch.nn.Module):
         (logits,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(logits).to(images.device)
 
-
-def _metadata(path: Path, properties: dict[str, str]) -> dict:
-    if METADATA_KEY not in properties:
-        raise CheckpointError(f"{path}: ONNX model has no '{METADATA_KEY}' metadata: it was not written by lungseg export")
-    return parse_metadata(properties[METADATA_KEY], path)
-
-
-def parse_metadata(text: str, path: str | Path) -> dict:
-    """The JSON metadata of an exported model, checked for the keys inference needs."""
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON ({error})") from None
-    needed = ("threshold", "postprocess", "preprocess", "model")
-    missing = [key for key in needed if key not in metadata]
-    if missing or "image_size" not in metadata.get("preprocess", {}):
-        raise CheckpointError(f"{path}: the '{METADATA_KEY}' metadata lacks {', '.join(missing) or 'preprocess.image_size'}")
-    return metadata

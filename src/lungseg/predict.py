@@ -41,23 +41,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
 from tqdm import tqdm
 
+from lungseg import postprocess
 from lungseg.config import PreprocessConfig
-from lungseg.data.images import (IMAGE_SUFFIXES, WIDE_MODES, ImageReadError, is_image_file, open_image, pixel_spacing,
-                                  to_float_gray)
-from lungseg.data.preprocess import prepare_image
-from lungseg.errors import DataError, LungsegError
-from lungseg import inference
-from lungseg.inference import Predictor
+from lungseg.data.images import (
+    IMAGE_SUFFIXES,
+    WIDE_MODES,
+    ImageReadError,
+    is_image_file,
+    open_image,
+    pixel_spacing,
+    to_float_gray,
+)
+from lungseg.data.preprocess import prepare_image, stretch_to_uint8
+from lungseg.errors import DataError
+from lungseg.inference import Predictor, load_predictor
 from lungseg.io import atomic_path, write_csv
 from lungseg.outdir import OutputNames, check_out, remove_stale
 from lungseg.viz import overlay, save_mask_png
 
 COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction",
            "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error"]
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # as lungseg.postprocess counts components
 TABLE = "predictions.csv"
 OUTPUT_NAMES = OutputNames(files=(TABLE,), folders=("masks", "overlays"), suffix=".png")
 ROWS_PER_BLOCK = 512  # rows converted to 8 bits at a time: a 8000 px wide float block is ~16 MB
@@ -87,18 +92,6 @@ class LungSides:
     right_px: int  # the patient's right lung: the image's left side
     left_px: int
     n_components: int
-
-
-# --------------------------------------------------------------------------- the model
-
-
-def load_predictor(model_path: str | Path, device: str = "auto", threshold: float | None = None) -> Predictor:
-    """The one place a model file becomes a Predictor: a checkpoint (.pth), an ONNX file (.onnx,
-    run by onnxruntime, no PyTorch model needed) or a TorchScript file (lungseg.inference.load_predictor)."""
-    try:
-        return inference.load_predictor(model_path, device, threshold)
-    except RuntimeError as problem:  # e.g. --device cuda on a machine without a GPU
-        raise LungsegError(f"{model_path}: cannot load the model on device {device!r}: {problem}") from None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -190,32 +183,20 @@ def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessCon
 
 
 def lung_sides(mask: np.ndarray) -> LungSides:
-    """Pixels of the patient's right and left lung in a PA X-ray mask (see the module docstring)."""
-    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    """Pixels of the patient's right and left lung in a PA X-ray mask (see the module docstring),
+    the two largest components ranked as lungseg.postprocess ranks them for 'largest_two'."""
+    labels, count = postprocess.label_components(mask)
     if count == 0:
         return LungSides(0, 0, 0)
-    sizes = component_sizes(labels, count)
-    largest = np.argsort(sizes, kind="stable")[::-1][:2] + 1
+    largest, sizes = postprocess.largest_labels(labels, count, keep=2)
     columns = [centre_column(labels == label) for label in largest]
     del labels  # int32, 4 bytes a pixel: the largest array of this step
-    pixels = [int(sizes[label - 1]) for label in largest]
+    pixels = [int(size) for size in sizes]
     if len(largest) == 2:
         right, left = (0, 1) if columns[0] < columns[1] else (1, 0)
         return LungSides(pixels[right], pixels[left], count)
     on_image_left = columns[0] < (mask.shape[1] - 1) / 2
     return LungSides(pixels[0] if on_image_left else 0, 0 if on_image_left else pixels[0], count)
-
-
-def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
-    """Pixels of components 1..count of a label image. Counted in row blocks, because bincount
-    first copies int32 labels to int64 (640 MB at 80 Mpx).
-
-    labels: ndimage.label's int32 image. count: the number of components.
-    """
-    sizes = np.zeros(count + 1, dtype=np.int64)
-    for start in range(0, len(labels), ROWS_PER_BLOCK):
-        sizes += np.bincount(labels[start:start + ROWS_PER_BLOCK].ravel(), minlength=count + 1)
-    return sizes[1:]
 
 
 def centre_column(region: np.ndarray) -> float:
@@ -252,8 +233,7 @@ def display_grey(source: str, normalize: str) -> np.ndarray:
     low, high = (float(values.min()), float(values.max())) if normalize == "minmax" else (0.0, 1.0)
     grey = np.empty(values.shape, dtype=np.uint8)
     for start in range(0, len(values), ROWS_PER_BLOCK):
-        block = (values[start:start + ROWS_PER_BLOCK] - low) / max(high - low, 1e-6)
-        grey[start:start + ROWS_PER_BLOCK] = np.rint(np.clip(block, 0.0, 1.0) * 255)
+        grey[start:start + ROWS_PER_BLOCK] = stretch_to_uint8(values[start:start + ROWS_PER_BLOCK], low, high)
     return grey
 
 
@@ -267,9 +247,8 @@ def _as_grey_8bit(image: Image.Image) -> Image.Image:
 
 def _stretch_8bit(grey: np.ndarray) -> np.ndarray:
     """Min-max stretch of a uint8 image through a 256-entry table (no float copy of the image)."""
-    low, high = int(grey.min()), int(grey.max())
-    levels = (np.arange(256, dtype=np.float64) - low) / max(high - low, 1e-6)
-    return np.rint(np.clip(levels, 0.0, 1.0) * 255).astype(np.uint8)[grey]
+    table = stretch_to_uint8(np.arange(256, dtype=np.float64), int(grey.min()), int(grey.max()))
+    return table[grey]
 
 
 def save_rgb_png(pixels: np.ndarray, path: Path) -> None:

@@ -10,20 +10,30 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from lungseg.config import DEVICES
+from lungseg.errors import ParamsError
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; an explicit name must be available."""
+
+def resolve_device(name: str = "auto", setting: str = "train.device, infer.device or --device") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; an explicit name must be available, else a
+    ParamsError names `setting` (where the name came from) and the devices usable here."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use device: auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' was asked for but Apple MPS is not available; use device: auto or cpu")
-    return torch.device(name)
+    usable = ["auto", "cpu"] + [kind for kind, ok in (("cuda", torch.cuda.is_available()),
+                                                      ("mps", torch.backends.mps.is_available())) if ok]
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ParamsError(f"{setting}: unknown device {name!r}; use one of {list(DEVICES)} (here: {usable})") from None
+    missing = {"cuda": "PyTorch sees no CUDA GPU", "mps": "Apple MPS is not available"}
+    if device.type in missing and device.type not in usable:
+        raise ParamsError(f"{setting}: device {name!r} was asked for but {missing[device.type]}; "
+                          f"use one of {usable} (auto picks the best one here)")
+    return device
 
 
 def cpu_has_fast_bf16() -> bool:

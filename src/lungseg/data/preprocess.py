@@ -21,11 +21,20 @@ import pandas as pd
 
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import ImageReadError, max_pixels, read_resized, set_max_pixels
-from lungseg.data.integrity import (Finding, empty_masks_finding, error, errors, mask_findings, metadata_findings,
-                                    orientation_finding, warning)
+from lungseg.data.integrity import (
+    Finding,
+    empty_masks_finding,
+    error,
+    errors,
+    mask_findings,
+    metadata_findings,
+    orientation_finding,
+    warning,
+)
 from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason
 from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
 from lungseg.io import atomic_path, save_npy, write_csv, write_json
+
 
 @dataclass
 class PreparedPair:
@@ -38,10 +47,20 @@ class PreparedPair:
 def finish_image(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
     """A resized float image in [0, 1] -> the uint8 array the model is trained on."""
     small = np.clip(small, 0.0, 1.0)  # Lanczos overshoots slightly at sharp edges
-    if settings.normalize == "minmax":
-        low, high = small.min(), small.max()
-        small = (small - low) / max(high - low, 1e-6)
-    return np.round(small * 255).astype(np.uint8)
+    low, high = (small.min(), small.max()) if settings.normalize == "minmax" else (0.0, 1.0)
+    return stretch_to_uint8(small, low, high)
+
+
+def stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map `low`..`high` linearly onto 0..255 (uint8, rounded to nearest, values beyond clipped):
+    the min-max stretch of training images (finish_image) and of predict's overlays.
+
+    values: floats (or a 256-entry table of 8-bit levels). low, high: the values that become 0
+    and 255; the image's own min and max for a min-max stretch, 0 and 1 for none. A constant
+    image (high == low) becomes 0 instead of dividing by zero.
+    """
+    scaled = (values - low) / max(high - low, 1e-6)
+    return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def finish_mask(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:

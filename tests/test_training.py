@@ -1,0 +1,149 @@
+"""The training recipe (lungseg.training.train_model) on tiny phantoms: 32 px, depth 2, base width 4."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lungseg import config, postprocess
+from lungseg.config import AugmentConfig, InferConfig, ModelConfig, TrainConfig
+from lungseg.data.preprocess import ProcessedSet
+from lungseg.data.synthetic import make_phantom
+from lungseg.engine import predicted_masks, validate
+from lungseg.errors import ParamsError
+from lungseg.losses import BceDiceLoss
+from lungseg.training import tensors, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+PARTS = {"train": 24, "val": 8, "test": 4}
+MODEL = ModelConfig(depth=2, base_width=4)
+INFER = InferConfig(threshold=0.5)
+
+
+def phantom_set(n: int = sum(PARTS.values()), size: int = SIZE) -> tuple[ProcessedSet, pd.DataFrame]:
+    """n phantoms at `size` px as the preprocess stage leaves them, and a split table (PARTS, in order)."""
+    rng = np.random.default_rng(0)
+    pairs = [make_phantom(rng, size, size, ("PhantomA", "PhantomB")[i % 2]) for i in range(n)]
+    images, masks = np.stack([p[0] for p in pairs]), np.stack([(p[1] > 0).astype(np.uint8) for p in pairs])
+    ids = [f"p{i:02d}" for i in range(n)]
+    index = pd.DataFrame({"id": ids, "image_file": ids, "mask_file": ids, "height": size, "width": size})
+    split = pd.DataFrame({"id": ids, "split": [part for part, count in PARTS.items() for _ in range(count)][:n]})
+    return ProcessedSet(images, masks, index, {"image_size": size}), split
+
+
+def train_config(**changes) -> TrainConfig:
+    # lr 0.01: the phantoms are learnt within a few epochs, so the best epoch is not always the first
+    settings = {"epochs": 3, "batch_size": 4, "lr": 0.01, "seed": 0, "device": "cpu", "precision": "fp32", "compile": "never"}
+    return TrainConfig(**{**settings, **changes})
+
+
+def run(data, seed: int = 0, augment: bool = True):
+    processed, split = data
+    return train_model(processed, split, MODEL, train_config(seed=seed), AugmentConfig(enabled=augment), INFER,
+                       torch.device("cpu"), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return phantom_set()
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    return run(data)
+
+
+def val_set(data):
+    processed, split = data
+    val = processed.subset(split.loc[split["split"] == "val", "id"])
+    return tensors(val.images, val.masks)
+
+
+def test_the_returned_model_scores_the_best_validation_dice_of_the_history(trained, data):
+    history = trained.history
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert trained.best_dice == history["val_dice"].max()
+    assert trained.best_epoch == int(history.loc[history["val_dice"].idxmax(), "epoch"])
+    scores = validate(trained.model, BceDiceLoss(), val_set(data), 4, INFER.threshold, None)
+    assert scores["val_dice"] == pytest.approx(trained.best_dice, abs=1e-9)
+    assert trained.model_args == {"in_channels": 1, "out_channels": 1, "depth": 2, "base_width": 4}
+
+
+def test_the_same_seed_gives_the_same_weights_and_another_seed_does_not(trained, data):
+    again, other = run(data, seed=0), run(data, seed=1)
+    same = again.model.state_dict()
+    assert all(torch.equal(value, same[key]) for key, value in trained.model.state_dict().items())
+    columns = ["train_loss", "val_loss", "val_dice", "val_iou", "lr"]  # not 'seconds'
+    pd.testing.assert_frame_equal(again.history[columns], trained.history[columns])
+    assert not torch.equal(other.model.state_dict()["head.weight"], trained.model.state_dict()["head.weight"])
+
+
+def test_post_processing_is_one_of_the_options_chosen_by_its_validation_score(trained, data):
+    assert trained.postprocess in postprocess.OPTIONS
+    assert set(trained.postprocess_scores) == set(postprocess.OPTIONS)
+    assert trained.postprocess_scores[trained.postprocess] >= trained.postprocess_scores["none"]
+    val = val_set(data)
+    masks = predicted_masks(trained.model, val.images, INFER.threshold, 4)
+    assert postprocess.choose(masks, val.masks[:, 0].numpy()) == (trained.postprocess, trained.postprocess_scores)
+
+
+def test_tensors_turn_uint8_arrays_into_model_inputs():
+    images, masks = np.array([[[0, 255]]], dtype=np.uint8), np.array([[[0, 1]]], dtype=np.uint8)
+    pair = tensors(images, masks, torch.device("cpu"), torch.channels_last)
+    assert pair.images.shape == (1, 1, 1, 2) and pair.images.tolist() == [[[[0.0, 1.0]]]]
+    assert pair.masks.dtype == torch.float32 and pair.masks.tolist() == [[[[0.0, 1.0]]]]
+
+
+def test_an_image_size_the_depth_cannot_halve_is_refused_by_config_and_by_the_model():
+    with pytest.raises(ParamsError, match=r"preprocess\.image_size=36: must be divisible by 2\*\*model\.depth = 8"):
+        config.load({"preprocess": {"image_size": 36}, "model": {"depth": 3}}, "preprocess", "model")
+    # data made with other params than the model's: the U-Net itself refuses it (training adds no check of its own)
+    processed, split = phantom_set(12, size=36)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        train_model(processed, split, ModelConfig(depth=3, base_width=4), train_config(epochs=1), AugmentConfig(enabled=False),
+                    INFER, torch.device("cpu"), verbose=False)
+
+
+OUT_OF_MEMORY = textwrap.dedent("""
+    import resource, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    from test_training import INFER, phantom_set, train_config
+    from lungseg.config import AugmentConfig, ModelConfig
+    from lungseg.errors import TrainingError
+    from lungseg.training import train_model
+
+    torch.set_num_threads(1)
+    processed, split = phantom_set()
+    # one small run first: what training imports and sets up on first use is then in place,
+    # so that only the large run below needs more memory
+    train_model(processed, split, ModelConfig(depth=2, base_width=4), train_config(epochs=1), AugmentConfig(enabled=False),
+                INFER, torch.device("cpu"), verbose=False)
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20,) * 2)  # 40 MiB more: the model fits, a training step does not
+    try:
+        train_model(processed, split, ModelConfig(depth=2, base_width=64), train_config(epochs=1, batch_size=24),
+                    AugmentConfig(enabled=False), INFER, torch.device("cpu"), verbose=False)
+    except TrainingError as error:
+        print(error)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to set a memory limit")
+def test_running_out_of_memory_says_what_to_lower():
+    """A real allocation failure: the process's address space is capped just above what it uses."""
+    code = OUT_OF_MEMORY.format(tests=str(REPO / "tests"))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "ran out of cpu memory while training: lower train.batch_size (now 24) or model.base_width (now 64)" in done.stdout, \
+        done.stdout + done.stderr[-2000:]
