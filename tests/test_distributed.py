@@ -20,13 +20,13 @@ from lungseg.checkpoint import build_model, load_checkpoint
 from lungseg.config import PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import save_processed
 from lungseg.data.synthetic import make_phantom
-from lungseg.engine import TensorPair, fit, validate, validation_sums
+from lungseg.engine import fit, validate, validation_sums
 from lungseg.errors import ParamsError, TrainingError
 from lungseg.io import write_csv
 from lungseg.losses import BceDiceLoss
 from lungseg.model import UNet
-from lungseg.runtime import images_to_tensor, masks_to_tensor
 from lungseg.tracking import read_history
+from lungseg.training import tensors
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -99,10 +99,6 @@ def phantoms(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     pairs = [make_phantom(rng, SIZE, SIZE, ("PhantomA", "PhantomB")[i % 2]) for i in range(n)]
     return np.stack([image for image, _ in pairs]), np.stack([(mask > 0).astype(np.uint8) for _, mask in pairs])
-
-
-def tensors(images, masks) -> TensorPair:
-    return TensorPair(images_to_tensor(images, torch.device("cpu")), masks_to_tensor(masks, torch.device("cpu")))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lungseg import training
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import preprocess_folder
@@ -12,7 +13,7 @@ from lungseg.engine import TensorPair, fit, is_out_of_memory, out_of_memory_advi
 from lungseg.errors import TrainingError
 from lungseg.metrics import dice_per_image
 from lungseg.model import UNet
-from lungseg.runtime import images_to_tensor, masks_to_tensor
+from lungseg.runtime import images_to_tensor
 
 SIZE = 64
 
@@ -36,7 +37,7 @@ def phantoms(raw_phantoms):
 
 
 def tensors(pair):
-    return TensorPair(images_to_tensor(pair[0], torch.device("cpu")), masks_to_tensor(pair[1], torch.device("cpu")))
+    return training.tensors(*pair)
 
 
 def train(phantoms, epochs=8, seed=0, dtype=None):

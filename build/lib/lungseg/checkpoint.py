@@ -1,0 +1,120 @@
+"""Save and load a trained model with everything needed to rebuild it and feed it.
+
+A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
+torch.load(weights_only=True): a downloaded file cannot run code when opened.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from lungseg.errors import CheckpointError
+from lungseg.io import atomic_path
+from lungseg.model import UNet
+
+FORMAT = "lungseg-checkpoint"
+VERSION = 1
+NOT_A_MODEL = ("not a lungseg model (expected a checkpoint written by the train stage (.pth), "
+               "or a TorchScript (.ts) or ONNX (.onnx) export from `lungseg export`)")
+# What torch.load raises for an archive that looks like torch's but whose contents are not a
+# weights-only checkpoint: UnpicklingError for refused or corrupt pickles (with EOFError,
+# IndexError and KeyError, which pickle documents for truncated or garbled streams), and
+# RuntimeError from torch's zip reader for a damaged member.
+UNLOADABLE = (pickle.UnpicklingError, EOFError, IndexError, KeyError, RuntimeError)
+
+
+def not_a_model(path: str | Path) -> CheckpointError:
+    """The error for a model file that lungseg did not write.
+
+    path: the file, named in the message.
+    """
+    return CheckpointError(f"{path}: {NOT_A_MODEL}")
+
+
+def is_torch_archive(path: str | Path) -> bool:
+    """True for a zip archive laid out as torch.save writes one: every entry inside one top
+    folder, which holds data.pkl. Anything else (text, a truncated file, another zip, a bare
+    pickle) is refused before torch.load, whose errors for such files say nothing useful
+    (e.g. "KeyError: 101" for a text file).
+
+    path: an existing file; raises OSError when it cannot be read.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+    root = names[0].split("/", 1)[0] if names else ""
+    return f"{root}/data.pkl" in names and all(name.startswith(f"{root}/") for name in names)
+
+
+def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none", **info) -> dict:
+    """Bundle the weights (copied to CPU) with the architecture and preprocessing they need, and
+    the threshold and post-processing (lungseg.postprocess) that turn their output into a mask."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "version": VERSION, "model": dict(model_args), "preprocess": dict(preprocess),
+            "threshold": float(threshold), "postprocess": postprocess, "info": info, "state_dict": state}
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    # through a handle: given a path, torch names the archive's inner folder after the (temporary,
+    # random) file name, and the same checkpoint would differ in bytes from run to run
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(checkpoint, handle)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (no pickled code) and check that it is one of ours; anything
+    else is a CheckpointError naming the file (not_a_model for a file lungseg did not write)."""
+    if not Path(path).exists():
+        raise CheckpointError(f"{path}: checkpoint not found (run the train stage first: dvc repro train)")
+    try:
+        archive = is_torch_archive(path)
+    except OSError as error:  # unreadable: permissions, a folder, a disk error
+        raise CheckpointError(f"{path}: cannot read the model file ({error.strerror or error})") from error
+    if not archive:
+        raise not_a_model(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except UNLOADABLE as error:
+        raise not_a_model(path) from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise not_a_model(path)
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported (expected {VERSION})")
+    return checkpoint
+
+
+def build_model(checkpoint: dict) -> UNet:
+    """The model described by a checkpoint, with its weights loaded (on CPU)."""
+    try:
+        model = UNet(**checkpoint["model"])
+    except (TypeError, ValueError) as problem:
+        raise CheckpointError(f"checkpoint describes a model lungseg cannot build ({checkpoint.get('model')}): {problem}") from None
+    load_weights(model, checkpoint["state_dict"], checkpoint["model"])
+    return model
+
+
+def load_weights(model: UNet, state: dict, described_as: dict | None = None) -> None:
+    """Load `state` into `model`, or say exactly which weights do not fit (missing, unexpected,
+    or of another shape) instead of PyTorch's wall of text."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                for k in sorted(expected.keys() & state.keys()) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        lines = [f"missing: {_listed(missing)}" if missing else "", f"unexpected: {_listed(unexpected)}" if unexpected else "",
+                 f"different shape: {_listed(reshaped)}" if reshaped else ""]
+        hint = f"\n  the checkpoint describes its model as {described_as}" if described_as else ""
+        raise CheckpointError("checkpoint weights do not match the model (check model.depth and model.base_width):\n  "
+                              + "\n  ".join(line for line in lines if line) + hint)
+    model.load_state_dict(state)
+
+
+def _listed(keys: list[str], most: int = 6) -> str:
+    return ", ".join(keys[:most]) + (f" ... and {len(keys) - most} more" if len(keys) > most else "")

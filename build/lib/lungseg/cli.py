@@ -1,0 +1,274 @@
+"""The `lungseg` command.
+
+`lungseg check DATA_DIR` runs the same integrity checks as the preprocess stage and prints a
+summary; it exits 1 when the data has errors.
+`lungseg predict MODEL INPUT... --out DIR` segments new X-rays (lungseg.predict); it exits 1
+when some files could not be read.
+`lungseg evaluate --model MODEL --data DIR --out OUT` scores a trained model on any folder of
+image/mask pairs it never saw (external validation), exactly as the evaluate stage scores the
+test split.
+`lungseg export MODEL --out DIR` writes TorchScript and ONNX copies of a checkpoint (lungseg.export).
+
+Every --out folder follows lungseg.outdir: never where an input is, and an existing folder with
+files only with --overwrite. Problems that stop a command before it starts (a bad path, model,
+--out folder or setting) exit 2; Ctrl-C prints `interrupted` and exits 130 (EXIT_CODES)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lungseg import config
+from lungseg.data import images
+from lungseg.data.integrity import errors, summary, warnings_of
+from lungseg.data.preprocess import scan_folder
+from lungseg.errors import LungsegError
+
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+EXIT_CODES = """\
+exit status: 0 done; 1 `check` found errors in the data, or `predict` could not read some
+files (see the error column of predictions.csv); 2 bad input or parameters (a missing path, an
+unusable model, a refused --out folder, an invalid option), nothing written; 130 interrupted
+(Ctrl-C): files already written stay whole, each is written under a temporary name and renamed."""
+OUT_RULES = """\
+--out: never a folder that holds an input or lies inside an input folder (not even with
+--overwrite); an existing folder must hold no files unless --overwrite is given, which replaces
+the outputs of an earlier run there, deletes those this run does not write, and leaves files of
+other names alone."""
+EXPORT_OUT_RULES = """\
+--out: never the model file's folder or a folder holding it (not even with --overwrite); a
+folder below it is fine. An existing folder must hold no files unless --overwrite is given,
+which replaces MODEL's earlier <name>.ts and <name>.onnx there, deletes the one of a format not
+exported this time, and leaves files of other names alone."""
+
+
+def limit_pixels(args: argparse.Namespace, default: int | None = None) -> None:
+    """Set the image reader's pixel limit before anything is read: --max-pixels when given, else
+    `default` (params.yaml's preprocess.max_pixels), else the reader's own default.
+
+    args: the parsed command line (max_pixels: int or None). default: the limit from params.yaml.
+    """
+    limit = args.max_pixels if args.max_pixels is not None else default
+    if limit is not None:
+        images.set_max_pixels(limit)
+
+
+def check(args: argparse.Namespace) -> int:
+    params = config.read_params(args.params) if Path(args.params).is_file() else {}
+    settings = config.load(params, "preprocess", source=args.params)
+    limit_pixels(args, settings.max_pixels)  # as the preprocess stage reads the data
+    scan = scan_folder(args.data_dir, settings)
+    found_errors, found_warnings = errors(scan.findings), warnings_of(scan.findings)
+    print(f"{args.data_dir}: {scan.layout.kind} layout, {len(scan.pairs)} usable pairs, "
+          f"{len(found_errors)} error(s), {len(found_warnings)} warning(s)")
+    if scan.findings:
+        print(summary(scan.findings).to_string(index=False))
+    for finding in found_errors + (found_warnings if args.verbose else []):
+        print(f"{finding.level}: {finding.kind}: {finding.detail}")
+    return 1 if found_errors else 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    # imported here so that `lungseg check` does not pay for importing torch
+    from lungseg import predict as predicting
+
+    limit_pixels(args)
+    return predicting.run(args.model, args.inputs, args.out, device=args.device, threshold=args.threshold,
+                          batch_size=args.batch_size, alpha=args.alpha, overlays=not args.no_overlays,
+                          recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite)
+
+
+EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from lungseg.evaluate import evaluate_folder, headline, score_lines
+    from lungseg.inference import load_predictor
+    from lungseg.io import write_csv, write_json
+    from lungseg.outdir import OutputNames, check_out, remove_stale
+
+    params = config.read_params(args.params) if Path(args.params).is_file() else {}
+    settings, preprocess = config.load(params, "evaluate", "preprocess", source=args.params)
+    names = OutputNames(files=EVALUATE_FILES)
+    out = check_out(args.out, names, args.overwrite, input_folders=[args.data], input_files=[args.model])
+    limit_pixels(args, preprocess.max_pixels)  # as the evaluate stage reads the original masks
+    predictor = load_predictor(args.model, args.device)
+    result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, show_progress=not args.quiet)
+    result.metrics["data"] = str(Path(args.data).resolve())
+    per_image, histogram, report, metrics = (out / name for name in EVALUATE_FILES)
+    write_csv(result.scores, per_image)
+    write_csv(result.histogram(), histogram)
+    write_json(result.metrics, report)
+    write_json(headline(result.metrics), metrics)
+    if args.overwrite:
+        remove_stale(out, names, [out / name for name in EVALUATE_FILES])
+    print(score_lines(result.metrics))
+    return 0
+
+
+PREDICT_EPILOG = """\
+writes DIR/masks/<stem>.png (0/255, original size), DIR/overlays/<stem>.png (lungs in red)
+and DIR/predictions.csv (one row per input: input, mask_file, overlay_file, height, width,
+lung_fraction, right_lung_px, left_lung_px, right_lung_cm2, left_lung_cm2, n_components, error;
+the cm2 columns are filled for DICOM files with a pixel spacing). Inputs sharing a stem get
+<stem>-2, <stem>-3, ... in the order given.
+
+lung sides: in a standard PA chest X-ray the patient's RIGHT lung appears on the image's LEFT.
+Of the two largest connected components of the mask, the one whose centre lies further left in
+the image is counted as the right lung; a single component counts as the right lung when its
+centre is in the left half of the image, else as the left lung. AP or mirrored images swap them.
+
+exit status: 0 all written, 1 some files could not be read (error column), 2 nothing done
+(an input path missing, no images found, an unusable model, a refused --out folder or an
+invalid option), 130 interrupted (Ctrl-C; the files written so far stay whole).
+
+--out DIR: never a folder that holds an INPUT folder or lies inside one, nor the folder of an
+INPUT file or of MODEL or one holding it (not even with --overwrite). An existing DIR must hold
+no files unless --overwrite is given; then the masks, overlays and table of the earlier run are
+replaced, those of its images this run does not write are deleted, and files of other names are
+left alone (a file of another kind inside masks/ or overlays/ stops the run).
+
+hidden files (names starting with '.') in INPUT folders are skipped, with one line saying how many."""
+
+
+def fraction(exclusive: bool):
+    """An argparse type for a number in (0, 1) (exclusive) or in [0, 1]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 < value < 1 if exclusive else 0 <= value <= 1):
+            raise argparse.ArgumentTypeError(f"{text} is outside {'(0, 1)' if exclusive else '[0, 1]'}")
+        return value
+    return parse
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help="refuse images with more than N pixels, unread (a guard against decompression bombs; "
+                             "default: preprocess.max_pixels in params.yaml, else 200000000)")
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out folder that already holds files: replace an earlier run's outputs "
+                             "and delete those this run does not write (other files are left alone)")
+
+
+def add_check(commands) -> None:
+    checker = commands.add_parser("check", help="check a data folder for problems (exit 1 on errors)",
+                                  description="Check a data folder as the preprocess stage would read it.",
+                                  epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    checker.add_argument("data_dir", help="a folder in the Kaggle layout or with image/ and mask/")
+    checker.add_argument("--params", default="params.yaml", help="take preprocess settings from here (default: params.yaml if present)")
+    checker.add_argument("-v", "--verbose", action="store_true", help="list every warning, not just the summary")
+    add_max_pixels(checker)
+    checker.set_defaults(handler=check)
+
+
+def add_predict(commands) -> None:
+    predictor = commands.add_parser(
+        "predict", help="segment the lungs in new X-rays: masks, red overlays and a CSV (exit 1 if a file failed)",
+        description="Segment the lungs in chest X-rays (PNG, JPEG, TIFF, BMP or DICOM, any bit depth) with a trained lungseg model.",
+        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predictor.add_argument("model", help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
+    predictor.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    predictor.add_argument("--out", required=True, metavar="DIR", help="folder to write masks/, overlays/ and predictions.csv into")
+    predictor.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="auto: CUDA, then MPS, then CPU (default: auto)")
+    predictor.add_argument("--threshold", type=fraction(exclusive=True), default=None, metavar="P", help="lung where probability > this (default: the checkpoint's)")
+    predictor.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="images read and run at once (default: 16)")
+    predictor.add_argument("--alpha", type=fraction(exclusive=False), default=0.4, metavar="A", help="opacity of the red lungs in the overlays (default: 0.4)")
+    predictor.add_argument("--no-overlays", action="store_true", help="write masks and the CSV only")
+    predictor.add_argument("--recursive", action="store_true", help="also take images from subfolders of INPUT folders")
+    predictor.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_overwrite(predictor)
+    add_max_pixels(predictor)
+    predictor.set_defaults(handler=predict)
+
+
+def export(args: argparse.Namespace) -> int:
+    from lungseg.export import SUFFIXES, export_model
+    from lungseg.outdir import OutputNames, check_out, remove_stale
+
+    # every format's name is lungseg's, so --overwrite with fewer formats deletes the others' old files
+    names = OutputNames(files=tuple(f"{Path(args.model).stem}{suffix}" for suffix in SUFFIXES.values()))
+    out = check_out(args.out, names, args.overwrite, input_files=[args.model])
+    results = export_model(args.model, out, tuple(args.format))
+    if args.overwrite:
+        remove_stale(out, names, [result["path"] for result in results.values()])
+    for name, result in results.items():
+        print(f"{name}: {result['path']} (max |logit difference| against PyTorch: {result['max_abs_diff']:.2e})")
+    return 0
+
+
+def add_export(commands) -> None:
+    exporter = commands.add_parser(
+        "export", help="export a checkpoint to TorchScript and/or ONNX, checked against PyTorch (max logit difference <= 1e-4)",
+        description="Export a trained model so it runs without lungseg's model code (TorchScript) or without PyTorch "
+                    "(ONNX, with onnxruntime). Each file carries the threshold, post-processing and preprocessing "
+                    "settings, so `lungseg predict FILE ...` uses it like the checkpoint. A file whose logits differ "
+                    "from the checkpoint's by more than 1e-4 is not written.",
+        epilog=EXPORT_OUT_RULES + "\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    exporter.add_argument("model", help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth")
+    exporter.add_argument("--out", required=True, metavar="DIR", help="folder to write <name>.ts and <name>.onnx into")
+    exporter.add_argument("--format", nargs="+", choices=("torchscript", "onnx"), default=["torchscript", "onnx"],
+                          help="which formats (default: both; onnx needs pip install -e '.[onnx]')")
+    add_overwrite(exporter)
+    exporter.set_defaults(handler=export)
+
+
+def add_evaluate(commands) -> None:
+    evaluator = commands.add_parser(
+        "evaluate", help="score a trained model on another folder of image/mask pairs (external validation)",
+        description="Score a trained model on a folder of image/mask pairs in any layout lungseg reads: Dice, IoU "
+                    "and HD95 with bootstrap intervals, at model size and at each image's original resolution.",
+        epilog=OUT_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
+    evaluator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
+    evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json (headline scores), evaluation_report.json (every interval and "
+                           "subgroup), per_image.csv and dice_histogram.csv")
+    evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
+    evaluator.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    evaluator.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    evaluator.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_overwrite(evaluator)
+    add_max_pixels(evaluator)
+    evaluator.set_defaults(handler=evaluate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `lungseg` command and return its exit status (EXIT_CODES).
+
+    argv: the arguments after `lungseg` (default: sys.argv[1:]).
+    """
+    parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation in chest X-rays.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_check(commands)
+    add_predict(commands)
+    add_evaluate(commands)
+    add_export(commands)
+    try:
+        args = parser.parse_args(argv)
+        return args.handler(args)
+    except LungsegError as problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # one line instead of a traceback; every output is written atomically (lungseg.io), so
+        # what was written before Ctrl-C is whole and the file being written is not there
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

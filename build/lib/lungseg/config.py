@@ -1,0 +1,325 @@
+"""params.yaml -> typed, checked config objects: the only module that knows the file's shape.
+
+Each section of params.yaml maps to one frozen pydantic dataclass below, whose defaults are the
+values in params.yaml (tests/test_config.py keeps them equal) and whose constraints are declared
+once, at the field. A stage loads only the sections it reads (and dvc.yaml declares exactly those
+keys for it), so editing one section reruns only the stages that depend on it. Every problem
+found is reported at once, each as `section.key=value: what is expected`.
+
+pydantic dataclasses rather than BaseModels: they stay standard dataclasses, so callers'
+dataclasses.replace() keeps working (and validates the new values).
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError, PydanticKnownError
+
+from lungseg.errors import ParamsError  # re-exported: config.ParamsError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16"]
+DEVICES, PRECISIONS = typing.get_args(Device), typing.get_args(Precision)
+
+
+def _integer(value):
+    """Whole numbers only: YAML's true/false, 2.0 and "2" are refused (lax pydantic takes them)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PydanticKnownError("int_type")
+    return int(value)  # numpy integers too
+
+
+def _number(value):
+    """Any real number but a boolean; text too, as YAML 1.1 reads 1e-4 (no dot) as text.
+    NaN and infinities are refused by allow_inf_nan=False: NaN would pass every range check."""
+    if isinstance(value, bool):
+        raise PydanticKnownError("float_type")
+    return value
+
+
+def _text(value):
+    if value is None:  # an empty YAML value, e.g. `stratify_by:`
+        return ""
+    if not isinstance(value, str):
+        raise PydanticKnownError("string_type")
+    return value
+
+
+def _names(value):
+    items = [] if value is None else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise PydanticCustomError("names_type", "expected a list of names")
+    return tuple(items)
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+Number = Annotated[float, BeforeValidator(_number)]
+Text = Annotated[str, BeforeValidator(_text)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+Flag = Annotated[bool, Strict()]  # not 1, "yes" or "true"
+DeviceName = Annotated[Device, BeforeValidator(_text)]
+
+
+def _rule(problem: str, *keys: str) -> PydanticCustomError:
+    """A rule over `keys` of one section, already worded as `section.key...: what is expected`."""
+    return PydanticCustomError("section_rule", "{problem}", {"problem": problem, "keys": keys})
+
+
+_section = dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
+
+
+@_section
+class DataConfig:
+    dir: Text = "data/raw/synthetic"  # a folder in the Kaggle layout or with image/ and mask/ inside
+
+
+@_section
+class SyntheticConfig:
+    n_images: Int = Field(200, ge=1)
+    seed: Int = 0
+    min_size: Int = Field(512, ge=16)
+    max_size: Int = 1500
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.max_size < self.min_size:
+            raise _rule(f"synthetic.max_size={self.max_size}: must be >= synthetic.min_size ({self.min_size})",
+                        "min_size", "max_size")
+        return self
+
+
+@_section
+class PreprocessConfig:
+    image_size: Int = Field(128, ge=8)
+    mask_threshold: Int = Field(127, ge=0, le=254)  # 0..255 scale: a resized mask pixel is lung when above it
+    normalize: Annotated[Literal["minmax", "none"], BeforeValidator(_text)] = "minmax"  # minmax: stretch each image to the full range; none: keep values
+    metadata_columns: Names = ("county", "ptb")  # carried into the index; nothing else is kept
+    workers: Int = Field(0, ge=0)  # processes; 0 = every core
+    max_pixels: Int = Field(200_000_000, ge=1)  # larger images are refused unread: a guard against decompression bombs
+
+
+@_section
+class SplitConfig:
+    train: Number = Field(0.8, gt=0)
+    val: Number = Field(0.1, gt=0)
+    test: Number = Field(0.1, gt=0)
+    seed: Int = 42
+    stratify_by: Text = "county"  # a metadata column; "" or a column the data lacks: no stratification
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        return (self.train, self.val, self.test)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        if abs(sum(self.fractions) - 1) > 1e-6:
+            raise _rule(f"split.train + split.val + split.test = {sum(self.fractions):g}: must be 1", "train", "val", "test")
+        return self
+
+
+@_section
+class ModelConfig:
+    depth: Int = Field(4, ge=1)  # number of 2x poolings
+    base_width: Int = Field(8, ge=1)  # channels at full resolution; doubles at each level
+
+
+@_section
+class TrainConfig:
+    epochs: Int = Field(8, ge=1)
+    batch_size: Int = Field(2, ge=1)
+    lr: Number = Field(1e-3, gt=0)
+    lr_schedule: Annotated[Literal["cosine", "constant"], BeforeValidator(_text)] = "cosine"  # cosine: decay lr to 0 over the run; constant: keep lr
+    bce_weight: Number = Field(0.5, ge=0)
+    dice_weight: Number = Field(0.5, ge=0)
+    seed: Int = 42
+    device: DeviceName = "auto"  # auto: CUDA, then Apple MPS, then CPU
+    precision: Annotated[Precision, BeforeValidator(_text)] = "auto"  # auto: bf16 autocast where the hardware runs it natively, else fp32
+    compile: Annotated[Literal["auto", "always", "never"], BeforeValidator(_text)] = "auto"  # torch.compile: auto (CUDA only), always or never
+    nproc: Int = Field(1, ge=1)  # training processes on this machine (one per GPU), with torchrun and DDP
+
+    @model_validator(mode="after")
+    def _some_loss(self):
+        if self.bce_weight + self.dice_weight <= 0:
+            raise _rule("train.bce_weight + train.dice_weight must be > 0", "bce_weight", "dice_weight")
+        return self
+
+
+@_section
+class AugmentConfig:
+    """Random changes to each training batch (lungseg.augment); all ranges are symmetric."""
+
+    enabled: Flag = True
+    probability: Number = Field(0.8, ge=0, le=1)  # share of images changed at all; the rest are seen as they are
+    rotate_degrees: Number = Field(10.0, ge=0, le=45, json_schema_extra={"why": "chest X-rays are taken upright"})
+    scale: Number = Field(0.1, ge=0, lt=1)  # zoom drawn in [1 - scale, 1 + scale]
+    shift: Number = Field(0.05, ge=0)  # translation, as a fraction of the image side
+    brightness: Number = Field(0.1, ge=0)  # added, on the [0, 1] intensity scale
+    contrast: Number = Field(0.2, ge=0, lt=1)  # multiplies the deviation from the image's mean by [1 - c, 1 + c]
+    gamma: Number = Field(0.2, ge=0, lt=1)  # exponent drawn log-uniformly in [1 - gamma, 1 + gamma]
+    noise: Number = Field(0.02, ge=0)  # Gaussian noise, standard deviation up to this
+
+
+@_section
+class InferConfig:
+    threshold: Number = Field(0.5, gt=0, lt=1)  # on sigmoid(logits)
+    batch_size: Int = Field(32, ge=1)
+    device: DeviceName = "auto"
+
+
+@_section
+class EvaluateConfig:
+    subgroups: Names = ("county", "ptb")  # metadata columns to report means per value of
+    baseline_steps: Int = Field(64, ge=2)  # intensity thresholds tried by the threshold baseline
+    native: Flag = True  # also score at each image's original resolution (reads the original masks)
+    bootstrap_samples: Int = Field(2000, ge=100)  # resamples for the confidence intervals of the means
+    confidence: Number = Field(0.95, gt=0, lt=1)
+    bootstrap_seed: Int = 0
+
+
+@_section
+class VisualizeConfig:
+    n_examples: Int = Field(6, ge=1)  # montage rows: best, median, worst, then evenly spaced by Dice
+    overlay_alpha: Number = Field(0.4, gt=0, le=1)
+    dpi: Int = Field(100, ge=10)
+
+
+SECTIONS = {
+    "data": DataConfig, "synthetic": SyntheticConfig, "preprocess": PreprocessConfig, "split": SplitConfig,
+    "model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig, "infer": InferConfig, "evaluate": EvaluateConfig,
+    "visualize": VisualizeConfig,
+}
+
+
+def _cross_problems(configs: dict) -> list[str]:
+    """The rules that tie two sections together (checked when both are loaded)."""
+    preprocess, model = configs.get("preprocess"), configs.get("model")
+    if preprocess and model and preprocess.image_size % 2**model.depth:
+        step = 2**model.depth
+        return [f"preprocess.image_size={preprocess.image_size}: must be divisible by 2**model.depth = {step} "
+                f"(model.depth={model.depth}); e.g. {preprocess.image_size // step * step or step}"]
+    return []
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project folder, or pass --params") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ParamsError(f"{path} cannot be read: {error}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def load(params: dict, *names: str, source: str = "params.yaml"):
+    """Build the config objects for sections `names`; raise one ParamsError listing every problem."""
+    configs, problems = _check(params, names)
+    _raise_if(problems, source)
+    return configs[0] if len(configs) == 1 else tuple(configs)
+
+
+def validate(params: dict, source: str = "params.yaml") -> None:
+    """Check the whole file at once (every stage does this first, so a bad value anywhere stops
+    `dvc repro` before any work, with every problem listed)."""
+    unknown = [f"{name}: unknown section" + _did_you_mean(str(name), SECTIONS) for name in params if name not in SECTIONS]
+    _raise_if(unknown + _check(params, SECTIONS)[1], source)
+
+
+def _raise_if(problems: list[str], source: str) -> None:
+    if problems:
+        raise ParamsError(f"{source} has {len(problems)} problem(s):" + "".join(f"\n  - {p}" for p in problems))
+
+
+def _check(params: dict, names) -> tuple[list, list[str]]:
+    """(the config of each section in `names`, None where it has a problem; every problem found)."""
+    built, problems = {}, []
+    for name in names:
+        built[name] = _build(name, params.get(name, {}), problems)
+    return [built[name] for name in names], problems + _cross_problems(built)
+
+
+@cache
+def _adapter(cls) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _build(name: str, raw, problems: list[str]):
+    if not isinstance(raw, dict):
+        problems.append(f"{name}: must be a mapping of keys, got {raw!r}")
+        return None
+    cls = SECTIONS[name]
+    try:
+        return _adapter(cls).validate_python(raw)
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+    # pydantic checks a section's rules only once all its keys are valid: check them again without
+    # the bad keys, and report those that do not involve one (so every problem is listed at once)
+    bad = {str(e["loc"][0]) for e in errors if e["loc"]}
+    if bad:
+        try:
+            _adapter(cls).validate_python({key: value for key, value in raw.items() if str(key) not in bad})
+        except ValidationError as again:
+            errors += [e for e in again.errors(include_url=False) if e["type"] == "section_rule" and not bad & set(e["ctx"]["keys"])]
+    problems += [_describe(name, cls, e) for e in errors]
+    return None
+
+
+# pydantic's error types -> what the user is told; ranges and choices are read from the field itself
+_EXPECTED = {
+    "int_type": "expected an integer", "int_from_float": "expected an integer", "int_parsing": "expected an integer",
+    "float_type": "expected a number", "float_parsing": "expected a number", "finite_number": "expected a finite number",
+    "string_type": "expected text", "bool_type": "expected true or false", "names_type": "expected a list of names",
+}
+_RANGE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_UNKNOWN = {"extra_forbidden", "unexpected_keyword_argument", "invalid_key"}
+
+
+def _describe(name: str, cls, error: dict) -> str:
+    """One pydantic error as `section.key=value: what is expected`."""
+    kind, loc = error["type"], error["loc"]
+    if kind == "section_rule" or not loc:
+        return error["ctx"]["problem"] if kind == "section_rule" else f"{name}: {error['msg']}"
+    key, fields = str(loc[0]), cls.__pydantic_fields__
+    if kind in _UNKNOWN or key not in fields:
+        return f"{name}.{key}: unknown key" + _did_you_mean(key, fields, prefix=f"{name}.")
+    field, value = fields[key], error["input"]
+    if kind in _RANGE:
+        value = float(value) if field.annotation is float else value  # as it was read: 2 -> 2.0, "1e-4" -> 0.0001
+        expected = _expected_range(field)
+    elif kind == "literal_error":
+        expected = f"must be one of {list(typing.get_args(field.annotation))}"
+    else:
+        expected = _EXPECTED.get(kind, error["msg"])
+    return f"{name}.{key}={value!r}: {expected}"
+
+
+def _expected_range(field) -> str:
+    """The field's declared bounds in words: `must be >= 1`, `must be in (0, 1)`, `must be in 0..254`."""
+    bounds = {kind: getattr(m, kind) for m in field.metadata for kind in ("ge", "gt", "le", "lt") if hasattr(m, kind)}
+    low = ("[", ">=", bounds["ge"]) if "ge" in bounds else ("(", ">", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", "<=", bounds["le"]) if "le" in bounds else (")", "<", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        whole = field.annotation is int and low[0] + high[0] == "[]"
+        text = f"must be in {low[2]}..{high[2]}" if whole else f"must be in {low[0]}{low[2]}, {high[2]}{high[0]}"
+    else:
+        text = f"must be {(low or high)[1]} {(low or high)[2]}"
+    why = (field.json_schema_extra or {}).get("why")
+    return f"{text} ({why})" if why else text
+
+
+def _did_you_mean(name: str, choices, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else f"; allowed: {sorted(choices)}"

@@ -1,0 +1,121 @@
+"""Dataset integrity: what is wrong with a data folder, found in one pass.
+
+Errors stop preprocessing (nothing is written): they would silently train on wrong pairs or
+garbage. Warnings are reported and the run goes on: the data is usable but worth a look.
+
+    error    unpaired file, the same id twice, unreadable or truncated file, mask and image
+             sizes differ, every mask or more than half of them empty (a mask format lungseg
+             reads differently from what was meant)
+    warning  constant image (every pixel the same), empty mask, almost-full mask, mask with more
+             than two grey levels (thresholded), palette or colour mask with more than one
+             colour besides black, image and mask with different EXIF orientations, files in
+             image/ or mask/ that were not read, MetaData ids without files, files without a
+             MetaData row, unreadable metadata values
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+ALMOST_FULL = 0.9  # a lung mask covering more than this share of the image is almost surely wrong
+MOSTLY_EMPTY = 0.5  # more than this share of empty masks means the masks are misread, not unlabelled
+NAMED = 3  # empty masks named in the one error about them
+MASK_RULES = ("lungseg reads lung as a grey value above preprocess.mask_threshold (0..255; masks holding only 0 "
+              "and 1 count as 0/255), a non-zero palette index, any non-black RGB colour, or the alpha channel "
+              "when only alpha varies")
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" or "warning"
+    kind: str  # what is wrong, short: the summary groups by it
+    detail: str  # the file(s) and values concerned
+
+
+def error(kind: str, detail: str) -> Finding:
+    return Finding("error", kind, detail)
+
+
+def warning(kind: str, detail: str) -> Finding:
+    return Finding("warning", kind, detail)
+
+
+def mask_findings(mask_path: Path, fraction: float, levels: int, threshold: int, colours: int = 0) -> list[Finding]:
+    """Warnings about one preprocessed mask: empty, almost full, or not a clean two-level mask.
+
+    mask_path: the mask file. fraction: its share of lung pixels after resizing and thresholding.
+    levels: distinct grey levels at full size. threshold: the mask threshold (0..255).
+    colours: non-black colours of a palette or colour mask (images.Resized.colours; 0 for others).
+    """
+    found = []
+    if fraction == 0:
+        found.append(warning("empty mask", f"{mask_path}: no lung pixel after resizing and thresholding"))
+    elif fraction > ALMOST_FULL:
+        found.append(warning("almost-full mask", f"{mask_path}: {fraction:.0%} of the image is lung"))
+    if levels > 2:
+        found.append(warning("mask not binary", f"{mask_path}: {levels} grey levels, thresholded at > {threshold}"))
+    if colours > 1:
+        counted = f"over {colours - 1}" if colours > 256 else str(colours)
+        found.append(warning("mask with several colours", f"{mask_path}: {counted} colours besides black (palette index 0); "
+                                                          "all of them are read as lung (expected black and one colour)"))
+    return found
+
+
+def orientation_finding(image_path: Path, mask_path: Path, image_orientation: int, mask_orientation: int) -> Finding | None:
+    """A warning when an image and its mask carry different EXIF orientations (1 or none: upright).
+
+    Both are read turned as a viewer shows them; a mask drawn on the image as stored would then
+    be turned differently from it.
+    image_path, mask_path: the pair. image_orientation, mask_orientation: their EXIF orientation tags.
+    """
+    if image_orientation == mask_orientation:
+        return None
+    return warning("orientation differs", f"{mask_path}: EXIF orientation {mask_orientation}, its image {image_path} has "
+                                          f"{image_orientation} (1 = upright); both are read as a viewer shows them: "
+                                          "check that the mask lines up with the image")
+
+
+def empty_masks_finding(empty: list[Path], n_masks: int) -> Finding | None:
+    """One error when every mask, or more than half of them, is empty: the masks are then almost
+    surely in a format read differently from what was meant, not unlabelled.
+
+    empty: the mask files with no lung pixel after resizing and thresholding.
+    n_masks: how many masks were read.
+    """
+    if not empty or (len(empty) < n_masks and len(empty) <= MOSTLY_EMPTY * n_masks):
+        return None
+    named = ", ".join(str(path) for path in empty[:NAMED]) + (", ..." if len(empty) > NAMED else "")
+    if len(empty) == n_masks:
+        share = "the only mask is" if n_masks == 1 else f"all {n_masks} masks are"
+    else:
+        share = f"{len(empty)} of {n_masks} masks are"
+    return error("empty masks", f"{share} empty (no lung pixel after resizing and thresholding), e.g. {named}; "
+                                f"check the mask format: {MASK_RULES}")
+
+
+def metadata_findings(metadata_ids: list[str], file_ids: list[str], unreadable: dict[str, list[str]], path: Path) -> list[Finding]:
+    """Warnings about MetaData.csv against the files actually there."""
+    found = [warning("MetaData id without files", f"{path}: id {i!r} has no image") for i in sorted(set(metadata_ids) - set(file_ids))]
+    found += [warning("file without MetaData row", f"id {i!r} is not in {path}") for i in sorted(set(file_ids) - set(metadata_ids))]
+    found += [warning("unreadable metadata value", f"{path}: column {column}: {values[:10]}") for column, values in unreadable.items()]
+    return found
+
+
+def summary(findings: list[Finding]) -> pd.DataFrame:
+    """One row per kind of finding: level, kind, count and a first example."""
+    if not findings:
+        return pd.DataFrame(columns=["level", "kind", "count", "example"])
+    table = pd.DataFrame([f.__dict__ for f in findings])
+    grouped = table.groupby(["level", "kind"], sort=False)
+    return grouped.agg(count=("detail", "size"), example=("detail", "first")).reset_index()
+
+
+def errors(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.level == "error"]
+
+
+def warnings_of(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.level == "warning"]

@@ -1,0 +1,121 @@
+"""Find the image/mask pairs of a data folder, in either supported layout.
+
+Supported layouts (auto-detected, first match wins):
+  kaggle: DIR/Chest-X-Ray/Chest-X-Ray/image/<id>.png and .../mask/<id>.png, plus DIR/MetaData.csv
+  plain:  DIR/image/<id>.png and DIR/mask/<id>.png (MetaData.csv beside them is optional)
+Image and mask files pair up by file stem (<id>); PNG, JPEG, TIFF, BMP and DICOM (.dcm, or no
+extension with the DICOM preamble) are accepted (lungseg.data.images.is_image_file). Other files
+and hidden ones are not read; Pairing.skipped lists them so that `lungseg check` can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lungseg.data.images import IMAGE_SUFFIXES, is_image_file
+from lungseg.errors import DataError  # re-exported: layout.DataError
+
+# Where image/ and mask/ may sit inside the data folder, most specific first.
+PAIR_ROOTS = {"kaggle": Path("Chest-X-Ray/Chest-X-Ray"), "kaggle-flat": Path("Chest-X-Ray"), "plain": Path(".")}
+METADATA_NAME = "MetaData.csv"
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str
+    image_dir: Path
+    mask_dir: Path
+    metadata_path: Path | None
+
+
+def find_layout(data_dir: str | Path) -> Layout:
+    """Detect which layout `data_dir` uses, or explain what was expected and where we looked."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist (set data.dir in params.yaml)")
+    for kind, root in PAIR_ROOTS.items():
+        image_dir, mask_dir = data_dir / root / "image", data_dir / root / "mask"
+        if image_dir.is_dir() and mask_dir.is_dir():
+            return Layout(kind, image_dir, mask_dir, _find_metadata(data_dir, data_dir / root))
+    looked = ", ".join(str(data_dir / root / "image") for root in PAIR_ROOTS.values())
+    raise DataError(
+        f"{data_dir} is not a lungseg data folder: expected an image/ and a mask/ folder in the Kaggle layout "
+        f"(Chest-X-Ray/Chest-X-Ray/image and .../mask, with MetaData.csv) or directly inside it; looked for {looked}"
+    )
+
+
+def _find_metadata(data_dir: Path, pair_root: Path) -> Path | None:
+    for folder in (data_dir, pair_root):
+        if (folder / METADATA_NAME).is_file():
+            return folder / METADATA_NAME
+    return None
+
+
+def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str], list[Path]]:
+    """Map file stem -> path for the image files in `folder`; also report stems seen twice, and
+    list the other files (hidden or of another type), which are not read. Subfolders are ignored.
+
+    folder: an image/ or mask/ folder.
+    """
+    found: dict[str, Path] = {}
+    problems, skipped = [], []
+    for path in sorted(folder.iterdir()):
+        if not is_image_file(path):
+            skipped += [path] if path.is_file() else []
+        elif path.stem in found:
+            problems.append(f"id {path.stem!r} appears twice: {found[path.stem]} and {path}")
+        else:
+            found[path.stem] = path
+    return found, problems, skipped
+
+
+def skip_reason(path: Path) -> str:
+    """Why a file in image/ or mask/ was not read, for `lungseg check`.
+
+    path: a file listed in Pairing.skipped.
+    """
+    if path.name.startswith("."):
+        return f"{path}: hidden file, not read"
+    return (f"{path}: not read: not an image file (expected {', '.join(IMAGE_SUFFIXES)}, "
+            "or a DICOM file without an extension)")
+
+
+@dataclass
+class Pairing:
+    pairs: pd.DataFrame  # id, image_path, mask_path of every complete pair
+    problems: list[str]  # a message for every file unpaired or sharing its id with another
+    ids_with_files: set[str]  # every id with an image or a mask file
+    skipped: list[Path] = field(default_factory=list)  # files in image/ and mask/ not read: hidden or not images
+
+
+def pair_files(layout: Layout) -> Pairing:
+    """Pair the image and mask files of `layout` by id, listing each folder once."""
+    images, problems, skipped = _images_by_id(layout.image_dir)
+    masks, mask_problems, mask_skipped = _images_by_id(layout.mask_dir)
+    problems += mask_problems
+    problems += [f"image without a mask: {images[i]} (expected {layout.mask_dir}/{i}.png)" for i in sorted(images.keys() - masks.keys())]
+    problems += [f"mask without an image: {masks[i]} (expected {layout.image_dir}/{i}.png)" for i in sorted(masks.keys() - images.keys())]
+    if not images:
+        others = f"; {len(skipped)} other file(s) there were not read, e.g. {skipped[0].name}" if skipped else ""
+        raise DataError(f"no images found in {layout.image_dir} (expected <id> files ending in "
+                        f"{', '.join(IMAGE_SUFFIXES)}, or DICOM files without an extension){others}")
+    ids = sorted(images.keys() & masks.keys(), key=_natural_key)
+    pairs = pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]})
+    return Pairing(pairs, problems, set(images) | set(masks), skipped + mask_skipped)
+
+
+def list_pairs(layout: Layout) -> pd.DataFrame:
+    """Table of id, image_path, mask_path for every pair; raises DataError naming every unpaired file."""
+    pairing = pair_files(layout)
+    if pairing.problems:
+        raise DataError(f"{len(pairing.problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:",
+                        pairing.problems)
+    return pairing.pairs
+
+
+def _natural_key(stem: str):
+    """Sort '2' before '10' while still ordering arbitrary names."""
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)

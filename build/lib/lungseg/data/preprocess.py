@@ -1,0 +1,249 @@
+"""Turn a data folder into compact training arrays.
+
+Output (one folder): images.npy (uint8 N x S x S, greyscale scaled to 0..255), masks.npy
+(uint8 N x S x S, values 0/1) and index.csv (id, source files, original size, metadata).
+Images are stored as uint8 to keep the arrays small (a 128 px set of 704 images is 12 MB);
+the training code divides by 255 to get the [0, 1] range the model sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungseg.config import PreprocessConfig
+from lungseg.data.images import ImageReadError, max_pixels, read_resized, set_max_pixels
+from lungseg.data.integrity import (
+    Finding,
+    empty_masks_finding,
+    error,
+    errors,
+    mask_findings,
+    metadata_findings,
+    orientation_finding,
+    warning,
+)
+from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason
+from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
+from lungseg.io import atomic_path, save_npy, write_csv, write_json
+
+
+@dataclass
+class PreparedPair:
+    image: np.ndarray  # uint8 S x S
+    mask: np.ndarray  # uint8 S x S, 0/1
+    original_size: tuple[int, int]  # (height, width)
+    findings: list[Finding] = field(default_factory=list)  # warnings about this pair
+
+
+def finish_image(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
+    """A resized float image in [0, 1] -> the uint8 array the model is trained on."""
+    small = np.clip(small, 0.0, 1.0)  # Lanczos overshoots slightly at sharp edges
+    low, high = (small.min(), small.max()) if settings.normalize == "minmax" else (0.0, 1.0)
+    return stretch_to_uint8(small, low, high)
+
+
+def stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map `low`..`high` linearly onto 0..255 (uint8, rounded to nearest, values beyond clipped):
+    the min-max stretch of training images (finish_image) and of predict's overlays.
+
+    values: floats (or a 256-entry table of 8-bit levels). low, high: the values that become 0
+    and 255; the image's own min and max for a min-max stretch, 0 and 1 for none. A constant
+    image (high == low) becomes 0 instead of dividing by zero.
+    """
+    scaled = (values - low) / max(high - low, 1e-6)
+    return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def finish_mask(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
+    """A resized mask in [0, 1] -> 0/1 uint8, lung where above mask_threshold (0..255 scale)."""
+    return (small * 255 > settings.mask_threshold).astype(np.uint8)
+
+
+def prepare_image(path: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """One X-ray prepared exactly as for training (for prediction on new images): the uint8
+    S x S array and the original (height, width). Raises ImageReadError naming the file."""
+    image = read_resized(path, settings.image_size)
+    return finish_image(image.values, settings), image.original_size
+
+
+def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> PreparedPair | Finding:
+    """Read and shrink one image and its mask. A pair that cannot be used comes back as an error
+    Finding instead of an exception, so that one pass over the data reports every bad file."""
+    image_path, mask_path = paths
+    try:
+        image = read_resized(image_path, settings.image_size)
+        mask = read_resized(mask_path, settings.image_size, is_mask=True)
+    except ImageReadError as problem:
+        return error("unreadable file", str(problem))
+    turned = orientation_finding(image_path, mask_path, image.orientation, mask.orientation)
+    if image.original_size != mask.original_size:
+        (ih, iw), (mh, mw) = image.original_size, mask.original_size
+        why = f"; they carry different EXIF orientations ({image.orientation} and {mask.orientation})" if turned else ""
+        return error("size mismatch", f"{mask_path}: mask size {mw}x{mh} differs from its image's {iw}x{ih} ({image_path}){why}")
+    small_mask = finish_mask(mask.values, settings)
+    findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold, mask.colours)
+    findings += [turned] if turned else []
+    if image.values.max() - image.values.min() < 1e-6:
+        findings.append(warning("constant image", f"{image_path}: every pixel has the same value"))
+    return PreparedPair(finish_image(image.values, settings), small_mask, image.original_size, findings)
+
+
+def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[PreparedPair | Finding]:
+    work = list(zip(pairs["image_path"], pairs["mask_path"]))
+    task = partial(prepare_pair, settings=settings)
+    workers = min(settings.workers or os.cpu_count() or 1, len(work))
+    if workers <= 1:
+        return [task(item) for item in work]
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(max_pixels(),))
+    try:
+        return list(pool.map(task, work, chunksize=max(1, len(work) // (4 * workers))))
+    except KeyboardInterrupt:  # Ctrl-C: drop the queued images instead of waiting for them
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _start_worker(limit: int) -> None:
+    """Each worker: Ctrl-C is the parent's to handle (one "interrupted" line, not a traceback
+    per worker), and the pixel limit is the parent's (workers started by spawn, on macOS and
+    Windows, would not inherit one set with set_max_pixels)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_max_pixels(limit)
+
+
+@dataclass
+class Scan:
+    """Everything read from a data folder, and everything found wrong with it."""
+
+    data_dir: Path
+    layout: Layout
+    pairs: pd.DataFrame  # id, image_path, mask_path of the complete pairs
+    prepared: list[PreparedPair]  # one per usable pair
+    findings: list[Finding]
+    n_pairs: int  # complete pairs found, usable or not
+    metadata: pd.DataFrame | None  # MetaData.csv as written, read once (None: no file)
+
+
+def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
+    """Read and check every pair under `data_dir` (all cores), collecting every problem."""
+    data_dir = Path(data_dir)
+    layout = find_layout(data_dir)
+    pairing = pair_files(layout)
+    pairs = pairing.pairs
+    findings = [error("unpaired or duplicate file", p) for p in pairing.problems]
+    findings += [warning("skipped file", skip_reason(path)) for path in pairing.skipped]
+    # MetaData.csv before the images: a broken file stops the run before minutes of decoding
+    metadata, metadata_problems = _read_metadata(layout, list(settings.metadata_columns), pairing.ids_with_files)
+    findings += metadata_problems
+    results = _map_pairs(pairs, settings)
+    findings += [r for r in results if isinstance(r, Finding)]
+    for result in results:
+        findings += result.findings if isinstance(result, PreparedPair) else []
+    findings = _judge_empty_masks(findings, pairs["mask_path"], results)
+    usable = [isinstance(r, PreparedPair) for r in results]
+    prepared = [r for r in results if isinstance(r, PreparedPair)]
+    return Scan(data_dir, layout, pairs[usable].reset_index(drop=True), prepared, findings, len(pairs), metadata)
+
+
+def _read_metadata(layout, columns: list[str], ids_with_files: set[str]) -> tuple[pd.DataFrame | None, list[Finding]]:
+    """MetaData.csv as written (None when there is none) and the warnings about it: a guessed
+    encoding, ids without files and the reverse, values that cannot be read."""
+    if layout.metadata_path is None:
+        return None, []
+    raw = read_raw_metadata_with_notes(layout.metadata_path, columns)
+    findings = [warning("MetaData.csv encoding", note) for note in raw.notes]
+    unreadable = unreadable_values(raw.table, columns)
+    findings += metadata_findings(raw.table["id"].tolist(), sorted(ids_with_files), unreadable, layout.metadata_path)
+    return raw.table, findings
+
+
+def _judge_empty_masks(findings: list[Finding], mask_paths: pd.Series, results: list[PreparedPair | Finding]) -> list[Finding]:
+    """`findings` with the per-mask "empty mask" warnings replaced by one error when every mask
+    read, or more than half of them, is empty (integrity.empty_masks_finding).
+
+    mask_paths: the mask of each pair, in the order of `results`. results: what prepare_pair gave for each.
+    """
+    read = [(path, r) for path, r in zip(mask_paths, results) if isinstance(r, PreparedPair)]
+    empty = [path for path, r in read if not r.mask.any()]
+    too_many = empty_masks_finding(empty, len(read))
+    if too_many is None:
+        return findings
+    return [f for f in findings if f.kind != "empty mask"] + [too_many]
+
+
+def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Read every pair under `data_dir`; return (images, masks, index) or raise DataError listing every error."""
+    scan = scan_folder(data_dir, settings)
+    raise_on_errors(scan)
+    return assemble(scan, settings)
+
+
+def raise_on_errors(scan: Scan) -> None:
+    problems = errors(scan.findings)
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) with the data under {scan.data_dir} ({scan.n_pairs} image/mask pairs "
+                        "found); nothing was written:",
+                        [f"{p.kind}: {p.detail}" for p in problems])
+
+
+def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The arrays and index table of a scan's usable pairs."""
+    pairs, prepared = scan.pairs, scan.prepared
+    index = pd.DataFrame({
+        "id": pairs["id"],
+        "image_file": [str(p.relative_to(scan.data_dir)) for p in pairs["image_path"]],
+        "mask_file": [str(p.relative_to(scan.data_dir)) for p in pairs["mask_path"]],
+        "height": [r.original_size[0] for r in prepared],
+        "width": [r.original_size[1] for r in prepared],
+    })
+    metadata = clean_metadata(scan.metadata, list(pairs["id"]), list(settings.metadata_columns))
+    index = index.merge(metadata, on="id", how="left")
+    return np.stack([r.image for r in prepared]), np.stack([r.mask for r in prepared]), index
+
+
+def save_processed(images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, settings: PreprocessConfig, out_dir: str | Path) -> None:
+    """Write arrays, index and the settings that made them into `out_dir`, as one atomic directory swap.
+
+    The settings travel with the arrays so that a checkpoint can record how its inputs were made
+    without the train stage depending on the preprocess params.
+    """
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        save_npy(images, tmp / "images.npy")
+        save_npy(masks, tmp / "masks.npy")
+        write_csv(index, tmp / "index.csv")
+        recipe = {"image_size": settings.image_size, "normalize": settings.normalize, "mask_threshold": settings.mask_threshold}
+        write_json(recipe, tmp / "settings.json")
+
+
+@dataclass
+class ProcessedSet:
+    images: np.ndarray  # uint8 N x S x S
+    masks: np.ndarray  # uint8 N x S x S, 0/1
+    index: pd.DataFrame  # one row per image, same order; ids as strings
+    settings: dict  # how the arrays were made (image_size, normalize, mask_threshold)
+
+    def subset(self, ids) -> "ProcessedSet":
+        """The rows whose id is in `ids`, in the order of `ids`."""
+        position = pd.Series(np.arange(len(self.index)), index=self.index["id"])
+        rows = position.loc[list(ids)].to_numpy()
+        return ProcessedSet(self.images[rows], self.masks[rows], self.index.iloc[rows].reset_index(drop=True), self.settings)
+
+
+def load_processed(folder: str | Path) -> ProcessedSet:
+    """Read what save_processed wrote."""
+    folder = Path(folder)
+    index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False)  # ids and metadata stay text
+    index[["height", "width"]] = index[["height", "width"]].astype(int)
+    settings = json.loads((folder / "settings.json").read_text())
+    return ProcessedSet(np.load(folder / "images.npy"), np.load(folder / "masks.npy"), index, settings)

@@ -1,0 +1,64 @@
+"""Seeded train/val/test split, stratified by a metadata column when the data has one.
+
+Stratifying by source (the `county` column: Montgomery or Shenzhen) keeps each hospital's
+share the same in every part, so the test score is not skewed by which site landed where.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lungseg.errors import DataError
+
+PARTS = ("train", "val", "test")
+
+
+def part_sizes(n: int, fractions: tuple[float, float, float]) -> list[int]:
+    """Split n items into three counts in proportion to `fractions`, rounding by largest remainder."""
+    exact = np.asarray(fractions, dtype=float) / sum(fractions) * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def split_ids(index: pd.DataFrame, fractions: tuple[float, float, float], seed: int, stratify_by: str | None) -> pd.DataFrame:
+    """Table id -> split ('train', 'val' or 'test'), in the order of `index`.
+
+    Rows are grouped by `stratify_by` when that column exists and is filled; each group is
+    shuffled with the seed and cut by `fractions`. Empty values form a group of their own.
+    """
+    if len(fractions) != 3 or any(f <= 0 for f in fractions):
+        raise ValueError(f"split fractions must be three positive numbers (train, val, test), got {fractions}")
+    groups = _strata(index, stratify_by)
+    rng = np.random.default_rng(seed)
+    assignment = pd.Series("", index=index.index, dtype=object)
+    for _, rows in sorted(groups.items()):
+        shuffled = rng.permutation(np.asarray(rows))
+        bounds = np.cumsum(part_sizes(len(shuffled), fractions))
+        for part, chunk in zip(PARTS, np.split(shuffled, bounds[:-1])):
+            assignment.loc[chunk] = part
+    table = pd.DataFrame({"id": index["id"].astype(str), "split": assignment.values})
+    counts = {part: int((table["split"] == part).sum()) for part in PARTS}
+    if min(counts.values()) == 0:
+        raise DataError(f"the split of {len(table)} images leaves a part empty ({counts}); "
+                        f"use more images or larger split fractions (split.train/val/test = {fractions})")
+    return table
+
+
+def _strata(index: pd.DataFrame, column: str | None) -> dict[str, list]:
+    if column and column in index.columns and (index[column].astype(str).str.len() > 0).any():
+        return {str(k): list(v) for k, v in index.groupby(index[column].astype(str)).groups.items()}
+    return {"all": list(index.index)}
+
+
+def ids_in(split_table: pd.DataFrame, part: str) -> list[str]:
+    """The ids assigned to `part` ('train', 'val' or 'test'), in table order."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    return split_table.loc[split_table["split"] == part, "id"].astype(str).tolist()
+
+
+def read_split(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -1,0 +1,34 @@
+"""The errors lungseg raises for problems a user can fix: each message names the file, key or
+value and says what was expected. Stage scripts print these without a traceback."""
+
+
+class LungsegError(ValueError):
+    """Base of every user-facing error."""
+
+
+class ParamsError(LungsegError):
+    """params.yaml is missing, malformed or holds values outside what is allowed."""
+
+
+class DataError(LungsegError):
+    """One or more problems with the input data; the message lists each with its file."""
+
+    MAX_LISTED = 20
+
+    def __init__(self, summary: str, problems: list[str] | None = None):
+        self.problems = problems or []
+        listed = "".join(f"\n  - {p}" for p in self.problems[: self.MAX_LISTED])
+        more = len(self.problems) - self.MAX_LISTED
+        super().__init__(summary + listed + (f"\n  ... and {more} more" if more > 0 else ""))
+
+
+class CheckpointError(LungsegError):
+    """A checkpoint file that is missing, unreadable, or not a lungseg model."""
+
+
+class TrainingError(LungsegError):
+    """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
+
+
+class ExportError(LungsegError):
+    """A model cannot be exported (missing optional packages, or the exported copy disagrees with PyTorch)."""

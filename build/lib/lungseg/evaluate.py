@@ -1,0 +1,231 @@
+"""Scores over a set of predictions: per image, their means with bootstrap intervals, pooled,
+per subgroup, and at each image's original resolution.
+
+`evaluate_set` is the one evaluation used by the evaluate stage (the test split) and by
+`lungseg evaluate` (any other folder of image/mask pairs, for external validation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungseg.config import EvaluateConfig, PreprocessConfig
+from lungseg.data.images import pixel_spacing, read_mask
+from lungseg.data.preprocess import preprocess_folder
+from lungseg.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
+from lungseg.stats import mean_with_ci
+
+# per-image columns summarised with a confidence interval: 128 px, then native resolution
+MODEL_SIZE_COLUMNS = ("dice", "iou", "hd95")
+NATIVE_COLUMNS = ("dice_native", "iou_native", "hd95_native")
+
+
+@dataclass
+class Evaluation:
+    scores: pd.DataFrame  # one row per image
+    metrics: dict  # the full report (headline() picks what metrics.json holds)
+    masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
+
+    def histogram(self) -> pd.DataFrame:
+        """The per-image Dice histogram, at native resolution when it was scored there."""
+        column = "dice_native" if "dice_native" in self.scores else "dice"
+        return dice_histogram(self.scores[column].to_numpy())
+
+
+def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=None) -> pd.DataFrame:
+    """Table id, dice, iou, hd95, truth and predicted lung fractions, one row per image.
+
+    hd95 is in pixels of the original image when `spacings` gives each image's (row, column)
+    size of a model pixel in original pixels (original height / S, width / S); else in model pixels."""
+    spacings = [(1.0, 1.0)] * len(predictions) if spacings is None else list(spacings)
+    return pd.DataFrame({
+        "id": list(ids),
+        "dice": dice_per_image(predictions, truths),
+        "iou": iou_per_image(predictions, truths),
+        "hd95": [hd95(p, t, spacing) for p, t, spacing in zip(predictions, truths, spacings)],
+        "truth_fraction": truths.reshape(len(truths), -1).mean(1),
+        "pred_fraction": predictions.reshape(len(predictions), -1).mean(1),
+    })
+
+
+def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
+                  image_paths=None) -> pd.DataFrame:
+    """Dice, IoU and HD95 at each image's original resolution: the model-size probabilities are
+    resized to the original mask's size, thresholded and post-processed there (Predictor.native_mask),
+    and compared with the original mask. One image at a time, so 3000 px masks never pile up.
+
+    With `image_paths`, HD95 is also given in mm (`hd95_native_mm`) for each image whose file
+    carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others."""
+    image_paths = [None] * len(mask_paths) if image_paths is None else list(image_paths)
+    rows = []
+    for probability, path, image_path in tqdm(list(zip(probabilities, mask_paths, image_paths)), desc="native resolution",
+                                              unit="image", disable=not show_progress, mininterval=1.0):
+        truth = read_mask(path, mask_threshold)
+        prediction = predictor.native_mask(probability, truth.shape)
+        spacing = pixel_spacing(image_path) if image_path is not None else None
+        rows.append({"dice_native": float(dice_per_image(prediction[None], truth[None])[0]),
+                     "iou_native": float(iou_per_image(prediction[None], truth[None])[0]),
+                     "hd95_native": hd95(prediction, truth),
+                     "hd95_native_mm": hd95(prediction, truth, spacing) if spacing else np.nan})
+    return pd.DataFrame(rows, columns=[*NATIVE_COLUMNS, "hd95_native_mm"])
+
+
+def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix: str = "") -> dict:
+    """{name: mean, name_ci_low, name_ci_high} for each column, by percentile bootstrap."""
+    out = {}
+    for column in columns:
+        name = column.removesuffix(suffix) if suffix else column
+        stats = mean_with_ci(scores[column].to_numpy(), config.bootstrap_samples, config.confidence, config.bootstrap_seed)
+        out |= {name: stats["mean"], f"{name}_ci_low": stats["ci_low"], f"{name}_ci_high": stats["ci_high"]}
+    return out
+
+
+def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray, config: EvaluateConfig) -> dict:
+    """Model-size metrics: means over images with intervals (each image counts once), pooled
+    values (each pixel counts once), and the spread."""
+    return {
+        **with_intervals(scores, MODEL_SIZE_COLUMNS, config),
+        "dice_pooled": dice_pooled(predictions, truths),
+        "iou_pooled": iou_pooled(predictions, truths),
+        "dice_min": float(scores["dice"].min()),
+        "dice_std": float(scores["dice"].std(ddof=0)),
+        "n_images": len(scores),
+    }
+
+
+def native_summary(scores: pd.DataFrame, config: EvaluateConfig) -> dict:
+    """Native-resolution means with intervals, the spread, and HD95 in mm over the images whose
+    files give a pixel spacing (with how many those are), when any do."""
+    out = {
+        **with_intervals(scores, NATIVE_COLUMNS, config, suffix="_native"),
+        "dice_min": float(scores["dice_native"].min()),
+        "dice_std": float(scores["dice_native"].std(ddof=0)),
+        "n_images": len(scores),
+    }
+    with_spacing = scores.dropna(subset=["hd95_native_mm"]) if "hd95_native_mm" in scores else scores.iloc[:0]
+    if len(with_spacing):
+        out |= with_intervals(with_spacing.rename(columns={"hd95_native_mm": "hd95_mm"}), ("hd95_mm",), config)
+        out["n_images_with_spacing"] = len(with_spacing)
+    return out
+
+
+def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config: EvaluateConfig | None = None) -> dict:
+    """{column: {value: {"n_images", "dice", "iou", ... and, when native scores exist, the native
+    Dice with its interval and HD95}}} for each metadata column that is filled in."""
+    config = config or EvaluateConfig()
+    table = scores.merge(metadata, on="id", how="left", suffixes=("", "_meta"))
+    result = {}
+    for column in columns:
+        if column not in table.columns or not (table[column].astype(str).str.len() > 0).any():
+            continue
+        result[column] = {value: _group_scores(group, config) for value, group in table.groupby(table[column].astype(str))}
+    return result
+
+
+def _group_scores(group: pd.DataFrame, config: EvaluateConfig) -> dict:
+    out = {"n_images": len(group), "dice": float(group["dice"].mean()), "iou": float(group["iou"].mean())}
+    if "dice_native" in group.columns:
+        out |= with_intervals(group, ("dice_native",), config)
+        out["hd95_native"] = float(group["hd95_native"].mean())
+    return out
+
+
+def dice_histogram(dice: np.ndarray, max_bins: int = 10) -> pd.DataFrame:
+    """Counts of per-image Dice in at most `max_bins` bins of a round width (0.002, 0.005, 0.01,
+    0.025, ...) that follows the spread of the scores: numpy's 'auto' rule picks the number of
+    bins, so close scores get fine bins and one outlier does not make dozens of empty bars.
+    The labels sort as text in order (for DVC's bar plot)."""
+    dice = np.clip(np.asarray(dice, dtype=float), 0.0, 1.0)
+    low, high = float(dice.min()), float(dice.max())
+    bins = min(max(len(np.histogram_bin_edges(dice, bins="auto")) - 1, 1), max_bins)
+    width = _round_width(max(high - low, 0.01) / bins)
+    start = min(np.floor(low / width + 1e-9) * width, 1.0 - width)
+    count = max(int(np.ceil(round((high - start) / width, 9))), 1)
+    edges = np.minimum(np.round(start + width * np.arange(count + 1), 9), 1.0)
+    counts, _ = np.histogram(dice, bins=edges)
+    decimals = next(d for d in range(2, 10) if abs(round(width, d) - width) < 1e-12)
+    labels = [f"{a:.{decimals}f}-{b:.{decimals}f}" for a, b in zip(edges[:-1], edges[1:])]
+    return pd.DataFrame({"dice_bin": labels, "images": counts})
+
+
+def _round_width(raw: float) -> float:
+    """The smallest of 1, 2, 2.5 and 5 times a power of ten that is at least `raw`."""
+    power = 10.0 ** np.floor(np.log10(raw))
+    return next(round(m * power, 12) for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
+                 config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True) -> Evaluation:
+    """Score `predictor` on a preprocessed set (images/masks at model size, index with id, height,
+    width and mask_file relative to `data_dir`). With a `data_dir` and `config.native`, also at
+    each image's original resolution."""
+    size = images.shape[-1]
+    probabilities = predictor.probabilities(images, batch_size)
+    predictions = predictor.to_masks(probabilities)
+    spacings = zip(index["height"] / size, index["width"] / size)
+    scores = per_image_scores(index["id"], predictions, masks, spacings)
+    metrics = {"postprocess": predictor.postprocess, "test": summary(scores, predictions, masks, config)}
+    if data_dir is not None and config.native:
+        mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
+        image_paths = [Path(data_dir) / name for name in index["image_file"]]
+        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress, image_paths)
+        scores = pd.concat([scores, native], axis=1)
+        metrics["test_native"] = native_summary(scores, config)
+    metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
+    return Evaluation(scores, metrics, predictions)
+
+
+def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
+                    subgroups=(), show_progress: bool = True) -> Evaluation:
+    """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
+    prepared exactly as the model's training data was, scored like the test split."""
+    settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
+    images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
+    return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
+                        subgroups, show_progress)
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers users compare between runs (metrics.json, `dvc exp show`): the test scores
+    at native resolution when they were computed (else at model size), the Dice at model size,
+    and the threshold baseline's Dice. Everything else stays in the full report."""
+    scored = metrics.get("test_native", metrics["test"])
+    test = {key: scored[key] for key in ("dice", "dice_ci_low", "dice_ci_high", "iou", "hd95", "dice_min")}
+    test |= {"dice_128px": metrics["test"]["dice"], "n_images": scored["n_images"]}
+    if "hd95_mm" in scored:  # some images carry a pixel spacing (DICOM)
+        test["hd95_mm"] = scored["hd95_mm"]
+    out = {"test": test}
+    if "baseline" in metrics:
+        out["baseline"] = {"dice_128px": metrics["baseline"]["dice"]}
+    return out
+
+
+def score_lines(metrics: dict) -> str:
+    """One line per resolution: mean Dice with its interval, IoU, HD95, worst image."""
+    lines = []
+    for name, label in (("test", "model size"), ("test_native", "native resolution")):
+        if name in metrics:
+            m = metrics[name]
+            lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
+                         f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
+    return "\n".join(lines + [f"post-processing: {metrics['postprocess']}"])
+
+
+def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
+    """Up to n (label, row) pairs: the best, median and worst image by Dice, then others evenly
+    spaced along the ranking, so a montage shows the whole range of quality."""
+    ranked = scores.sort_values("dice", ascending=False, kind="stable").reset_index(drop=True)
+    last = len(ranked) - 1
+    candidates = [(0, "best"), (last, "worst"), (last // 2, "median")]
+    candidates += [(int(p), "sample") for p in np.linspace(0, last, max(n, 1)).round()]
+    chosen: dict[int, str] = {}
+    for position, label in candidates:
+        if len(chosen) >= n:
+            break
+        chosen.setdefault(position, label)
+    return [(label, ranked.iloc[position]) for position, label in sorted(chosen.items())]

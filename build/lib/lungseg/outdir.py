@@ -1,0 +1,176 @@
+"""The rules for an --out folder, shared by `lungseg predict`, `evaluate` and `export`.
+
+A command checks its --out folder before it writes anything (check_out):
+
+1. Never where an input is, not even with --overwrite: --out may not be an input folder, hold
+   one, or lie inside one (a rerun would read its own outputs, and a dataset folder must not
+   fill up with predictions), and it may not be the folder of an input file or hold that folder
+   (below an input file's folder is fine: nothing is written beside the file, and
+   `lungseg predict model.pth xray.png --out preds` must work). The model file is such an input
+   file for every command.
+2. An existing folder that holds any file (hidden ones such as .DS_Store aside) is refused
+   unless --overwrite is given: lungseg never replaces what it did not just write.
+3. With --overwrite, the folder may hold the outputs of an earlier run (the command's output
+   names, OutputNames) and files of other names, which are left alone. A file or link at a
+   place only lungseg writes (masks/notes.txt, masks/sub/x.png, a masks link) stops the run:
+   lungseg could neither keep it (the folder would not hold one run's output) nor delete it
+   (it is not lungseg's). After a successful run, remove_stale deletes the outputs of the
+   earlier run that the new one did not write, so the folder holds exactly one run's output.
+
+Every refusal is a DataError, so `lungseg` prints `error: ...` and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from lungseg.errors import DataError
+
+SHOWN = 3  # files named in a one-line refusal
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """What a command writes into its --out folder, relative to it."""
+
+    files: tuple[str, ...] = ()  # file names at the top of the folder, e.g. "predictions.csv"
+    folders: tuple[str, ...] = ()  # subfolders only lungseg writes into, each holding <name><suffix> files
+    suffix: str = ".png"
+
+    def kind(self, relative: PurePosixPath, path: Path) -> str:
+        """'output' for a file lungseg writes, 'foreign' for anything else at a place only
+        lungseg writes, 'other' for the rest (left alone).
+
+        relative: the entry's path below --out. path: the same entry on disk.
+        """
+        top = relative.parts[0]
+        plain_file = path.is_file() and not path.is_symlink()
+        if top in self.files:
+            return "output" if len(relative.parts) == 1 and plain_file else "foreign"
+        if top in self.folders:
+            fits = len(relative.parts) == 2 and relative.suffix.lower() == self.suffix
+            return "output" if fits and plain_file else "foreign"
+        return "other"
+
+
+def check_out(out: str | Path, names: OutputNames, overwrite: bool = False,
+              input_folders: Sequence[str | Path] = (), input_files: Sequence[str | Path] = ()) -> Path:
+    """Refuse an --out folder the command may not write into (rules in the module docstring);
+    return it as a Path. Call it before anything is written.
+
+    out: the --out folder as given. names: what the command writes there. overwrite: --overwrite.
+    input_folders: folders the command reads (predict's INPUT folders, evaluate's --data).
+    input_files: files it reads (the model, predict's INPUT files).
+    """
+    folder = Path(out)
+    conflicts = input_conflicts(folder, input_folders, input_files)
+    if conflicts:
+        raise DataError(f"--out {out}: lungseg never writes into a folder that holds its inputs or lies inside an "
+                        "input folder, not even with --overwrite; choose another folder (nothing was written):",
+                        conflicts)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder")
+    entries = list(_entries(folder)) if folder.is_dir() else []
+    if entries and not overwrite:
+        raise DataError(f"--out {out} already holds {len(entries)} file(s) ({_some(folder, entries)}); nothing was "
+                        "written. Choose a new or empty folder, or add --overwrite to replace the outputs of an "
+                        "earlier run there (files of other names are left alone)")
+    foreign = [folder / relative for relative in entries if names.kind(relative, folder / relative) == "foreign"]
+    if foreign:
+        places = ", ".join([*names.files, *(f"{name}/" for name in names.folders)])
+        raise DataError(f"--out {out}: not overwritten: {len(foreign)} file(s) there are not lungseg's outputs but sit "
+                        f"where only lungseg writes ({places}); move them away first (nothing was written):",
+                        [str(path) for path in foreign])
+    return folder
+
+
+def input_conflicts(out: Path, input_folders: Iterable[str | Path] = (), input_files: Iterable[str | Path] = ()) -> list[str]:
+    """One line for each input that `out` is, holds, or lies inside (rule 1 of the module docstring).
+
+    out: the --out folder (it need not exist). input_folders, input_files: as for check_out.
+    """
+    problems = []
+    for given in input_folders:
+        if _within(out, Path(given)):
+            relation = "is" if _same(out, Path(given)) else "lies inside"
+            problems.append(f"{out} {relation} the input folder {given}")
+        elif _within(Path(given), out):
+            problems.append(f"{out} holds the input folder {given}")
+    seen: set[Path] = set()
+    for given in input_files:
+        # the folder holding the name, and the one holding the data when the name is a link
+        for parent in {Path(given).parent.resolve(), Path(given).resolve().parent} - seen:
+            seen.add(parent)
+            if _same(out, parent):
+                problems.append(f"{out} is the folder of the input file {given}")
+            elif _within(parent, out):
+                problems.append(f"{out} holds the input file {given}")
+    return problems
+
+
+def remove_stale(out: Path, names: OutputNames, written: Iterable[str | Path]) -> list[Path]:
+    """After a successful --overwrite run: delete lungseg's outputs in `out` that this run did
+    not write (an earlier run's), then the output folders left empty. Files of other names and
+    hidden files are never touched. Returns what was deleted.
+
+    out: the --out folder. names: what the command writes. written: the files this run wrote.
+    """
+    kept = {_identity(Path(path)) for path in written}
+    kept.discard(None)
+    removed = []
+    for relative in list(_entries(out)):
+        path = out / relative
+        # compared by inode, not name: on a case-insensitive disk masks/X.png is the new masks/x.png
+        if names.kind(relative, path) == "output" and _identity(path) not in kept:
+            path.unlink()
+            removed.append(path)
+    for name in names.folders:
+        if (out / name).is_dir() and not any((out / name).iterdir()):
+            (out / name).rmdir()
+    return removed
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _entries(folder: Path) -> Iterator[PurePosixPath]:
+    """Every file and link below `folder`, relative to it; hidden names (and what hidden
+    folders hold) are skipped, links to folders are listed, not followed."""
+    for parent, subfolders, files in os.walk(folder):
+        base = Path(parent)
+        links = [name for name in subfolders if (base / name).is_symlink()]
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".") and name not in links)
+        for name in sorted([*files, *links]):
+            if not name.startswith("."):
+                yield PurePosixPath((base / name).relative_to(folder).as_posix())
+
+
+def _some(folder: Path, entries: list[PurePosixPath]) -> str:
+    shown = ", ".join(str(folder / relative) for relative in entries[:SHOWN])
+    return shown + (", ..." if len(entries) > SHOWN else "")
+
+
+def _same(a: Path, b: Path) -> bool:
+    """True when `a` and `b` name the same folder: by inode when both exist (case-insensitive
+    disks, links), else by their resolved paths."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """True when `path` is `folder` or lies below it (`path` need not exist)."""
+    resolved = path.resolve()
+    return any(_same(candidate, folder) for candidate in (resolved, *resolved.parents))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino

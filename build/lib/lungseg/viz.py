@@ -1,0 +1,354 @@
+"""Pictures for the ``visualize`` stage: overlays, montages, training curves, mask PNGs.
+
+This module only turns in-memory arrays and tables into image files. It knows nothing
+about the data layout, params.yaml, torch or DVC: the caller loads everything and
+passes plain numpy arrays / pandas DataFrames plus the output paths to write.
+
+Design choices:
+
+* Figures are built with :class:`matplotlib.figure.Figure` directly (never pyplot), so
+  no GUI backend is selected, no global figure registry grows, and it runs headless in CI.
+* Every writer is atomic (:func:`lungseg.io.atomic_path`): a crash or bad input mid-render never
+  leaves a truncated PNG at the final path, which DVC would otherwise happily cache.
+* Inputs are validated up front with ``ValueError`` messages that say what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from lungseg.io import atomic_path
+
+__all__ = ["overlay", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
+
+MONTAGE_COLUMNS = ("X-ray", "ground truth", "prediction", "overlay")
+_CELL_INCHES = 2.5  # size of one montage tile; rows stack, so height grows with examples
+_CURVE_FIGSIZE = (6.0, 4.0)
+
+
+# --------------------------------------------------------------------------- atomic IO
+
+
+def _save_figure(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
+    """Atomically save ``fig``; the format comes from the suffix of ``path`` (default PNG)."""
+    _check_dpi(dpi)
+    # Pass the format explicitly: with no suffix matplotlib would append ".png" to the
+    # temp name and os.replace would then miss the file it wrote.
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"cannot save a figure as {fmt!r} ({path}); supported: {sorted(supported)}"
+        )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_dpi(dpi: int) -> None:
+    if not isinstance(dpi, (int, np.integer)) or isinstance(dpi, bool) or dpi <= 0:
+        raise ValueError(f"dpi must be a positive integer, got {dpi!r}")
+
+
+def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Return ``image`` as an array after checking it is HxW uint8 or float in [0, 1]."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (HxW greyscale), got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"{name} must be uint8 or float in [0, 1], got dtype {image.dtype}")
+    if image.size and not np.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if image.size and (image.min() < 0.0 or image.max() > 1.0):
+        raise ValueError(
+            f"float {name} must lie in [0, 1], got range [{image.min():g}, {image.max():g}]"
+        )
+    return image
+
+
+def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    """Return ``mask`` as a bool array after checking it is HxW and binary (bool or 0/1)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (HxW), got shape {mask.shape}")
+    if mask.dtype == np.uint8 and (not mask.size or mask.max() <= 1):
+        # the masks lungseg makes: checked and viewed without a full-size temporary
+        return np.ascontiguousarray(mask).view(bool)
+    if mask.dtype != bool:
+        # Reject probabilities / 0-255 masks instead of silently thresholding them:
+        # the caller decides the threshold, not the plotting code.
+        bad = ~np.isin(mask, (0, 1))
+        if bad.any():
+            raise ValueError(
+                f"{name} must be binary (bool or 0/1), found value {mask[bad].flat[0]!r}"
+            )
+    return mask.astype(bool)
+
+
+def _check_same_shape(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{a_name} shape {a.shape} != {b_name} shape {b.shape}")
+
+
+def _check_color(color: Sequence[int]) -> np.ndarray:
+    rgb = np.asarray(color, dtype=float)
+    if rgb.shape != (3,) or (rgb < 0).any() or (rgb > 255).any():
+        raise ValueError(f"color must be 3 values in 0..255 (RGB), got {color!r}")
+    return rgb
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+
+
+def _check_history(history: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Return ``history`` sorted by epoch after checking it has rows and ``columns``."""
+    if not isinstance(history, pd.DataFrame):
+        raise ValueError(f"history must be a pandas DataFrame, got {type(history).__name__}")
+    for col in columns:
+        if col not in history.columns:
+            raise ValueError(f"history missing column {col!r}; it has {list(history.columns)}")
+    if history.empty:
+        raise ValueError("history has no rows (no epochs to plot)")
+    return history.sort_values("epoch")
+
+
+def _check_row(row: dict, i: int) -> dict:
+    """Validate one montage row; return it with arrays normalised (masks as bool)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+    missing = [k for k in ("image", "truth", "pred") if k not in row]
+    if missing:
+        raise ValueError(f"rows[{i}] missing key(s) {missing}; it has {sorted(row)}")
+    image = _check_image(row["image"], f"rows[{i}]['image']")
+    truth = _check_mask(row["truth"], f"rows[{i}]['truth']")
+    pred = _check_mask(row["pred"], f"rows[{i}]['pred']")
+    _check_same_shape(image, truth, f"rows[{i}] image", "truth")
+    _check_same_shape(image, pred, f"rows[{i}] image", "pred")
+    return {"image": image, "truth": truth, "pred": pred, "title": str(row.get("title", ""))}
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+_OVERLAY_BLOCK = 1 << 18  # pixels blended at a time: temporaries stay a few MB whatever the image size
+
+
+def _blend_tables(rgb_color: np.ndarray, alpha: float) -> np.ndarray:
+    """3 x 256 uint8: entry [c, g] is ``round((1 - alpha) * g + alpha * color[c])``, computed in
+    float64 once per grey level instead of once per pixel."""
+    levels = np.arange(256, dtype=np.float64)
+    blended = (1.0 - alpha) * levels[None, :] + alpha * rgb_color[:, None]
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def _blend_block(grey: np.ndarray, inside: np.ndarray, rgb_color: np.ndarray, alpha: float,
+                 tables: np.ndarray, out: np.ndarray) -> None:
+    """Blend one block of rows into ``out`` (rows x W x 3 uint8).
+
+    grey: the block of the image (uint8, or float in [0, 1]). inside: its bool mask.
+    rgb_color, alpha: as for overlay. tables: _blend_tables for uint8 images.
+    """
+    if grey.dtype == np.uint8:
+        for channel in range(3):
+            out[..., channel] = np.where(inside, tables[channel][grey], grey)
+        return
+    # float: the float64 formula, on this block only, so results match the full-size blend exactly
+    scaled = grey.astype(np.float64) * 255.0
+    outside = np.clip(np.rint(scaled), 0, 255)
+    for channel in range(3):
+        blended = np.clip(np.rint((1.0 - alpha) * scaled + alpha * rgb_color[channel]), 0, 255)
+        out[..., channel] = np.where(inside, blended, outside)
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4
+) -> np.ndarray:
+    """Blend ``mask`` pixels of a greyscale ``image`` toward ``color``.
+
+    image: HxW float in [0, 1] or uint8. mask: HxW bool or 0/1.
+    Returns HxWx3 uint8 RGB: outside the mask R == G == B == the grey value; inside,
+    each channel is ``round((1 - alpha) * grey + alpha * color[c])`` (grey on the 0..255 scale).
+
+    Built block of rows by block of rows into the uint8 result, uint8 images through per-level
+    tables: besides the result (3 bytes a pixel) it needs a few MB, never a full-size float64
+    RGB (24 bytes a pixel, 1.8 GB for a 10000 x 8000 X-ray).
+    """
+    image = _check_image(image)
+    mask = _check_mask(mask)
+    _check_same_shape(image, mask, "image", "mask")
+    rgb_color = _check_color(color)
+    _check_alpha(alpha)
+
+    tables = _blend_tables(rgb_color, alpha)
+    rgb = np.empty((*image.shape, 3), dtype=np.uint8)
+    rows = max(1, _OVERLAY_BLOCK // max(image.shape[1], 1))
+    for start in range(0, len(image), rows):
+        block = slice(start, start + rows)
+        _blend_block(image[block], mask[block], rgb_color, alpha, tables, rgb[block])
+    return rgb
+
+
+# --------------------------------------------------------------------------- montage
+
+
+def _blank_axes(ax: Axes) -> None:
+    """Hide ticks and frame but keep the axis "on" so its ylabel (the row title) still draws."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _draw_row(axes: Sequence[Axes], row: dict, alpha: float) -> None:
+    """Draw one example across four axes: X-ray | truth | prediction | overlay."""
+    image = row["image"]
+    # Fixed vmin/vmax so a dark or low-contrast X-ray is not auto-stretched, and an
+    # all-zero mask renders black rather than mid-grey.
+    vmax = 255 if image.dtype == np.uint8 else 1.0
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+    axes[1].imshow(row["truth"], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].imshow(row["pred"], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[3].imshow(overlay(image, row["pred"], alpha=alpha), interpolation="nearest")
+    for ax in axes:
+        _blank_axes(ax)
+    axes[0].set_ylabel(row["title"], fontsize=9)
+
+
+def save_montage(rows: list[dict], path, dpi: int = 100, alpha: float = 0.4) -> None:
+    """Save one figure, one row per example: X-ray | ground truth | prediction | red overlay.
+
+    Each row: ``{"image": HxW, "truth": HxW 0/1, "pred": HxW 0/1, "title": str}``
+    (title optional). The overlay is the prediction over the X-ray. Rows may differ in
+    size. Output size is fixed per row count: ``(4 * 2.5in, n_rows * 2.5in) * dpi``.
+    """
+    if not rows:
+        raise ValueError("rows is empty: need at least one example to draw a montage")
+    _check_alpha(alpha)
+    # Validate every row before drawing anything: fail fast with a precise message.
+    checked = [_check_row(row, i) for i, row in enumerate(rows)]
+
+    n = len(checked)
+    fig = Figure(figsize=(4 * _CELL_INCHES, n * _CELL_INCHES), layout="constrained")
+    grid = fig.subplots(n, 4, squeeze=False)
+    for axes, row in zip(grid, checked):
+        _draw_row(axes, row, alpha)
+    for ax, header in zip(grid[0], MONTAGE_COLUMNS):
+        ax.set_title(header, fontsize=10)
+    _save_figure(fig, path, dpi)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+_MAX_LABELLED_EPOCHS = 12  # up to this many epochs, every epoch gets its own tick
+
+
+def _epoch_axis(ax: Axes, epochs: pd.Series) -> None:
+    """Integer epoch ticks. MaxNLocator(integer=True) alone falls back to fractional ticks
+    on a 1-epoch run (0.96, 0.99, ...), so short runs get one explicit tick per epoch."""
+    ax.set_xlabel("epoch")
+    unique = np.unique(epochs.to_numpy())
+    if len(unique) <= _MAX_LABELLED_EPOCHS:
+        ax.set_xticks(unique)
+        ax.set_xlim(unique.min() - 0.5, unique.max() + 0.5)  # keep end markers off the frame
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _curve_axes(fig: Figure, epochs: pd.Series, ylabel: str, title: str) -> Axes:
+    """Axes set up for a per-epoch curve."""
+    ax = fig.subplots()
+    _epoch_axis(ax, epochs)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
+def save_loss_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
+    """Plot ``train_loss`` and ``val_loss`` against ``epoch`` (markers on every point)."""
+    hist = _check_history(history, ("epoch", "train_loss", "val_loss"))
+    fig = Figure(figsize=_CURVE_FIGSIZE, layout="constrained")
+    ax = _curve_axes(fig, hist["epoch"], "loss", "Training and validation loss")
+    # Markers matter: a 1-epoch run is a single point that a bare line would not show.
+    ax.plot(hist["epoch"], hist["train_loss"], marker="o", label="train loss")
+    ax.plot(hist["epoch"], hist["val_loss"], marker="s", label="val loss")
+    ax.legend()
+    _save_figure(fig, path, dpi)
+
+
+def _best_epoch(hist: pd.DataFrame) -> tuple[float, float]:
+    """(epoch, val_dice) of the best validation Dice.
+
+    Ties go to the earliest epoch, matching a trainer that keeps a checkpoint on a strict '>'.
+    """
+    dice = pd.to_numeric(hist["val_dice"], errors="coerce")
+    if dice.isna().all():
+        raise ValueError(
+            "history column 'val_dice' has no numeric values; cannot mark the best epoch"
+        )
+    best = dice.idxmax()
+    return hist.loc[best, "epoch"], float(dice[best])
+
+
+def _label_alignment(epochs: pd.Series, epoch: float) -> str:
+    """Anchor a label toward the plot interior so it is not clipped at the first/last epoch."""
+    if len(epochs) > 1 and epoch == epochs.max():
+        return "right"
+    if len(epochs) > 1 and epoch == epochs.min():
+        return "left"
+    return "center"
+
+
+def _annotate_best(ax: Axes, hist: pd.DataFrame) -> None:
+    """Star the best-Dice epoch (the checkpoint kept) and label it without leaving the axes."""
+    epoch, dice = _best_epoch(hist)
+    ax.plot([epoch], [dice], marker="*", markersize=16, color="gold",
+            markeredgecolor="black", linestyle="none", label="best (checkpoint kept)", zorder=3)
+    ax.annotate(f"best: epoch {epoch:g}, Dice {dice:.3f}", xy=(epoch, dice),
+                xytext=(0, -30), textcoords="offset points", fontsize=9,
+                ha=_label_alignment(hist["epoch"], epoch),
+                arrowprops={"arrowstyle": "->", "color": "black"})
+
+
+def save_dice_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
+    """Plot ``val_dice`` and ``val_iou`` against ``epoch`` and mark the best ``val_dice`` epoch."""
+    hist = _check_history(history, ("epoch", "val_dice", "val_iou"))
+    fig = Figure(figsize=_CURVE_FIGSIZE, layout="constrained")
+    ax = _curve_axes(fig, hist["epoch"], "score", "Validation Dice and IoU")
+    ax.plot(hist["epoch"], hist["val_dice"], marker="o", label="val Dice")
+    ax.plot(hist["epoch"], hist["val_iou"], marker="s", label="val IoU")
+    _annotate_best(ax, hist)
+    ax.legend(loc="lower right")
+    _save_figure(fig, path, dpi)
+
+
+# --------------------------------------------------------------------------- mask PNG
+
+
+def save_mask_png(mask: np.ndarray, path) -> None:
+    """Write a binary mask (bool or 0/1) as an 8-bit greyscale PNG with values 0/255.
+
+    The file is always PNG; ``path`` must end in ``.png`` so the name does not lie.
+    """
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"mask path must end in .png, got {str(path)!r}")
+    mask = _check_mask(mask)
+    pixels = mask.astype(np.uint8) * 255
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")  # 2-D uint8 -> mode "L"
