@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from lungseg import stats
 from lungseg.stats import bootstrap_ci, mean_with_ci
@@ -97,3 +98,24 @@ def test_mean_with_ci_is_ready_for_metrics_json():
     assert summary["n"] == 24 and isinstance(summary["n"], int)
     assert (summary["ci_low"], summary["ci_high"]) == bootstrap_ci(values, 500, 0.9, 3)
     assert json.loads(json.dumps(summary)) == summary
+
+
+def test_the_interval_is_scipys_bca_interval():
+    values = _dice_like(np.random.default_rng(7), 24)
+    expected = scipy_stats.bootstrap((values,), np.mean, n_resamples=2000, confidence_level=0.95, method="BCa",
+                                     rng=np.random.default_rng(3)).confidence_interval
+    assert bootstrap_ci(values, 2000, 0.95, seed=3) == pytest.approx((expected.low, expected.high), rel=1e-12)
+
+
+def test_bca_reaches_lower_than_the_percentile_interval_with_one_failed_image():
+    """23 good images and one failure: the percentile interval sits too high; BCa corrects it."""
+    values = np.append(0.96 + 0.02 * np.random.default_rng(4).random(23), 0.30)
+    bca_low, _ = bootstrap_ci(values, 4000)
+    percentile_low, _ = stats.percentile_ci(values, 4000)
+    assert bca_low < percentile_low - 0.005
+
+
+def test_where_bca_is_undefined_the_percentile_interval_is_used():
+    values = np.array([0.9, 0.8, 0.7, 0.95])  # one resample: BCa's bias correction is undefined
+    low, high = bootstrap_ci(values, n_resamples=1, seed=1)
+    assert np.isfinite([low, high]).all() and (low, high) == stats.percentile_ci(values, 1, seed=1)

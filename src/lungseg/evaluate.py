@@ -76,7 +76,7 @@ def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_thresho
 
 
 def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix: str = "") -> dict:
-    """{name: mean, name_ci_low, name_ci_high} for each column, by percentile bootstrap."""
+    """{name: mean, name_ci_low, name_ci_high} for each column, by BCa bootstrap (lungseg.stats)."""
     out = {}
     for column in columns:
         name = column.removesuffix(suffix) if suffix else column
