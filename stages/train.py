@@ -12,13 +12,14 @@ from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import read_split
 from lungseg.io import write_json
+from lungseg.provenance import training_data
 from lungseg.runtime import resolve_device
 from lungseg.tracking import EpochLog
 from lungseg.training import Trained, train_model
 
 
 def main(params: dict) -> None:
-    model_config, train_config, augment, infer = config.load(params, "model", "train", "augment", "infer")
+    data, model_config, train_config, augment, infer = config.load(params, "data", "model", "train", "augment", "infer")
     device = resolve_device(train_config.device)
     if train_config.nproc > 1 and not distributed.launched():
         distributed.check_launch(train_config.nproc, train_config.batch_size, device)  # before any process starts
@@ -32,17 +33,17 @@ def main(params: dict) -> None:
         trained = train_model(processed, split, model_config, train_config, augment, infer,
                               worker.device if worker else device, worker, on_epoch=epoch_log)
         if rank_0:  # rank 0 writes the outputs
-            save_outputs(trained, processed.settings, infer.threshold)
+            save_outputs(trained, processed.settings, infer.threshold, training_data(data.dir, processed.index))
     finally:
         distributed.cleanup()
 
 
-def save_outputs(trained: Trained, preprocessing: dict, threshold: float) -> None:
-    """Write the checkpoint and the training report (the per-epoch metrics are already on disk:
-    EpochLog wrote them as each epoch ended)."""
+def save_outputs(trained: Trained, preprocessing: dict, threshold: float, trained_on: dict) -> None:
+    """Write the checkpoint (with what it was trained on) and the training report (the per-epoch
+    metrics are already on disk: EpochLog wrote them as each epoch ended)."""
     chosen, scores = trained.postprocess, trained.postprocess_scores
     checkpoint = make_checkpoint(trained.model, trained.model_args, preprocessing, threshold, chosen,
-                                 epoch=trained.best_epoch, val_dice=trained.best_dice)
+                                 epoch=trained.best_epoch, val_dice=trained.best_dice, training_data=trained_on)
     save_checkpoint(checkpoint, paths.MODEL)
     write_json({"epochs": len(trained.history), "best_epoch": trained.best_epoch, "val_dice": trained.best_dice,
                 "postprocess": chosen, "val_dice_postprocessed": scores[chosen],

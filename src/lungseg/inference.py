@@ -7,7 +7,7 @@ export read through lungseg.exported) becomes a Predictor, with lungseg's errors
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class Predictor:
     layout: torch.memory_format = torch.contiguous_format
     postprocess: str = "none"  # chosen on validation data by the train stage (lungseg.postprocess)
     preprocess: dict | None = None  # the settings the training images were prepared with
+    info: dict = field(default_factory=dict)  # what the checkpoint records of its training (lungseg.provenance)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> "Predictor":
@@ -57,7 +58,7 @@ class Predictor:
         model = prepare_model(build_model(checkpoint), torch_device, layout).eval()
         chosen = checkpoint["threshold"] if threshold is None else threshold
         return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), dtype, layout,
-                   checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]))
+                   checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]), dict(checkpoint.get("info", {})))
 
     @classmethod
     def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
@@ -135,7 +136,8 @@ def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: 
     """A Predictor from an exported model and the metadata it carries (lungseg.exported.metadata)."""
     chosen = metadata["threshold"] if threshold is None else threshold
     return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
-                     torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]))
+                     torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]),
+                     dict(metadata.get("info", {})))
 
 
 def resize_probability(probability: np.ndarray, size: tuple[int, int], device: torch.device | str = "cpu") -> np.ndarray:
