@@ -1,4 +1,4 @@
-"""Stage visualize: montages (X-ray | truth | prediction | overlay), predicted mask PNGs, curves."""
+"""Stage visualize: montages (X-ray | truth | prediction | overlay | errors), predicted mask PNGs, curves."""
 
 import numpy as np
 import pandas as pd

@@ -281,7 +281,7 @@ def test_evaluate_overwrites_an_earlier_report_only_when_asked(write_pair_folder
     assert json.loads((out / "metrics.json").read_text())["test"]["n_images"] == 3
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == ["dice_histogram.csv", "evaluation_report.json", "metrics.json",
-                                                      "notes.txt", "per_image.csv"]
+                                                      "montage.png", "notes.txt", "per_image.csv"]
 
 
 def test_evaluate_max_pixels_refuses_larger_images(write_pair_folder, tmp_path, capsys):

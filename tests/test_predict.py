@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from scipy import ndimage
 
+from lungseg import quality
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
@@ -136,6 +137,30 @@ def test_masks_overlays_and_table_at_each_inputs_original_size(model_path, tmp_p
         sides = lung_sides(mask > 0)
         assert (int(row.right_lung_px), int(row.left_lung_px), int(row.n_components)) == (sides.right_px, sides.left_px, sides.n_components)
         assert row.error == ""
+
+
+def test_the_table_ends_with_the_quality_columns_and_the_summary_counts_the_flagged(model_path, tmp_path, capsys):
+    sizes = write_inputs(tmp_path / "in")
+    sources = [str(tmp_path / "in" / name) for name in sizes]
+    threshold = splitting_threshold(model_path, sources)
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out", "--threshold", str(threshold)) == 0
+    table = read_table(tmp_path / "out")
+    earlier = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction", "right_lung_px",
+               "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error"]
+    assert list(table.columns) == earlier + ["right_share", "left_share", "balance", "uncertainty", "flag"]
+    predictor = load_predictor(model_path, "cpu", threshold)
+    settings = PreprocessConfig(**predictor.preprocess)
+    for row, source in zip(table.itertuples(), sources):
+        mask = (np.asarray(Image.open(tmp_path / "out" / row.mask_file)) > 0).astype(np.uint8)
+        probability = predictor.probabilities(prepare_image(source, settings)[0][None])[0]
+        expected = quality.assess(mask, probability, threshold)
+        assert float(row.right_share) == pytest.approx(expected.right_share, abs=1e-4)
+        assert float(row.left_share) == pytest.approx(expected.left_share, abs=1e-4)
+        assert float(row.balance) == pytest.approx(expected.balance, abs=1e-4)
+        assert float(row.uncertainty) == pytest.approx(expected.uncertainty, abs=1e-3)
+        assert row.flag == expected.flag
+    flagged = int((table["flag"] != "").sum())
+    assert f"{flagged} of 3 flagged: see the flag column of predictions.csv" in capsys.readouterr().out
 
 
 def test_overlay_paints_the_lungs_red_and_leaves_the_rest_grey(model_path, tmp_path):

@@ -33,3 +33,24 @@ def test_a_model_trained_on_phantoms_gets_a_warning_naming_it():
     assert warning.startswith("warning: results/best_unet.pth was trained on synthetic phantoms (synthetic, 3 images)")
     assert synthetic_warning("m.pth", {"training_data": training_data("/x", index(["Montgomery"]))}) is None
     assert synthetic_warning("old.pth", {}) is None  # checkpoints from before the record say nothing
+
+
+def test_predict_and_evaluate_warn_when_the_model_was_trained_on_phantoms(tmp_path, write_pair_folder, capsys):
+    import torch
+
+    from lungseg.checkpoint import make_checkpoint, save_checkpoint
+    from lungseg.cli import main
+    from lungseg.model import UNet
+
+    torch.manual_seed(0)
+    model_args = {"depth": 2, "base_width": 4}
+    on_phantoms = training_data(paths.SYNTHETIC_DIR, index(["PhantomA"] * 4))
+    model = tmp_path / "phantom.pth"
+    save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32, "normalize": "minmax"}, 0.5,
+                                    training_data=on_phantoms), model)
+    data = write_pair_folder(tmp_path / "xrays", layout="plain", n=2, size=(48, 40), metadata=False)
+    assert main(["predict", str(model), str(data.image_dir), "--out", str(tmp_path / "p"), "-q"]) == 0
+    assert f"warning: {model} was trained on synthetic phantoms" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(tmp_path / "e"),
+                 "--params", str(tmp_path / "absent.yaml"), "-q"]) == 0
+    assert f"warning: {model} was trained on synthetic phantoms" in capsys.readouterr().err

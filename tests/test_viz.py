@@ -152,6 +152,67 @@ def test_overlay_rejects_bad_inputs(image, mask, message):
         viz.overlay(image, mask)
 
 
+# --------------------------------------------------------------------------- error image
+
+# a 2 x 3 case where every pixel's kind is known:
+#   truth  1 1 0    pred  1 0 1    ->  TP FN FP
+#          0 1 0          0 1 0        TN TP TN
+_ERR_IMAGE = np.array([[10, 20, 30], [40, 50, 60]], dtype=np.uint8)
+_ERR_TRUTH = np.array([[1, 1, 0], [0, 1, 0]], dtype=np.uint8)
+_ERR_PRED = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.uint8)
+
+
+def _grey(value: int) -> list[int]:
+    return [value, value, value]
+
+
+def test_error_image_exact_colours_on_a_hand_made_case():
+    rgb = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_PRED)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    assert viz.FP_COLOR == (255, 0, 255) and viz.FN_COLOR == (0, 255, 0)  # magenta, green: as the title says
+    expected = [[_grey(10), list(viz.FN_COLOR), list(viz.FP_COLOR)],  # TP uncoloured, FN green, FP magenta
+                [_grey(40), _grey(50), _grey(60)]]  # TN, TP, TN: the X-ray's grey
+    assert rgb.tolist() == expected
+
+
+def test_error_image_of_a_float_image_uses_the_rounded_grey_and_takes_bool_masks():
+    rgb = viz.error_image(_ERR_IMAGE / 255.0, _ERR_TRUTH.astype(bool), _ERR_PRED.astype(bool))
+    np.testing.assert_array_equal(rgb, viz.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_PRED))
+
+
+def test_error_image_of_a_perfect_prediction_is_the_grey_x_ray():
+    rgb = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_TRUTH)
+    np.testing.assert_array_equal(rgb, np.repeat(_ERR_IMAGE[..., None], 3, axis=2))
+
+
+def test_error_image_empty_and_all_lung_predictions():
+    empty = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, np.zeros((2, 3), np.uint8))
+    full = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, np.ones((2, 3), np.uint8))
+    truth = _ERR_TRUTH.astype(bool)
+    assert (empty[truth] == viz.FN_COLOR).all() and (empty[~truth] == empty[~truth][:, :1]).all()
+    assert (full[~truth] == viz.FP_COLOR).all() and (full[truth] == full[truth][:, :1]).all()
+
+
+def test_error_image_does_not_change_its_inputs():
+    image, truth, pred = _ERR_IMAGE.copy(), _ERR_TRUTH.copy(), _ERR_PRED.copy()
+    viz.error_image(image, truth, pred)
+    assert (image == _ERR_IMAGE).all() and (truth == _ERR_TRUTH).all() and (pred == _ERR_PRED).all()
+
+
+@pytest.mark.parametrize(
+    ("truth", "pred", "message"),
+    [
+        (_ERR_TRUTH, np.zeros((3, 2), np.uint8), r"image shape \(2, 3\) != pred shape \(3, 2\)"),
+        (_ERR_TRUTH[:1], _ERR_PRED, r"image shape \(2, 3\) != truth shape \(1, 3\)"),
+        (_ERR_TRUTH * 255, _ERR_PRED, "truth must be binary"),
+        (_ERR_TRUTH, _ERR_PRED * 0.5, "pred must be binary"),
+    ],
+)
+def test_error_image_rejects_bad_masks(truth, pred, message):
+    with pytest.raises(ValueError, match=message):
+        viz.error_image(_ERR_IMAGE, truth, pred)
+
+
 # --------------------------------------------------------------------------- montage
 
 
@@ -163,6 +224,55 @@ def test_save_montage_writes_png_that_grows_with_rows(tmp_path):
     assert w1 == w3
     assert h3 > h1
     assert h3 == pytest.approx(3 * h1, rel=0.05)
+
+
+def test_save_montage_has_five_columns_the_last_one_the_errors(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(viz, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    viz.save_montage([_row(), _row(12, "worst")], tmp_path / "m.png", dpi=30)
+    axes = drawn[0].axes
+    assert len(axes) == 10
+    assert [ax.get_title() for ax in axes[:5]] == list(viz.MONTAGE_COLUMNS)
+    assert viz.MONTAGE_COLUMNS[:4] == ("X-ray", "ground truth", "prediction", "overlay")
+    assert viz.MONTAGE_COLUMNS[4] == "errors: FP magenta, FN green"
+    row = _row()
+    shown = axes[4].get_images()[0].get_array()
+    np.testing.assert_array_equal(shown, viz.error_image(row["image"], row["truth"], row["pred"]))
+
+
+def test_save_montage_png_is_five_tiles_wide(tmp_path):
+    viz.save_montage([_row()], tmp_path / "m.png", dpi=40)
+    assert _png_size(tmp_path / "m.png") == (5 * 100, 100)  # 2.5 in tiles at 40 dpi
+
+
+def _flags(ax) -> tuple[list[str], bool]:
+    """(texts drawn on the axes, whether any frame line is visible)."""
+    return [t.get_text() for t in ax.texts], any(spine.get_visible() for spine in ax.spines.values())
+
+
+@pytest.mark.parametrize(("pred_value", "label"), [(0, "empty prediction"), (1, "all lung")])
+def test_save_montage_labels_and_frames_an_empty_or_all_lung_prediction(tmp_path, monkeypatch, pred_value, label):
+    drawn = []
+    monkeypatch.setattr(viz, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    flat = _row()
+    flat["pred"] = np.full((16, 16), pred_value, np.uint8)
+    viz.save_montage([_row(), flat], tmp_path / "m.png", dpi=30)
+    axes = drawn[0].axes
+    assert _flags(axes[7]) == ([label], True)  # row 2, prediction column
+    assert _flags(axes[2]) == ([], False)  # an ordinary prediction stays unmarked
+    assert _flags(axes[6]) == ([], False)  # its truth has lung and background
+    monkeypatch.undo()
+    viz.save_montage([flat], tmp_path / "flat.png", dpi=30)  # and the real figure renders
+    _png_size(tmp_path / "flat.png")
+
+
+def test_save_montage_labels_an_empty_truth(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(viz, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    row = _row()
+    row["truth"] = np.zeros((16, 16), np.uint8)
+    viz.save_montage([row], tmp_path / "m.png", dpi=30)
+    assert _flags(drawn[0].axes[1]) == (["empty truth"], True)
 
 
 def test_save_montage_accepts_uint8_images(tmp_path):

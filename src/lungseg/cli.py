@@ -87,13 +87,17 @@ def evaluate(args: argparse.Namespace) -> int:
     from lungseg.inference import load_predictor
     from lungseg.io import write_csv, write_json
     from lungseg.outdir import OutputNames, check_out, remove_stale
+    from lungseg.provenance import synthetic_warning
 
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
-    settings, preprocess = config.load(params, "evaluate", "preprocess", source=args.params)
-    names = OutputNames(files=EVALUATE_FILES)
+    settings, preprocess, pictures = config.load(params, "evaluate", "preprocess", "visualize", source=args.params)
+    files = (*EVALUATE_FILES, "montage.png")  # the best, median and worst image, as the visualize stage draws them
+    names = OutputNames(files=files)
     out = check_out(args.out, names, args.overwrite, input_folders=[args.data], input_files=[args.model])
     limit_pixels(args, preprocess.max_pixels)  # as the evaluate stage reads the original masks
     predictor = load_predictor(args.model, args.device)
+    if warning := synthetic_warning(args.model, predictor.info):
+        print(warning, file=sys.stderr)
     result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, show_progress=not args.quiet)
     result.metrics["data"] = str(Path(args.data).resolve())
     per_image, histogram, report, metrics = (out / name for name in EVALUATE_FILES)
@@ -101,10 +105,30 @@ def evaluate(args: argparse.Namespace) -> int:
     write_csv(result.histogram(), histogram)
     write_json(result.metrics, report)
     write_json(headline(result.metrics), metrics)
+    save_examples_montage(result, out / "montage.png", pictures)
     if args.overwrite:
-        remove_stale(out, names, [out / name for name in EVALUATE_FILES])
+        remove_stale(out, names, [out / name for name in files])
     print(score_lines(result.metrics))
     return 0
+
+
+def save_examples_montage(result, path: Path, pictures) -> None:
+    """The best, median and worst images of an evaluation (by Dice at model size), drawn as the
+    visualize stage draws the test split's: X-ray | truth | prediction | overlay | errors.
+
+    result: a lungseg.evaluate.Evaluation. path: the PNG to write. pictures: the visualize settings.
+    """
+    from lungseg import viz
+    from lungseg.evaluate import pick_examples
+
+    # result.scores, images, truths and masks share one order: image i is row i of each
+    position = {image_id: i for i, image_id in enumerate(result.scores["id"].astype(str))}
+    rows = []
+    for label, row in pick_examples(result.scores, 3):
+        i = position[str(row["id"])]
+        rows.append({"image": result.images[i], "truth": result.truths[i], "pred": result.masks[i],
+                     "title": f"{label} · id {row['id']} · Dice {row['dice']:.3f}"})
+    viz.save_montage(rows, path, pictures.dpi, pictures.overlay_alpha)
 
 
 PREDICT_EPILOG = """\

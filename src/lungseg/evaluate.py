@@ -30,6 +30,8 @@ class Evaluation:
     scores: pd.DataFrame  # one row per image
     metrics: dict  # the full report (headline() picks what metrics.json holds)
     masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
+    images: np.ndarray | None = None  # the model-size images scored (uint8 N x S x S), same order
+    truths: np.ndarray | None = None  # their truth masks at model size (uint8 0/1 N x S x S)
 
     def histogram(self) -> pd.DataFrame:
         """The per-image Dice histogram, at native resolution when it was scored there."""
@@ -177,7 +179,7 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
         scores = pd.concat([scores, native], axis=1)
         metrics["test_native"] = native_summary(scores, config)
     metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
-    return Evaluation(scores, metrics, predictions)
+    return Evaluation(scores, metrics, predictions, images, masks)
 
 
 def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,

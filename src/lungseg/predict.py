@@ -28,6 +28,11 @@ is the right lung when its centroid lies in the left half of the image, the left
 and the other count is 0. AP or mirrored images swap the two. right_lung_cm2 and left_lung_cm2
 give the same areas in cm2 for images whose file carries a pixel spacing (DICOM PixelSpacing or
 ImagerPixelSpacing) and are empty for the others.
+
+Quality (lungseg.quality): right_share and left_share are each lung's share of the image,
+balance the smaller lung over the larger, uncertainty how unsure the model is along the edge it
+draws (from the model-size probabilities), and flag says why a mask deserves a second look
+("no lung found", "one lung only", ...; empty when none). The summary line counts the flagged.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from lungseg import postprocess
+from lungseg import quality
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import (
     IMAGE_SUFFIXES,
@@ -59,10 +64,12 @@ from lungseg.errors import DataError
 from lungseg.inference import Predictor, load_predictor
 from lungseg.io import atomic_path, write_csv
 from lungseg.outdir import OutputNames, check_out, remove_stale
+from lungseg.provenance import synthetic_warning
 from lungseg.viz import overlay, save_mask_png
 
 COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction",
-           "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error"]
+           "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error",
+           *quality.COLUMNS]
 TABLE = "predictions.csv"
 OUTPUT_NAMES = OutputNames(files=(TABLE,), folders=("masks", "overlays"), suffix=".png")
 ROWS_PER_BLOCK = 512  # rows converted to 8 bits at a time: a 8000 px wide float block is ~16 MB
@@ -164,9 +171,11 @@ def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- one batch
 
 
-def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessConfig) -> Iterator[tuple[Job, np.ndarray | ImageReadError]]:
-    """The native-size mask (uint8 0/1) of each job in order, or the error that kept its file
-    from being read. Masks are made one at a time, so only one full-size image is in memory."""
+def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessConfig
+                  ) -> Iterator[tuple[Job, np.ndarray | ImageReadError, np.ndarray | None]]:
+    """Each job in order with its native-size mask (uint8 0/1), or the error that kept its file
+    from being read, and its model-size probabilities (float32 S x S; None for an error). Masks
+    are made one at a time, so only one full-size image is in memory."""
     prepared = []
     for job in jobs:
         try:
@@ -176,7 +185,11 @@ def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessCon
     readable = [item for item in prepared if not isinstance(item, ImageReadError)]
     probabilities = iter(predictor.probabilities(np.stack([image for image, _ in readable]), len(readable)) if readable else [])
     for job, item in zip(jobs, prepared):
-        yield job, item if isinstance(item, ImageReadError) else predictor.native_mask(next(probabilities), item[1])
+        if isinstance(item, ImageReadError):
+            yield job, item, None
+        else:
+            probability = next(probabilities)
+            yield job, predictor.native_mask(probability, item[1]), probability
 
 
 # --------------------------------------------------------------------------- one result
@@ -185,25 +198,10 @@ def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessCon
 def lung_sides(mask: np.ndarray) -> LungSides:
     """Pixels of the patient's right and left lung in a PA X-ray mask (see the module docstring),
     the two largest components ranked as lungseg.postprocess ranks them for 'largest_two'."""
-    labels, count = postprocess.label_components(mask)
-    if count == 0:
-        return LungSides(0, 0, 0)
-    largest, sizes = postprocess.largest_labels(labels, count, keep=2)
-    columns = [centre_column(labels == label) for label in largest]
-    del labels  # int32, 4 bytes a pixel: the largest array of this step
-    pixels = [int(size) for size in sizes]
-    if len(largest) == 2:
-        right, left = (0, 1) if columns[0] < columns[1] else (1, 0)
-        return LungSides(pixels[right], pixels[left], count)
-    on_image_left = columns[0] < (mask.shape[1] - 1) / 2
-    return LungSides(pixels[0] if on_image_left else 0, 0 if on_image_left else pixels[0], count)
+    return LungSides(*quality.lung_pixels(mask))
 
 
-def centre_column(region: np.ndarray) -> float:
-    """The mean column of a boolean region's pixels. Counted per column, because
-    ndimage.center_of_mass multiplies the whole image by a float64 grid (640 MB at 80 Mpx)."""
-    per_column = np.count_nonzero(region, axis=0)
-    return float(per_column @ np.arange(region.shape[1], dtype=np.float64) / per_column.sum())
+centre_column = quality.centre_column  # the mean column of a boolean region (kept under its old name)
 
 
 def areas_cm2(sides: LungSides, spacing: tuple[float, float] | None) -> tuple[float | None, float | None]:
@@ -256,9 +254,14 @@ def save_rgb_png(pixels: np.ndarray, path: Path) -> None:
         Image.fromarray(pixels).save(tmp, format="PNG")
 
 
-def write_result(job: Job, mask: np.ndarray, outputs: Outputs) -> dict:
+def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.ndarray | None = None,
+                 threshold: float = 0.5) -> dict:
     """Write one image's mask (and overlay) and return its CSV row. The X-ray and its pixel spacing
-    are read before anything is written, so a file that fails now leaves no outputs behind."""
+    are read before anything is written, so a file that fails now leaves no outputs behind.
+
+    probability: the model-size probabilities the mask came from, for the quality columns (their
+    uncertainty is left empty without). threshold: the predictor's threshold.
+    """
     grey = display_grey(job.source, outputs.normalize) if outputs.overlays else None
     spacing = pixel_spacing(job.source)
     mask_file = Path("masks") / f"{job.name}.png"
@@ -267,14 +270,15 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs) -> dict:
     if grey is not None:
         overlay_file = str(Path("overlays") / f"{job.name}.png")
         save_rgb_png(overlay(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file)
-        del grey  # before lung_sides labels the mask: one full-size picture at a time
-    sides = lung_sides(mask)
+        del grey  # before quality labels the mask: one full-size picture at a time
+    report = quality.assess(mask, probability, threshold)  # labels the mask once, for the sides too
+    sides = LungSides(report.right_px, report.left_px, report.n_components)
     right_cm2, left_cm2 = areas_cm2(sides, spacing)
     return {"input": job.source, "mask_file": str(mask_file), "overlay_file": overlay_file,
-            "height": mask.shape[0], "width": mask.shape[1], "lung_fraction": float(mask.mean()),
+            "height": mask.shape[0], "width": mask.shape[1], "lung_fraction": report.lung_fraction,
             "right_lung_px": sides.right_px, "left_lung_px": sides.left_px,
             "right_lung_cm2": right_cm2, "left_lung_cm2": left_cm2,
-            "n_components": sides.n_components, "error": ""}
+            "n_components": sides.n_components, "error": "", **report.columns()}
 
 
 def error_row(job: Job, problem: Exception) -> dict:
@@ -304,18 +308,19 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
     # disable=None: the bar shows on a terminal and stays out of logs and pipes
     with tqdm(total=len(jobs), unit="image", disable=True if quiet else None, file=sys.stderr) as progress:
         for start in range(0, len(jobs), batch_size):
-            for job, outcome in predict_batch(predictor, jobs[start:start + batch_size], settings):
-                rows.append(result_row(job, outcome, outputs))
+            for job, outcome, probability in predict_batch(predictor, jobs[start:start + batch_size], settings):
+                rows.append(result_row(job, outcome, outputs, probability, predictor.threshold))
                 del outcome  # else the last mask stays alive while the generator makes the next
                 progress.update()
     return rows
 
 
-def result_row(job: Job, outcome: np.ndarray | ImageReadError, outputs: Outputs) -> dict:
+def result_row(job: Job, outcome: np.ndarray | ImageReadError, outputs: Outputs,
+               probability: np.ndarray | None = None, threshold: float = 0.5) -> dict:
     try:
         if isinstance(outcome, ImageReadError):
             raise outcome
-        return write_result(job, outcome, outputs)
+        return write_result(job, outcome, outputs, probability, threshold)
     except ImageReadError as problem:  # the message already names the file
         tqdm.write(f"error: {problem}", file=sys.stderr)
         return error_row(job, problem)
@@ -332,6 +337,8 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     folders, files = split_inputs(inputs)
     out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])
     predictor = load_predictor(model, device, threshold)
+    if warning := synthetic_warning(model, predictor.info):
+        print(warning, file=sys.stderr)
     jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
     outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess.get("normalize", "minmax"))
     rows = predict_all(predictor, jobs, outputs, batch_size, quiet)
@@ -339,6 +346,8 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     if overwrite:
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
     failed = sum(bool(row["error"]) for row in rows)
+    flagged = sum(bool(row["flag"]) for row in rows)
     print(f"{len(rows) - failed} of {len(rows)} image(s) segmented into {out_dir}"
           + (f"; {failed} could not be read (see the error column of {TABLE})" if failed else ""))
+    print(f"{flagged} of {len(rows) - failed} flagged: see the flag column of {TABLE}")
     return 1 if failed else 0

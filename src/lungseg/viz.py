@@ -28,9 +28,14 @@ from PIL import Image
 
 from lungseg.io import atomic_path
 
-__all__ = ["overlay", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
+__all__ = ["overlay", "error_image", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
 
-MONTAGE_COLUMNS = ("X-ray", "ground truth", "prediction", "overlay")
+# Error colours, safe for the common colour-vision deficiencies (magenta vs green stay apart for
+# deuteranopes and protanopes). Drawn solid, so a one-pixel error is visible in a small tile.
+FP_COLOR = (255, 0, 255)  # false positive: predicted lung where the truth is background (magenta)
+FN_COLOR = (0, 255, 0)  # false negative: truth lung the prediction missed (green)
+MONTAGE_COLUMNS = ("X-ray", "ground truth", "prediction", "overlay", "errors: FP magenta, FN green")
+_FLAG_COLOR = "#E69F00"  # Okabe-Ito orange: border and label of an empty or all-lung mask panel
 _CELL_INCHES = 2.5  # size of one montage tile; rows stack, so height grows with examples
 _CURVE_FIGSIZE = (6.0, 4.0)
 
@@ -203,6 +208,33 @@ def overlay(
     return rgb
 
 
+def _grey_uint8(image: np.ndarray) -> np.ndarray:
+    """A checked image on the 0..255 scale: uint8 as is, float in [0, 1] rounded like overlay()."""
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def error_image(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The errors of ``pred`` against ``truth`` drawn on the X-ray.
+
+    image: HxW float in [0, 1] or uint8. truth, pred: HxW bool or 0/1, same shape.
+    Returns HxWx3 uint8 RGB: false positives (pred lung, truth background) are exactly
+    ``FP_COLOR`` (magenta), false negatives (truth lung, pred background) exactly ``FN_COLOR``
+    (green); true positives and true negatives stay uncoloured, R == G == B == the grey value
+    (a float image on the 0..255 scale, rounded, as in :func:`overlay`).
+    """
+    image = _check_image(image)
+    truth = _check_mask(truth, "truth")
+    pred = _check_mask(pred, "pred")
+    _check_same_shape(image, truth, "image", "truth")
+    _check_same_shape(image, pred, "image", "pred")
+    rgb = np.repeat(_grey_uint8(image)[..., None], 3, axis=2)
+    rgb[pred & ~truth] = FP_COLOR
+    rgb[truth & ~pred] = FN_COLOR
+    return rgb
+
+
 # --------------------------------------------------------------------------- montage
 
 
@@ -214,8 +246,28 @@ def _blank_axes(ax: Axes) -> None:
         spine.set_visible(False)
 
 
+def _mask_flag(mask: np.ndarray, empty: str) -> str | None:
+    """The label for a mask that is one flat colour (``empty`` or "all lung"), else None."""
+    if not mask.any():
+        return empty
+    if mask.all():
+        return "all lung"
+    return None
+
+
+def _flag_axes(ax: Axes, label: str) -> None:
+    """A thick orange border and a centred label, so a flat black (empty) or white (all-lung)
+    mask cannot be taken for a missing or failed picture."""
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(_FLAG_COLOR)
+        spine.set_linewidth(3)
+    ax.text(0.5, 0.5, label, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="black", bbox={"boxstyle": "round", "facecolor": _FLAG_COLOR, "edgecolor": "none"})
+
+
 def _draw_row(axes: Sequence[Axes], row: dict, alpha: float) -> None:
-    """Draw one example across four axes: X-ray | truth | prediction | overlay."""
+    """Draw one example across five axes: X-ray | truth | prediction | overlay | errors."""
     image = row["image"]
     # Fixed vmin/vmax so a dark or low-contrast X-ray is not auto-stretched, and an
     # all-zero mask renders black rather than mid-grey.
@@ -224,17 +276,25 @@ def _draw_row(axes: Sequence[Axes], row: dict, alpha: float) -> None:
     axes[1].imshow(row["truth"], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axes[2].imshow(row["pred"], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axes[3].imshow(overlay(image, row["pred"], alpha=alpha), interpolation="nearest")
+    axes[4].imshow(error_image(image, row["truth"], row["pred"]), interpolation="nearest")
     for ax in axes:
         _blank_axes(ax)
     axes[0].set_ylabel(row["title"], fontsize=9)
+    for ax, mask, empty in ((axes[1], row["truth"], "empty truth"), (axes[2], row["pred"], "empty prediction")):
+        label = _mask_flag(mask, empty)
+        if label:
+            _flag_axes(ax, label)
 
 
 def save_montage(rows: list[dict], path, dpi: int = 100, alpha: float = 0.4) -> None:
-    """Save one figure, one row per example: X-ray | ground truth | prediction | red overlay.
+    """Save one figure, one row per example: X-ray | ground truth | prediction | red overlay | errors.
 
     Each row: ``{"image": HxW, "truth": HxW 0/1, "pred": HxW 0/1, "title": str}``
-    (title optional). The overlay is the prediction over the X-ray. Rows may differ in
-    size. Output size is fixed per row count: ``(4 * 2.5in, n_rows * 2.5in) * dpi``.
+    (title optional). The overlay is the prediction over the X-ray; the errors column is
+    :func:`error_image` (false positives magenta, false negatives green). An empty or all-lung
+    truth or prediction panel gets an orange border and a label ("empty prediction", "all lung").
+    Rows may differ in size. Output size is fixed per row count:
+    ``(5 * 2.5in, n_rows * 2.5in) * dpi``.
     """
     if not rows:
         raise ValueError("rows is empty: need at least one example to draw a montage")
@@ -243,8 +303,9 @@ def save_montage(rows: list[dict], path, dpi: int = 100, alpha: float = 0.4) -> 
     checked = [_check_row(row, i) for i, row in enumerate(rows)]
 
     n = len(checked)
-    fig = Figure(figsize=(4 * _CELL_INCHES, n * _CELL_INCHES), layout="constrained")
-    grid = fig.subplots(n, 4, squeeze=False)
+    columns = len(MONTAGE_COLUMNS)
+    fig = Figure(figsize=(columns * _CELL_INCHES, n * _CELL_INCHES), layout="constrained")
+    grid = fig.subplots(n, columns, squeeze=False)
     for axes, row in zip(grid, checked):
         _draw_row(axes, row, alpha)
     for ax, header in zip(grid[0], MONTAGE_COLUMNS):
