@@ -54,3 +54,16 @@ def test_predict_and_evaluate_warn_when_the_model_was_trained_on_phantoms(tmp_pa
     assert main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(tmp_path / "e"),
                  "--params", str(tmp_path / "absent.yaml"), "-q"]) == 0
     assert f"warning: {model} was trained on synthetic phantoms" in capsys.readouterr().err
+
+
+def test_the_record_survives_a_checkpoint_round_trip(tmp_path):
+    """Checkpoints load weights_only: the record must hold plain Python values, no numpy ones."""
+    from lungseg.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from lungseg.model import UNet
+
+    for data_dir, counties in (("/hospital/xrays", ["Montgomery", "Shenxhen"]), ("/copy", ["PhantomA"])):
+        record = training_data(data_dir, index(counties))
+        model_args = {"depth": 2, "base_width": 4}
+        save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32}, 0.5, training_data=record),
+                        tmp_path / "m.pth")
+        assert load_checkpoint(tmp_path / "m.pth")["info"]["training_data"] == record

@@ -34,7 +34,8 @@ def is_synthetic(data_dir: str | Path, index: pd.DataFrame) -> bool:
     if Path(data_dir).resolve() == paths.SYNTHETIC_DIR.resolve():
         return True
     counties = index["county"] if "county" in index else pd.Series(dtype=str)
-    return len(counties) > 0 and counties.isin(SYNTHETIC_COUNTIES).all()
+    # a plain bool: checkpoints are loaded weights_only, which refuses numpy scalars
+    return bool(len(counties) > 0 and counties.isin(SYNTHETIC_COUNTIES).all())
 
 
 def synthetic_warning(model_path: str | Path, info: dict) -> str | None:
