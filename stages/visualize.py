@@ -5,18 +5,9 @@ import pandas as pd
 
 from lungseg import config, paths, stage, viz
 from lungseg.data.preprocess import load_processed
-from lungseg.evaluate import pick_examples
+from lungseg.evaluate import montage_rows
 from lungseg.io import atomic_path
 from lungseg.tracking import read_history
-
-
-def montage_rows(test, predictions: dict, scores: pd.DataFrame, n: int) -> list[dict]:
-    rows = []
-    for label, row in pick_examples(scores, n):
-        position = test.index.index[test.index["id"] == row["id"]][0]
-        rows.append({"image": test.images[position], "truth": test.masks[position], "pred": predictions[row["id"]],
-                     "title": f"{label} · id {row['id']} · Dice {row['dice']:.3f}", "name": f"{label}_{row['id']}"})
-    return rows
 
 
 def main(params: dict) -> None:
@@ -26,7 +17,8 @@ def main(params: dict) -> None:
     scores = pd.read_csv(paths.PER_IMAGE, dtype={"id": str}, keep_default_na=False)
     test = load_processed(paths.PROCESSED_DIR).subset(scores["id"])
 
-    rows = montage_rows(test, predictions, scores, settings.n_examples)
+    predicted = np.stack([predictions[image_id] for image_id in scores["id"]])  # in the order of scores, as test is
+    rows = montage_rows(scores, test.images, test.masks, predicted, settings.n_examples)
     with atomic_path(paths.MONTAGE_DIR) as tmp:
         tmp.mkdir()
         viz.save_montage(rows, tmp / "montage.png", settings.dpi, settings.overlay_alpha)

@@ -53,6 +53,17 @@ def covid_sample() -> Path:
     return _sample(COVID_SAMPLE)
 
 
+@pytest.fixture
+def restore_max_pixels():
+    """The image reader's pixel limit holds for the whole process (set_max_pixels, --max-pixels):
+    put it back after the test."""
+    from lungseg.data.images import max_pixels, set_max_pixels
+
+    before = max_pixels()
+    yield
+    set_max_pixels(before)
+
+
 # --------------------------------------------------------------------------- synthetic pair folders
 
 

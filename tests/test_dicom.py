@@ -29,7 +29,6 @@ from lungseg.config import PreprocessConfig
 from lungseg.data.images import (
     ImageReadError,
     is_image_file,
-    max_pixels,
     pixel_spacing,
     read_grayscale,
     read_mask,
@@ -85,13 +84,6 @@ def ramp12(shape=(12, 20)) -> np.ndarray:
 
 def minmax(values: np.ndarray) -> np.ndarray:
     return (values - values.min()) / (values.max() - values.min())
-
-
-@pytest.fixture
-def restore_max_pixels():
-    before = max_pixels()
-    yield
-    set_max_pixels(before)
 
 
 # --------------------------------------------------------------------------- pixel values

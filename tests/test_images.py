@@ -18,7 +18,6 @@ from lungseg.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     is_image_file,
-    max_pixels,
     read_grayscale,
     read_mask,
     read_resized,
@@ -356,13 +355,6 @@ def test_upright_image_has_orientation_1(tmp_path):
 
 
 # --------------------------------------------------------------------------- the pixel limit
-
-
-@pytest.fixture
-def restore_max_pixels():
-    before = max_pixels()
-    yield
-    set_max_pixels(before)
 
 
 def test_image_over_the_pixel_limit_names_file_size_limit_and_the_way_out(tmp_path, restore_max_pixels):

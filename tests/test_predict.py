@@ -17,7 +17,6 @@ from lungseg import quality
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
-from lungseg.data.images import max_pixels, set_max_pixels
 from lungseg.data.preprocess import finish_image, prepare_image, stretch_to_uint8
 from lungseg.inference import load_predictor
 from lungseg.model import UNet
@@ -25,9 +24,9 @@ from lungseg.predict import (
     COLUMNS,
     display_grey,
     list_inputs,
-    lung_sides,
     unique_names,
 )
+from lungseg.quality import lung_pixels
 
 SIZE = 32
 MODEL_ARGS = {"depth": 2, "base_width": 4}
@@ -103,14 +102,6 @@ def write_dicom(path, pixels: np.ndarray, **elements):
     return path
 
 
-@pytest.fixture
-def restore_max_pixels():
-    """--max-pixels sets the reader's limit for the whole process: put it back after the test."""
-    before = max_pixels()
-    yield
-    set_max_pixels(before)
-
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -134,7 +125,7 @@ def test_masks_overlays_and_table_at_each_inputs_original_size(model_path, tmp_p
         assert overlay.mode == "RGB" and overlay.size == (width, height)
         assert (int(row.height), int(row.width)) == (height, width)
         assert float(row.lung_fraction) == pytest.approx((mask > 0).mean())
-        sides = lung_sides(mask > 0)
+        sides = lung_pixels(mask > 0)
         assert (int(row.right_lung_px), int(row.left_lung_px), int(row.n_components)) == (sides.right_px, sides.left_px, sides.n_components)
         assert row.error == ""
 
@@ -467,7 +458,7 @@ def test_stretch_to_uint8_maps_low_and_high_to_0_and_255_and_a_constant_to_0():
     assert stretch_to_uint8(np.full(3, 0.5, np.float32), 0.5, 0.5).tolist() == [0, 0, 0]
 
 
-def test_lung_sides_centres_agree_with_scipy_center_of_mass():
+def test_lung_pixels_centres_agree_with_scipy_center_of_mass():
     rng = np.random.default_rng(3)
     mask = (ndimage.gaussian_filter(rng.random((60, 80)), 4) > 0.5).astype(np.uint8)
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
@@ -475,7 +466,7 @@ def test_lung_sides_centres_agree_with_scipy_center_of_mass():
     largest = np.argsort(sizes, kind="stable")[::-1][:2] + 1
     columns = [ndimage.center_of_mass(labels == label)[1] for label in largest]
     expected = sorted(int(sizes[label - 1]) for label in largest)
-    sides = lung_sides(mask)
+    sides = lung_pixels(mask)
     assert sorted([sides.right_px, sides.left_px]) == expected
     right = int(sizes[largest[int(np.argmin(columns))] - 1])
     assert sides.right_px == right
@@ -493,9 +484,9 @@ def test_the_blob_on_the_images_left_is_the_patients_right_lung():
     mask = np.zeros((40, 60), np.uint8)
     on_image_left = blob(mask, 5, 3, 30, 10)  # 300 px
     on_image_right = blob(mask, 8, 40, 20, 12)  # 240 px
-    sides = lung_sides(mask)
+    sides = lung_pixels(mask)
     assert (sides.right_px, sides.left_px, sides.n_components) == (on_image_left, on_image_right, 2)
-    mirrored = lung_sides(mask[:, ::-1])
+    mirrored = lung_pixels(mask[:, ::-1])
     assert (mirrored.right_px, mirrored.left_px) == (on_image_right, on_image_left)
 
 
@@ -504,18 +495,18 @@ def test_only_the_two_largest_components_are_lungs():
     blob(mask, 0, 0, 2, 2)  # a speck in the far left corner: not a lung, though furthest left
     right = blob(mask, 5, 10, 30, 10)
     left = blob(mask, 5, 40, 30, 8)
-    assert lung_sides(mask) == type(lung_sides(mask))(right, left, 3)
+    assert lung_pixels(mask) == type(lung_pixels(mask))(right, left, 3)
 
 
 @pytest.mark.parametrize("left_edge, expect_right", [(2, True), (45, False)])
 def test_a_single_component_goes_by_the_half_of_the_image_it_lies_in(left_edge, expect_right):
     mask = np.zeros((40, 60), np.uint8)
     size = blob(mask, 5, left_edge, 20, 10)
-    sides = lung_sides(mask)
+    sides = lung_pixels(mask)
     assert (sides.right_px, sides.left_px) == ((size, 0) if expect_right else (0, size))
     assert sides.n_components == 1
 
 
 def test_an_empty_mask_has_no_lungs():
-    sides = lung_sides(np.zeros((10, 10), np.uint8))
+    sides = lung_pixels(np.zeros((10, 10), np.uint8))
     assert (sides.right_px, sides.left_px, sides.n_components) == (0, 0, 0)

@@ -35,6 +35,16 @@ def not_a_model(path: str | Path) -> CheckpointError:
     return CheckpointError(f"{path}: {NOT_A_MODEL}")
 
 
+def zip_names(path: str | Path) -> list[str] | None:
+    """The member names of a zip archive, None for a file that is not one (lungseg.exported
+    uses it too). Raises OSError when the file cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:  # not a zip, or an end record but a damaged directory
+        return None
+
+
 def is_torch_archive(path: str | Path) -> bool:
     """True for a zip archive laid out as torch.save writes one: every entry inside one top
     folder, which holds data.pkl. Anything else (text, a truncated file, another zip, a bare
@@ -43,10 +53,8 @@ def is_torch_archive(path: str | Path) -> bool:
 
     path: an existing file; raises OSError when it cannot be read.
     """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile:
+    names = zip_names(path)
+    if names is None:
         return False
     root = names[0].split("/", 1)[0] if names else ""
     return f"{root}/data.pkl" in names and all(name.startswith(f"{root}/") for name in names)

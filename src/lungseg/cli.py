@@ -83,7 +83,8 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from lungseg.evaluate import evaluate_folder, headline, score_lines
+    from lungseg import viz
+    from lungseg.evaluate import evaluate_folder, headline, montage_rows, score_lines
     from lungseg.inference import load_predictor
     from lungseg.io import write_csv, write_json
     from lungseg.outdir import OutputNames, check_out, remove_stale
@@ -105,30 +106,13 @@ def evaluate(args: argparse.Namespace) -> int:
     write_csv(result.histogram(), histogram)
     write_json(result.metrics, report)
     write_json(headline(result.metrics), metrics)
-    save_examples_montage(result, out / "montage.png", pictures)
+    # the best, median and worst images, drawn as the visualize stage draws the test split's
+    rows = montage_rows(result.scores, result.images, result.truths, result.masks, 3)
+    viz.save_montage(rows, out / "montage.png", pictures.dpi, pictures.overlay_alpha)
     if args.overwrite:
         remove_stale(out, names, [out / name for name in files])
     print(score_lines(result.metrics))
     return 0
-
-
-def save_examples_montage(result, path: Path, pictures) -> None:
-    """The best, median and worst images of an evaluation (by Dice at model size), drawn as the
-    visualize stage draws the test split's: X-ray | truth | prediction | overlay | errors.
-
-    result: a lungseg.evaluate.Evaluation. path: the PNG to write. pictures: the visualize settings.
-    """
-    from lungseg import viz
-    from lungseg.evaluate import pick_examples
-
-    # result.scores, images, truths and masks share one order: image i is row i of each
-    position = {image_id: i for i, image_id in enumerate(result.scores["id"].astype(str))}
-    rows = []
-    for label, row in pick_examples(result.scores, 3):
-        i = position[str(row["id"])]
-        rows.append({"image": result.images[i], "truth": result.truths[i], "pred": result.masks[i],
-                     "title": f"{label} · id {row['id']} · Dice {row['dice']:.3f}"})
-    viz.save_montage(rows, path, pictures.dpi, pictures.overlay_alpha)
 
 
 PREDICT_EPILOG = """\

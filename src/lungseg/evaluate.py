@@ -231,3 +231,19 @@ def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
             break
         chosen.setdefault(position, label)
     return [(label, ranked.iloc[position]) for position, label in sorted(chosen.items())]
+
+
+def montage_rows(scores: pd.DataFrame, images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, n: int) -> list[dict]:
+    """The rows lungseg.viz.save_montage draws for up to n examples chosen by pick_examples.
+
+    scores: per-image scores with id and dice; images, truths, predictions: uint8 N x S x S
+    arrays in the same order as the rows of `scores`. n: how many examples.
+    """
+    position = {image_id: i for i, image_id in enumerate(scores["id"].astype(str))}
+    rows = []
+    for label, row in pick_examples(scores, n):
+        i = position[str(row["id"])]
+        rows.append({"image": images[i], "truth": truths[i], "pred": predictions[i],
+                     "title": f"{label} · id {row['id']} · Dice {row['dice']:.3f}", "name": f"{label}_{row['id']}"})
+    return rows
+

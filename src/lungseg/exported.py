@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 
-from lungseg.checkpoint import not_a_model
+from lungseg.checkpoint import not_a_model, zip_names
 from lungseg.errors import CheckpointError
 from lungseg.onnx_model import OnnxModel
 
@@ -83,14 +82,13 @@ def is_onnx(path: str | Path) -> bool:
 def is_torchscript(path: str | Path) -> bool:
     """True for a TorchScript archive. torch.save checkpoints are zip files too, but only
     TorchScript archives hold compiled code (a `code/` folder)."""
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
+    if not Path(path).is_file():
         return False
     try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist())
-    except zipfile.BadZipFile:  # an end record but a damaged directory: not an archive lungseg wrote
+        names = zip_names(path)
+    except OSError:  # unreadable: load_checkpoint, tried next, says so
         return False
+    return names is not None and any("/code/" in name for name in names)
 
 
 def is_exported(path: str | Path) -> bool:

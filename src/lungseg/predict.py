@@ -94,13 +94,6 @@ class Outputs:
     normalize: str = "minmax"  # how the overlay's grey is stretched: as the model saw the image
 
 
-@dataclass(frozen=True)
-class LungSides:
-    right_px: int  # the patient's right lung: the image's left side
-    left_px: int
-    n_components: int
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -195,22 +188,13 @@ def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessCon
 # --------------------------------------------------------------------------- one result
 
 
-def lung_sides(mask: np.ndarray) -> LungSides:
-    """Pixels of the patient's right and left lung in a PA X-ray mask (see the module docstring),
-    the two largest components ranked as lungseg.postprocess ranks them for 'largest_two'."""
-    return LungSides(*quality.lung_pixels(mask))
-
-
-centre_column = quality.centre_column  # the mean column of a boolean region (kept under its old name)
-
-
-def areas_cm2(sides: LungSides, spacing: tuple[float, float] | None) -> tuple[float | None, float | None]:
+def areas_cm2(report: quality.QualityReport, spacing: tuple[float, float] | None) -> tuple[float | None, float | None]:
     """The right and left lung areas in cm2 from a pixel spacing in mm (row, column); (None, None)
     without one."""
     if spacing is None:
         return None, None
     pixel_mm2 = spacing[0] * spacing[1]
-    return round(sides.right_px * pixel_mm2 / MM2_PER_CM2, 3), round(sides.left_px * pixel_mm2 / MM2_PER_CM2, 3)
+    return round(report.right_px * pixel_mm2 / MM2_PER_CM2, 3), round(report.left_px * pixel_mm2 / MM2_PER_CM2, 3)
 
 
 def display_grey(source: str, normalize: str) -> np.ndarray:
@@ -272,13 +256,12 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.n
         save_rgb_png(overlay(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file)
         del grey  # before quality labels the mask: one full-size picture at a time
     report = quality.assess(mask, probability, threshold)  # labels the mask once, for the sides too
-    sides = LungSides(report.right_px, report.left_px, report.n_components)
-    right_cm2, left_cm2 = areas_cm2(sides, spacing)
+    right_cm2, left_cm2 = areas_cm2(report, spacing)
     return {"input": job.source, "mask_file": str(mask_file), "overlay_file": overlay_file,
             "height": mask.shape[0], "width": mask.shape[1], "lung_fraction": report.lung_fraction,
-            "right_lung_px": sides.right_px, "left_lung_px": sides.left_px,
+            "right_lung_px": report.right_px, "left_lung_px": report.left_px,
             "right_lung_cm2": right_cm2, "left_lung_cm2": left_cm2,
-            "n_components": sides.n_components, "error": "", **report.columns()}
+            "n_components": report.n_components, "error": "", **report.columns()}
 
 
 def error_row(job: Job, problem: Exception) -> dict:

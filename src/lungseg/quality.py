@@ -15,6 +15,7 @@ copied as float. The probability map is the model-size one (S x S float32), neve
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -31,6 +32,12 @@ BOUNDARY_PX = 1  # the band is the pixels within this many pixels of the edge, o
 
 COLUMNS = ("right_share", "left_share", "balance", "uncertainty", "flag")  # appended to predictions.csv
 DECIMALS = 4
+
+
+class LungSides(NamedTuple):
+    right_px: int  # the patient's right lung: the image's left side
+    left_px: int
+    n_components: int
 
 
 @dataclass(frozen=True)
@@ -102,23 +109,23 @@ def reasons(count: int, right_px: int, left_px: int, lung_fraction: float, balan
     return found
 
 
-def lung_pixels(mask: np.ndarray) -> tuple[int, int, int]:
-    """(right lung pixels, left lung pixels, components) of a mask in a PA X-ray: of the two
+def lung_pixels(mask: np.ndarray) -> LungSides:
+    """Right lung pixels, left lung pixels and components of a mask in a PA X-ray: of the two
     largest components, the one whose centroid lies further left in the image is the patient's
     right lung; a single component is the right lung when its centroid lies in the image's left
     half, else the left lung."""
     labels, count = postprocess.label_components(mask)
     if count == 0:
-        return 0, 0, 0
+        return LungSides(0, 0, 0)
     largest, sizes = postprocess.largest_labels(labels, count, keep=2)
     columns = [centre_column(labels == label) for label in largest]
     del labels  # int32, 4 bytes a pixel: the largest array of this step
     pixels = [int(size) for size in sizes]
     if len(largest) == 2:
         right, left = (0, 1) if columns[0] < columns[1] else (1, 0)
-        return pixels[right], pixels[left], count
+        return LungSides(pixels[right], pixels[left], count)
     on_image_left = columns[0] < (mask.shape[1] - 1) / 2
-    return (pixels[0], 0, count) if on_image_left else (0, pixels[0], count)
+    return LungSides(pixels[0], 0, count) if on_image_left else LungSides(0, pixels[0], count)
 
 
 def centre_column(region: np.ndarray) -> float:

@@ -13,7 +13,7 @@ A DICOM file is one named .dcm or .dicom, or one without an extension whose byte
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -106,11 +106,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path: a DICOM file.
     """
     with _named(path):
-        header = _dcmread(path, header_only=True)
-        rows, columns = header.get("Rows"), header.get("Columns")
-        if not rows or not columns:
-            raise _error(path, f"DICOM file has no image size (Rows {rows}, Columns {columns}); expected an X-ray image")
-        return int(rows), int(columns)
+        return _size(path, _dcmread(path, header_only=True))
+
+
+def _size(path: str | Path, dataset: Dataset) -> tuple[int, int]:
+    """(height, width) from the Rows and Columns of the dataset read from `path`."""
+    rows, columns = dataset.get("Rows"), dataset.get("Columns")
+    if not rows or not columns:
+        raise _error(path, f"DICOM file has no image size (Rows {rows}, Columns {columns}); expected an X-ray image")
+    return int(rows), int(columns)
 
 
 def pixel_spacing(path: str | Path) -> tuple[float, float] | None:
@@ -138,14 +142,21 @@ def _two_positive_numbers(value) -> tuple[float, float] | None:
     return (row, column) if row > 0 and column > 0 else None
 
 
-def read_image(path: str | Path, is_mask: bool = False) -> Image.Image:
+def read_image(path: str | Path, is_mask: bool = False,
+               check_size: Callable[[str | Path, int, int], None] | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode a DICOM file into a Pillow image: mode 'F' in [0, 1] for an X-ray, mode 'L' 0/255
-    for a mask (lung where the stored value is not zero).
+    for a mask (lung where the stored value is not zero); return it with its (height, width).
 
-    path: a DICOM file. is_mask: read it as a mask (MONOCHROME2 only) instead of an X-ray.
+    path: a DICOM file, read once. is_mask: read it as a mask (MONOCHROME2 only) instead of an X-ray.
+    check_size: called as check_size(path, height, width) with the header's size before the
+    pixels are decoded; it raises to refuse the file (images._check_pixels, the pixel limit).
     """
     with _named(path):
-        return _decode(path, _dcmread(path, header_only=False), is_mask)
+        dataset = _dcmread(path, header_only=False)
+        size = _size(path, dataset)
+        if check_size is not None:
+            check_size(path, *size)
+        return _decode(path, dataset, is_mask), size
 
 
 def _decode(path: str | Path, dataset: Dataset, is_mask: bool) -> Image.Image:

@@ -92,8 +92,7 @@ def is_image_file(path: str | Path) -> bool:
     path = Path(path)
     if path.name.startswith("."):
         return False
-    suffix = path.suffix.lower()
-    return suffix in IMAGE_SUFFIXES or (suffix == "" and dicom.has_preamble(path))
+    return path.suffix.lower() in PILLOW_SUFFIXES or dicom.is_dicom(path)
 
 
 @contextmanager
@@ -148,9 +147,8 @@ def _open(path: str | Path, draft_size: int | None = None, is_mask: bool = False
     """Decode `path` upright. draft_size: see open_image. is_mask: a DICOM file is read as a mask,
     and a JPEG keeps its colours (the colour mask rules need them)."""
     if dicom.is_dicom(path):
-        size = dicom.image_size(path)
-        _check_pixels(path, *size)
-        return Opened(dicom.read_image(path, is_mask), size, 1)
+        image, size = dicom.read_image(path, is_mask, check_size=_check_pixels)
+        return Opened(image, size, 1)
     with _named(path), Image.open(path) as image:
         orientation = _orientation(image)
         size = _oriented_size(image, orientation)

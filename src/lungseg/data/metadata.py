@@ -113,15 +113,15 @@ def read_raw_metadata_with_notes(path: Path, columns: list[str]) -> RawMetadata:
     """read_raw_metadata, plus the encoding used and the notes (a guessed encoding) to show."""
     text, encoding, notes = _decode(path, _read_bytes(path))
     records = _records(path, text)
+    wanted = list(dict.fromkeys(["id", *columns]))
     if not records:
         raise DataError(f"{path}: the file is empty; expected a header line such as "
-                        f"'{','.join(dict.fromkeys(['id', *columns]))}' and one row per image id")
+                        f"'{','.join(wanted)}' and one row per image id")
     header_line, _, header = records[0]
     header = _trim([name.strip() for name in header])
     missing = [c for c in ["id", *columns] if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; it has {[name for name in header if name]}")
-    wanted = list(dict.fromkeys(["id", *columns]))
     repeated = [c for c in wanted if header.count(c) > 1]
     if repeated:
         raise DataError(f"{path}, line {header_line}: column(s) {repeated} appear more than once in the header")

@@ -106,11 +106,8 @@ def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[Prepared
     pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(max_pixels(),))
     try:
         return list(pool.map(task, work, chunksize=max(1, len(work) // (4 * workers))))
-    except KeyboardInterrupt:  # Ctrl-C: drop the queued images instead of waiting for them
+    finally:  # after Ctrl-C, drop the queued images instead of waiting for them
         pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
 
 
 def _start_worker(limit: int) -> None:
