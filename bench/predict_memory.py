@@ -100,13 +100,13 @@ def old_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
 
 
 def new_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
-    """The overlay as lungseg predict makes it now (predict.display_grey, viz.overlay)."""
+    """The overlay as lungseg predict makes it now (predict.display_grey, viz.overlay_image)."""
     from lungseg.predict import display_grey, save_rgb_png
-    from lungseg.viz import overlay
+    from lungseg.viz import overlay_image
 
     mask = read_mask(mask_path)
     grey = display_grey(str(xray), "minmax")
-    save_rgb_png(overlay(grey, mask, alpha=0.4), out)
+    save_rgb_png(overlay_image(grey, mask, alpha=0.4), out)
 
 
 # --------------------------------------------------------------------------- measuring

@@ -7,7 +7,7 @@ import numpy as np
 from lungseg import config, paths, stage
 from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.data.images import set_max_pixels
-from lungseg.data.preprocess import load_processed
+from lungseg.data.preprocess import index_root, load_processed
 from lungseg.data.split import ids_in, read_split
 from lungseg.evaluate import evaluate_set, headline, per_image_scores, score_lines, summary
 from lungseg.inference import Predictor
@@ -29,8 +29,10 @@ def main(params: dict) -> None:
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     test = processed.subset(ids_in(split, "test"))
     predictor = Predictor.from_checkpoint(paths.MODEL, infer.device, infer.threshold)
-    result = evaluate_set(predictor, test.images, test.masks, test.index, data.dir, settings,
-                          processed.settings["mask_threshold"], infer.batch_size, settings.subgroups)
+    # each data folder is a subgroup of its own when there are several (the index's source column)
+    subgroups = (*settings.subgroups, "source") if len(data.dirs) > 1 else settings.subgroups
+    result = evaluate_set(predictor, test.images, test.masks, test.index, index_root(data.dirs), settings,
+                          processed.settings["mask_threshold"], infer.batch_size, subgroups)
     result.metrics["baseline"], result.scores["baseline_dice"] = baseline_scores(
         processed, split, test, settings.baseline_steps, settings)
 

@@ -1,24 +1,28 @@
-"""Stage preprocess: every image/mask pair of data.dir -> compact 128 px arrays + an index table."""
+"""Stage preprocess: every image/mask pair of data.dir (one folder or several) -> compact 128 px
+arrays + an index table with each image's source folder."""
 
 import sys
 
 from lungseg import config, paths, stage
 from lungseg.data.images import set_max_pixels
 from lungseg.data.integrity import summary, warnings_of
-from lungseg.data.preprocess import assemble, raise_on_errors, save_processed, scan_folder
+from lungseg.data.preprocess import assemble_sources, raise_on_errors, save_processed, scan_folder
 
 
 def main(params: dict) -> None:
     data, settings = config.load(params, "data", "preprocess")
     set_max_pixels(settings.max_pixels)
-    scan = scan_folder(data.dir, settings)
-    if warnings_of(scan.findings):
-        print(f"warnings about {data.dir} (run `lungseg check {data.dir}` for every file):", file=sys.stderr)
-        print(summary(warnings_of(scan.findings)).to_string(index=False), file=sys.stderr)
-    raise_on_errors(scan)  # before anything is written
-    images, masks, index = assemble(scan, settings)
+    scans = [scan_folder(folder, settings) for folder in data.dirs]
+    for scan in scans:
+        if warnings_of(scan.findings):
+            print(f"warnings about {scan.data_dir} (run `lungseg check {scan.data_dir}` for every file):", file=sys.stderr)
+            print(summary(warnings_of(scan.findings)).to_string(index=False), file=sys.stderr)
+    for scan in scans:
+        raise_on_errors(scan)  # before anything is written
+    images, masks, index = assemble_sources(scans, settings)
     save_processed(images, masks, index, settings, paths.PROCESSED_DIR)
-    print(f"preprocessed {len(index)} pairs from {data.dir} to {paths.PROCESSED_DIR} ({images.shape[1]} px)")
+    folders = ", ".join(data.dirs)
+    print(f"preprocessed {len(index)} pairs from {folders} to {paths.PROCESSED_DIR} ({images.shape[1]} px)")
 
 
 if __name__ == "__main__":

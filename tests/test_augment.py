@@ -7,7 +7,8 @@ from lungseg.augment import Augmenter
 from lungseg.config import AugmentConfig, ParamsError, load
 
 CPU = torch.device("cpu")
-NOTHING = AugmentConfig(probability=1.0, rotate_degrees=0, scale=0, shift=0, brightness=0, contrast=0, gamma=0, noise=0)
+NOTHING = AugmentConfig(probability=1.0, rotate_degrees=0, scale=0, shift=0, brightness=0, contrast=0, gamma=0, noise=0,
+                        blur=0, sharpen=0, border_probability=0, text_probability=0)
 
 
 def batch(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,3 +81,82 @@ def test_config_rejects_out_of_range_values():
     message = str(problem.value)
     for key in ("augment.probability=1.5", "augment.scale=1.0", "augment.rotate_degrees=90", "augment.noise=-0.1"):
         assert key in message
+
+
+# ----------------------------------------------------------------------------- site appearance
+
+SITE_OPS = {"blur": {"blur": 1.5, "sharpen": 1.0}, "border": {"border_probability": 1.0, "border_width": 0.3},
+            "text": {"text_probability": 1.0, "text_size": 0.2}}
+
+
+def edge_batch(n: int = 16, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left half 0.2, right half 0.8: one vertical edge; the mask is the left half."""
+    images = torch.full((n, 1, size, size), 0.8)
+    images[..., : size // 2] = 0.2
+    masks = torch.zeros((n, 1, size, size))
+    masks[..., : size // 2] = 1
+    return images, masks
+
+
+@pytest.mark.parametrize("op", SITE_OPS)
+def test_site_ops_change_the_image_never_the_mask_and_repeat_with_the_seed(op):
+    images, masks = edge_batch()
+    config = replace(NOTHING, **SITE_OPS[op])
+    out_images, out_masks = Augmenter(config, 5, CPU)(images, masks)
+    again = Augmenter(config, 5, CPU)(images, masks)[0]
+    assert torch.equal(out_masks, masks)
+    assert not torch.equal(out_images, images)
+    assert torch.equal(out_images, again)
+    assert out_images.min() >= 0 and out_images.max() <= 1
+
+
+@pytest.mark.parametrize("op", SITE_OPS)
+def test_site_ops_at_probability_zero_change_nothing(op):
+    images, masks = edge_batch()
+    out_images, out_masks = Augmenter(replace(NOTHING, probability=0.0, **SITE_OPS[op]), 0, CPU)(images, masks)
+    torch.testing.assert_close(out_images, images, atol=1e-5, rtol=0)  # the (identity) warp still resamples
+    assert torch.equal(out_masks, masks)
+
+
+def test_blur_softens_the_edge_and_keeps_flat_parts():
+    images, masks = edge_batch()
+    out, _ = Augmenter(replace(NOTHING, blur=2.0), 0, CPU)(images, masks)
+    step = (out[..., 16] - out[..., 15]).mean(dim=(1, 2))  # the jump across the edge, per image
+    assert (step <= 0.6 + 1e-6).all() and step.mean() < 0.5
+    torch.testing.assert_close(out[..., :2], images[..., :2])  # far from the edge: unchanged
+    assert out.min() >= 0.2 - 1e-6 and out.max() <= 0.8 + 1e-6  # blurring never overshoots
+
+
+def test_sharpening_overshoots_at_the_edge():
+    images, masks = edge_batch()
+    out, _ = Augmenter(replace(NOTHING, blur=1.5, sharpen=3.0), 0, CPU)(images, masks)
+    assert out.max() > 0.85 and out.min() < 0.15  # halos on both sides of the edge: an unsharp mask
+    torch.testing.assert_close(out[..., :2], images[..., :2])
+
+
+def test_collimation_fills_the_edges_with_one_dark_or_bright_value_and_keeps_the_centre():
+    images, masks = batch(16, 40)
+    out, _ = Augmenter(replace(NOTHING, border_probability=1.0, border_width=0.3), 0, CPU)(images, masks)
+    torch.testing.assert_close(out[..., 12:28, 12:28], images[..., 12:28, 12:28], atol=1e-5, rtol=0)  # within 0.3 of no edge
+    corners = out[:, 0, 0, 0]
+    assert (((corners <= 0.1) | (corners >= 0.9))).all()
+    assert (corners <= 0.1).any() and (corners >= 0.9).any()  # both kinds of band occur
+
+
+def test_burned_in_marks_are_bright_and_small():
+    images = torch.full((16, 1, 64, 64), 0.1)
+    masks = torch.zeros_like(images)
+    config = replace(NOTHING, text_probability=1.0, text_count=2, text_size=0.2)
+    out, out_masks = Augmenter(config, 0, CPU)(images, masks)
+    bright = (out > 0.5).float().mean(dim=(1, 2, 3))
+    assert (bright > 0).all()  # every image got a mark
+    assert (bright < 2 * 0.2 * 0.2 * 2).all()  # at most 2 marks, each at most 0.2 tall and 0.29 wide
+    assert out.max() >= 0.85 and torch.equal(out_masks, masks)
+
+
+def test_site_config_rejects_out_of_range_values():
+    params = {"augment": {"border_width": 0.5, "text_count": 0, "blur": -1, "text_probability": 2}}
+    with pytest.raises(ParamsError) as problem:
+        load(params, "augment")
+    for key in ("augment.border_width=0.5", "augment.text_count=0", "augment.blur=-1", "augment.text_probability=2"):
+        assert key in str(problem.value)

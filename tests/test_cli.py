@@ -51,12 +51,12 @@ def test_predict_help_explains_the_lung_side_convention(capsys):
     assert finished.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "patient's RIGHT lung appears on the image's LEFT" in text
-    for option in ("--out", "--device", "--threshold", "--batch-size", "--alpha", "--no-overlays", "--recursive"):
+    for option in ("--out", "--device", "--threshold", "--batch-size", "--alpha", "--no-overlays", "--recursive", "--workers"):
         assert option in text
 
 
 @pytest.mark.parametrize("option", [["--threshold", "1.5"], ["--threshold", "0"], ["--alpha", "-0.1"], ["--batch-size", "0"],
-                                    ["--device", "tpu"]])
+                                    ["--device", "tpu"], ["--workers", "0"]])
 def test_predict_rejects_out_of_range_options_with_exit_2(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as finished:
         main(["predict", "model.pth", "image.png", "--out", str(tmp_path / "out"), *option])
@@ -102,6 +102,23 @@ def test_evaluate_writes_scores_for_an_external_folder(write_pair_folder, tmp_pa
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert sorted(per_image["id"]) == ["1", "2", "3"] and "hd95_native" in per_image
     assert "native resolution: Dice" in capsys.readouterr().out
+
+
+def test_evaluate_scores_are_the_same_for_any_number_of_workers(write_pair_folder, tmp_path):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=5, size=(48, 40), metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    threads = torch.get_num_threads()
+    tables, reports = [], []
+    for workers in ("1", "3"):
+        out = tmp_path / f"scores{workers}"
+        assert main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out), "--params", "absent.yaml",
+                     "--device", "cpu", "-q", "--workers", workers]) == 0
+        tables.append(pd.read_csv(out / "per_image.csv", dtype={"id": str}))
+        reports.append(json.loads((out / "evaluation_report.json").read_text())["test_native"])
+    assert tables[0]["id"].tolist() == ["1", "2", "3", "4", "5"]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert reports[0] == reports[1]
+    assert torch.get_num_threads() == threads  # torch's own threads are put back after the run
 
 
 def test_evaluate_on_a_missing_folder_exits_2_and_writes_nothing(tmp_path, capsys):

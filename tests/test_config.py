@@ -123,6 +123,8 @@ def test_all_out_of_range_values_are_reported_in_one_error(repo_params):
     ("train", {"batch_size": 0}, "train.batch_size"),
     ("train", {"bce_weight": 0.0, "dice_weight": 0.0}, "train.bce_weight + train.dice_weight"),
     ("train", {"precision": "fp16"}, "train.precision"),
+    ("train", {"epochs": 8, "low_res_epochs": 8}, "train.low_res_epochs"),
+    ("train", {"low_res_size": 4}, "train.low_res_size"),
     ("split", {"val": 0.0, "train": 0.9}, "split.val"),
     ("infer", {"threshold": 0.0}, "infer.threshold"),
     ("infer", {"device": "gpu"}, "infer.device"),

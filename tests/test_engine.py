@@ -9,7 +9,7 @@ from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.synthetic import generate_dataset
-from lungseg.engine import TensorPair, fit, is_out_of_memory, out_of_memory_advice
+from lungseg.engine import TensorPair, downsampled, fit, is_out_of_memory, out_of_memory_advice
 from lungseg.errors import TrainingError
 from lungseg.metrics import dice_per_image
 from lungseg.model import UNet
@@ -117,6 +117,34 @@ def test_scheduler_decays_the_learning_rate_to_near_zero(trained):
     lrs = result.history["lr"].tolist()
     assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs, lrs[1:]))
     assert lrs[-1] < 1e-4
+
+
+def test_downsampled_keeps_masks_binary_and_the_memory_layout(phantoms):
+    full = tensors(phantoms["train"])
+    for layout in (torch.contiguous_format, torch.channels_last):
+        pair = TensorPair(full.images.contiguous(memory_format=layout), full.masks.contiguous(memory_format=layout))
+        small = downsampled(pair, SIZE // 2)
+        assert small.images.shape == small.masks.shape == (36, 1, SIZE // 2, SIZE // 2)
+        assert small.images.stride() == torch.empty_like(small.images).contiguous(memory_format=layout).stride()
+        assert set(small.masks.unique().tolist()) == {0.0, 1.0}
+        # area averaging: the mean intensity and the lung share stay as they were
+        assert small.images.mean().item() == pytest.approx(full.images.mean().item(), abs=1e-5)
+        assert small.masks.mean().item() == pytest.approx(full.masks.mean().item(), abs=0.02)
+
+
+def test_low_res_epochs_train_on_the_small_images_and_validate_on_the_full_ones(phantoms):
+    seen = []
+
+    def observe(images, masks):  # the augment hook: sees every training batch
+        seen.append(images.shape[-1])
+        return images, masks
+
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=3, batch_size=12, seed=0, low_res_epochs=2, low_res_size=SIZE // 2)
+    result = fit(UNet(depth=3, base_width=8), tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
+                 show_progress=False, augment=observe)
+    assert seen == [SIZE // 2] * 6 + [SIZE] * 3  # 36 images, batch 12: 3 steps an epoch
+    assert list(result.history["epoch"]) == [1, 2, 3] and result.history["val_dice"].notna().all()
 
 
 def test_a_non_finite_loss_stops_training_naming_the_epoch_and_step(phantoms):

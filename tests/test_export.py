@@ -257,6 +257,24 @@ def test_torchscript_predictor_gives_the_checkpoint_predictors_masks(checkpoint_
     assert Predictor.from_torchscript(torchscript_path, device="cpu", threshold=0.9).threshold == 0.9
 
 
+def test_a_non_default_normalisation_travels_into_the_torchscript_export(tmp_path):
+    """predict prepares an exported model's inputs with the settings the export carries."""
+    from lungseg.config import PreprocessConfig
+
+    stored = {"image_size": SIZE, "normalize": "percentile", "percentile_low": 2.0, "percentile_high": 97.0}
+    save_checkpoint(make_checkpoint(_trained_model(0), MODEL_ARGS, stored, 0.5), tmp_path / "model.pth")
+    export_torchscript(tmp_path / "model.pth", tmp_path / "model.ts")
+    predictor = load_predictor(tmp_path / "model.ts", device="cpu")
+    assert predictor.preprocess == stored
+    assert PreprocessConfig(**predictor.preprocess).percentile_high == 97.0  # as predict builds its settings
+
+
+def test_an_export_from_before_the_normalize_option_prepares_images_as_minmax(tmp_path):
+    save_checkpoint(make_checkpoint(_trained_model(0), MODEL_ARGS, {"image_size": SIZE}, 0.5), tmp_path / "old.pth")
+    export_torchscript(tmp_path / "old.pth", tmp_path / "old.ts")
+    assert load_predictor(tmp_path / "old.ts", device="cpu").preprocess["normalize"] == "minmax"
+
+
 @pytest.mark.parametrize("device, why", [("cuda", "onnxruntime-gpu"), ("mps", "ONNX models run on device 'auto', 'cpu' or 'cuda'")])
 def test_a_device_onnxruntime_cannot_use_is_a_lungseg_error(onnx_path, device, why):
     import onnxruntime

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungseg.io import atomic_path, save_npy, write_csv, write_json
+from lungseg.io import atomic_path, save_npy, sweep_folder, write_csv, write_json
 
 
 def leftovers(folder):
@@ -64,3 +64,25 @@ def test_writers_round_trip(tmp_path):
     assert pd.read_csv(tmp_path / "t.csv").to_dict("list") == {"id": [7], "dice": [0.5]}
     write_json({"test": {"dice": 0.9}}, tmp_path / "m.json")
     assert (tmp_path / "m.json").read_text().startswith("{\n")
+
+
+def test_sweep_folder_removes_dead_writers_temporaries_only(tmp_path):
+    dead = 2**22 + 7  # above the default pid_max: no process has it
+    stale = tmp_path / f".a.tmp-{dead}-abc.png"
+    live = tmp_path / f".b.tmp-{os.getpid()}-abc.png"
+    user = tmp_path / ".hidden-notes.txt"
+    for path in (stale, live, user):
+        path.write_text("x")
+    sweep_folder(tmp_path)
+    assert not stale.exists() and live.exists() and user.exists()
+
+
+def test_atomic_path_without_sweep_leaves_other_temporaries(tmp_path):
+    stale = tmp_path / f".a.tmp-{2**22 + 7}-abc.png"
+    stale.write_text("x")
+    with atomic_path(tmp_path / "a.png", sweep=False) as tmp:
+        tmp.write_text("new")
+    assert stale.exists() and (tmp_path / "a.png").read_text() == "new"
+    with atomic_path(tmp_path / "a.png") as tmp:
+        tmp.write_text("newer")
+    assert not stale.exists()

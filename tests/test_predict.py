@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import pandas as pd
@@ -17,14 +18,23 @@ from lungseg import quality
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
-from lungseg.data.preprocess import finish_image, prepare_image, stretch_to_uint8
+from lungseg.data.images import open_image, read_resized_and_full
+from lungseg.data.normalize import stretch_to_uint8
+from lungseg.data.preprocess import finish_image, prepare_image
 from lungseg.inference import load_predictor
 from lungseg.model import UNet
 from lungseg.predict import (
     COLUMNS,
+    Budgets,
+    Job,
+    Outputs,
+    PixelBudget,
     display_grey,
+    grey_for_display,
     list_inputs,
+    predict_all,
     unique_names,
+    write_table,
 )
 from lungseg.quality import lung_pixels
 
@@ -510,3 +520,141 @@ def test_a_single_component_goes_by_the_half_of_the_image_it_lies_in(left_edge, 
 def test_an_empty_mask_has_no_lungs():
     sides = lung_pixels(np.zeros((10, 10), np.uint8))
     assert (sides.right_px, sides.left_px, sides.n_components) == (0, 0, 0)
+
+
+# --------------------------------------------------------------------------- worker threads and memory in flight
+
+
+def write_many(folder, count: int = 7):
+    """write_inputs' three X-rays plus `count` 8-bit ones of assorted sizes and a broken file in
+    the middle of the sorted listing; returns the sorted sources."""
+    write_inputs(folder)
+    for index in range(count):
+        height, width = 30 + 7 * index, 60 - 4 * index
+        Image.fromarray((gradient(height, width, 10 + index) * 255).astype(np.uint8)).save(folder / f"d{index}.png")
+    (folder / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    return list_inputs([str(folder)])
+
+
+def test_outputs_are_the_same_for_any_number_of_workers_and_keep_the_input_order(model_path, tmp_path, capsys):
+    sources = write_many(tmp_path / "in")
+    threshold = splitting_threshold(model_path, [s for s in sources if "broken" not in s])
+    runs = {}
+    for workers in ("1", "2", "5"):
+        out = tmp_path / f"out{workers}"
+        code = predict(model_path, [tmp_path / "in"], out, "--threshold", str(threshold), "--batch-size", "3", "--workers", workers)
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1 and "b_broken.png" in errors[0]
+        runs[workers] = (read_table(out), fingerprint(out))
+    table, files = runs["1"]
+    assert table["input"].tolist() == sources
+    assert table["error"].str.contains("b_broken.png").tolist() == ["b_broken.png" in s for s in sources]
+    assert len(files) == 1 + 2 * (len(sources) - 1)  # the table, and a mask and an overlay per readable image
+    for other_table, other_files in (runs["2"], runs["5"]):
+        pd.testing.assert_frame_equal(other_table, table)
+        assert other_files == files
+
+
+def test_a_budget_smaller_than_any_image_still_writes_every_image_alike_and_is_given_back(model_path, tmp_path):
+    """Images larger than the working budget run one at a time; display greys that do not fit the
+    kept budget are read again for their overlay. Neither may change a pixel or hold on to memory."""
+    sources = write_many(tmp_path / "in", count=3)
+    predictor = load_predictor(model_path, "cpu", splitting_threshold(model_path, [s for s in sources if "broken" not in s]))
+    jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
+    fingerprints = []
+    for budgets in (Budgets(), Budgets(PixelBudget(1), PixelBudget(0))):
+        out = tmp_path / f"out{len(fingerprints)}"
+        rows = predict_all(predictor, jobs, Outputs(out), batch_size=2, quiet=True, workers=3, budgets=budgets)
+        write_table(rows, out / "predictions.csv")
+        assert (budgets.working.used, budgets.kept.used) == (0, 0)
+        fingerprints.append(fingerprint(out))
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_pixel_budget_lets_an_oversized_image_through_alone_and_never_overfills_without_waiting():
+    budget = PixelBudget(10)
+    assert budget.take(6) and budget.take(4, wait=False)
+    assert not budget.take(1, wait=False)
+    budget.give(10)
+    assert not budget.take(11, wait=False)  # a kept copy never goes over
+    assert budget.take(50) and budget.used == 50  # alone, it may: else it would wait forever
+    assert not budget.take(1, wait=False)
+    budget.give(50)
+    assert budget.used == 0
+
+
+def test_a_waiting_take_goes_on_once_enough_is_given_back():
+    budget = PixelBudget(10)
+    budget.take(7)
+    taken = threading.Event()
+    waiter = threading.Thread(target=lambda: (budget.take(5), taken.set()))
+    waiter.start()
+    assert not taken.wait(0.2), "5 more pixels do not fit beside 7 of 10"
+    budget.give(7)
+    assert taken.wait(10)
+    waiter.join()
+    assert budget.used == 5
+
+
+def test_torch_threads_are_put_back_after_a_run(model_path, tmp_path):
+    write_inputs(tmp_path / "in")
+    before = torch.get_num_threads()
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out", "--workers", "2") == 0
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("name", ["a_gray.png", "b_colour.jpg", "c_wide.png"])
+def test_one_read_gives_what_prepare_image_and_display_grey_give(tmp_path, name):
+    write_inputs(tmp_path / "in")
+    source = str(tmp_path / "in" / name)
+    settings = PreprocessConfig(image_size=SIZE, normalize="minmax")
+    resized, full = read_resized_and_full(source, SIZE)
+    image, size = prepare_image(source, settings)
+    np.testing.assert_array_equal(finish_image(resized.values, settings), image)
+    assert resized.original_size == size
+    np.testing.assert_array_equal(grey_for_display(full, "minmax"), display_grey(source, "minmax"))
+
+
+def test_the_overlay_grey_of_another_normalisation_is_stretched_as_minmax_and_none_keeps_the_values(tmp_path):
+    Image.fromarray((gradient(20, 30) * 100 + 50).astype(np.uint8)).save(tmp_path / "dim.png")
+    stretched = display_grey(str(tmp_path / "dim.png"), "minmax")
+    assert (stretched.min(), stretched.max()) == (0, 255)
+    np.testing.assert_array_equal(display_grey(str(tmp_path / "dim.png"), "percentile"), stretched)
+    np.testing.assert_array_equal(display_grey(str(tmp_path / "dim.png"), "none"), np.asarray(Image.open(tmp_path / "dim.png")))
+
+
+def test_the_display_grey_of_an_8_bit_image_costs_about_its_own_size(tmp_path):
+    import tracemalloc
+
+    Image.fromarray(np.random.default_rng(0).integers(20, 200, (1500, 1200), dtype=np.uint8)).save(tmp_path / "big.png")
+    image, _ = open_image(str(tmp_path / "big.png"))
+    tracemalloc.start()
+    try:
+        grey = grey_for_display(image, "minmax")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (grey.min(), grey.max()) == (0, 255)
+    assert peak / grey.size < 2.5, "the result is 1 byte a pixel; an int64 copy of the indices would be 8 more"
+
+
+class RecordingBudget(PixelBudget):
+    """A PixelBudget that remembers the most pixels it ever had out at once."""
+
+    peak = 0
+
+    def take(self, pixels: int, wait: bool = True) -> bool:
+        taken = super().take(pixels, wait)
+        self.peak = max(self.peak, self.used)
+        return taken
+
+
+def test_the_working_budget_is_never_overdrawn_during_a_run(model_path, tmp_path):
+    sources = write_many(tmp_path / "in", count=5)  # every image below 3,300 pixels
+    predictor = load_predictor(model_path, "cpu")
+    jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
+    budgets = Budgets(RecordingBudget(4000), RecordingBudget(5000))
+    rows = predict_all(predictor, jobs, Outputs(tmp_path / "out"), batch_size=4, quiet=True, workers=4, budgets=budgets)
+    assert len(rows) == len(jobs)
+    assert 0 < budgets.working.peak <= 4000 and 0 < budgets.kept.peak <= 5000
+    assert (budgets.working.used, budgets.kept.used) == (0, 0)

@@ -193,7 +193,9 @@ def test_save_and_load_round_trip(tmp_path, write_pair_folder):
     np.testing.assert_array_equal(loaded.images, images)
     np.testing.assert_array_equal(loaded.masks, masks)
     assert loaded.images.dtype == np.uint8 and loaded.masks.dtype == np.uint8
-    assert loaded.settings == {"image_size": SIZE, "normalize": "minmax", "mask_threshold": 100}
+    # everything a model needs to prepare new images the same way, the normalisation's own settings included
+    assert loaded.settings == {"image_size": SIZE, "normalize": chosen.normalize, "mask_threshold": 100, "percentile_low": 1.0,
+                               "percentile_high": 99.0, "clahe_clip_limit": 2.0, "clahe_tiles": 8}
     assert json.loads((out / "settings.json").read_text()) == loaded.settings
     assert loaded.index["id"].tolist() == ["1", "2", "3"]  # ids stay strings
     assert loaded.index["county"].tolist() == index["county"].tolist()

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungseg.data.synthetic import METADATA_COLUMNS, SITES, generate_dataset, make_phantom
+import lungseg.data.synthetic as synthetic
+from lungseg.data.synthetic import METADATA_COLUMNS, SITES, HardCases, generate_dataset, make_phantom
 
 PAIRS = ("Chest-X-Ray", "Chest-X-Ray")
 
@@ -212,3 +213,110 @@ def test_failed_run_leaves_the_old_dataset_and_no_temp_dir(tmp_path, monkeypatch
         generate_dataset(out, n_images=3, seed=9, min_size=24, max_size=40, workers=1)
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
     assert _all_files(out) == before
+
+
+# ----------------------------------------------------------------------------- hard cases
+
+HARD = HardCases(text=0.5, low_contrast=0.5, dense_opacity=0.5, rotated=0.5, cropped=0.5)
+
+
+def _phantom(case: str, index: int = 0):
+    """The same phantom (same generator seed) without and with one hard case."""
+    plain = make_phantom(np.random.default_rng([7, index]), 120, 110, SITES[index % 2])
+    hard = make_phantom(np.random.default_rng([7, index]), 120, 110, SITES[index % 2], hard=frozenset({case}))
+    return plain, hard
+
+
+def test_hard_cases_are_byte_identical_on_rerun_whatever_the_workers(tmp_path):
+    args = dict(n_images=6, seed=4, min_size=48, max_size=80, hard=HARD)
+    generate_dataset(tmp_path / "a", workers=1, **args)
+    generate_dataset(tmp_path / "b", workers=2, **args)
+    generate_dataset(tmp_path / "c", workers=1, **{**args, "hard": HardCases()})
+    a, b, c = (_all_files(tmp_path / name) for name in "abc")
+    assert a == b
+    assert sum(a[k] != c[k] for k in a if k.startswith("Chest")) >= 4, "hard cases should change most images"
+
+
+def test_zero_fractions_draw_nothing_so_old_datasets_stay_the_same():
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert HardCases().draw(rng) == frozenset()
+    assert rng.bit_generator.state == state
+    drawn = [HardCases(text=1.0, cropped=0.5).draw(np.random.default_rng(i)) for i in range(40)]
+    assert all("text" in d and d <= {"text", "cropped"} for d in drawn)
+    assert 5 < sum("cropped" in d for d in drawn) < 35
+
+
+def test_burned_in_text_is_bright_and_leaves_the_mask():
+    for index in range(4):
+        (image, mask), (marked, marked_mask) = _phantom("text", index)
+        assert np.array_equal(mask, marked_mask)
+        changed = marked != image
+        assert changed.any() and (marked[changed] >= 225).all()
+
+
+def test_low_contrast_narrows_the_grey_range():
+    for index in range(4):
+        (image, _), (grey, _) = _phantom("low_contrast", index)
+        spread = np.percentile(image, 99) - np.percentile(image, 1)
+        assert np.percentile(grey, 99) - np.percentile(grey, 1) < 0.6 * spread
+
+
+def test_dense_opacity_is_a_bright_patch_in_the_lower_lung():
+    grid = synthetic.Grid.of(80, 60)
+    mask = np.zeros((80, 60), bool)
+    mask[10:70, 8:26] = True  # one lung field
+    for seed in range(4):
+        density = np.zeros((80, 60), np.float32)
+        synthetic._add_dense_opacity(np.random.default_rng(seed), density, mask, grid)
+        row, col = np.unravel_index(np.argmax(density), density.shape)
+        assert density.max() > 0.2  # about the lung's air depth: the field turns tissue-bright there
+        assert mask[row, col] and row >= 40  # centred in the lower half of the lung
+
+
+def test_rotation_turns_image_and_mask_together():
+    for index in range(4):
+        (image, mask), (turned, turned_mask) = _phantom("rotated", index)
+        assert not np.array_equal(mask, turned_mask)
+        assert set(np.unique(turned_mask).tolist()) == {0, 255}
+        assert abs(int((turned_mask > 0).sum()) / int((mask > 0).sum()) - 1) < 0.1  # a turn keeps the area
+        lung = turned_mask > 0
+        assert turned[lung].mean() < turned[~lung].mean()  # the dark fields are still where the mask is
+
+
+def test_cropped_field_enlarges_the_lungs_and_keeps_the_size():
+    for index in range(4):
+        (image, mask), (cropped, cropped_mask) = _phantom("cropped", index)
+        assert cropped.shape == image.shape and cropped_mask.shape == mask.shape
+        assert set(np.unique(cropped_mask).tolist()) == {0, 255}
+        assert (cropped_mask > 0).mean() > (mask > 0).mean()
+
+
+def _shared_threshold_dice(pairs):
+    """Best mean Dice of one threshold (0..255, lung darker or brighter) used for every image."""
+    best = 0.0
+    for t in range(0, 256, 4):
+        for lung_is_dark in (True, False):
+            scores = []
+            for image, mask in pairs:
+                found, lung = (image <= t) if lung_is_dark else (image >= t), mask > 0
+                scores.append(2 * (found & lung).sum() / (found.sum() + lung.sum()))
+            best = max(best, float(np.mean(scores)))
+    return best
+
+
+def test_hard_cases_defeat_one_threshold_for_all_images_even_more():
+    def phantoms(cases):
+        return [make_phantom(np.random.default_rng([99, i]), 96, 104, SITES[i % 2], hard=frozenset(cases)) for i in range(12)]
+
+    plain = _shared_threshold_dice(phantoms(()))
+    assert _shared_threshold_dice(phantoms(("low_contrast",))) < plain - 0.1  # grey levels no longer mean the same
+    assert _shared_threshold_dice(phantoms(vars(HardCases()))) < plain - 0.02
+
+
+def test_bad_hard_cases_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="hard.rotated"):
+        generate_dataset(tmp_path / "out", 2, 0, 16, 32, workers=1, hard=HardCases(rotated=1.5))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="flipped"):
+        make_phantom(np.random.default_rng(0), 32, 32, "PhantomA", hard=frozenset({"flipped"}))

@@ -113,6 +113,59 @@ def test_an_image_size_the_depth_cannot_halve_is_refused_by_config_and_by_the_mo
                     INFER, torch.device("cpu"), verbose=False)
 
 
+def forward_sizes(data, **changes) -> tuple[list[tuple[bool, int]], object]:
+    """Train with `changes` to the train config; every U-Net forward pass as (training?, image
+    side), read by a module hook (global, so it sees the model train_model builds inside)."""
+    calls = []
+
+    def record(module, inputs):
+        if type(module).__name__ == "UNet":
+            calls.append((module.training, inputs[0].shape[-1]))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        processed, split = data
+        trained = train_model(processed, split, MODEL, train_config(**changes), AugmentConfig(), INFER,
+                              torch.device("cpu"), verbose=False)
+    finally:
+        handle.remove()
+    return calls, trained
+
+
+def test_progressive_resizing_trains_the_first_epochs_small_and_validates_at_full_size(data):
+    calls, trained = forward_sizes(data, epochs=3, low_res_epochs=2, low_res_size=16)
+    steps = PARTS["train"] // 4  # batch 4
+    assert [size for training, size in calls if training] == [16] * (2 * steps) + [SIZE] * steps
+    assert {size for training, size in calls if not training} == {SIZE}  # validation, and the post-processing choice
+    assert list(trained.history["epoch"]) == [1, 2, 3]
+    calls, _ = forward_sizes(data, epochs=3)  # the default: every epoch at full size
+    assert {size for _, size in calls} == {SIZE}
+
+
+def test_progressive_resizing_is_reproducible_and_changes_the_weights(trained, data):
+    runs = [run_low_res(data) for _ in range(2)]
+    first, second = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(value, second[key]) for key, value in first.items())
+    assert not torch.equal(first["head.weight"], trained.model.state_dict()["head.weight"])
+
+
+def run_low_res(data):
+    processed, split = data
+    return train_model(processed, split, MODEL, train_config(low_res_epochs=2, low_res_size=16), AugmentConfig(), INFER,
+                       torch.device("cpu"), verbose=False)
+
+
+@pytest.mark.parametrize("size, expected", [
+    (32, r"train\.low_res_size=32: must be smaller than the preprocessed images \(32 px"),
+    (18, r"train\.low_res_size=18: must be divisible by 2\*\*model\.depth = 4 \(model\.depth=2\); e\.g\. 16"),
+])
+def test_a_low_res_size_training_cannot_use_is_refused_naming_the_key(data, size, expected):
+    processed, split = data
+    with pytest.raises(ParamsError, match=expected):
+        train_model(processed, split, MODEL, train_config(low_res_epochs=1, low_res_size=size), AugmentConfig(), INFER,
+                    torch.device("cpu"), verbose=False)
+
+
 OUT_OF_MEMORY = textwrap.dedent("""
     import resource, sys
     import torch

@@ -115,19 +115,32 @@ def test_overlay_is_uint8_and_equals_the_old_full_size_float_blend(dtype, color,
     np.testing.assert_array_equal(out, _old_float_overlay(image, mask, color, alpha))
 
 
+@pytest.mark.parametrize(("color", "alpha"), [((255, 0, 0), 0.4), ((10, 200, 30), 0.73), ((0, 0, 255), 1.0), ((9, 9, 9), 0.0)])
+def test_overlay_image_holds_the_same_pixels_as_overlay(color, alpha, monkeypatch):
+    monkeypatch.setattr(viz, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (300, 41), dtype=np.uint8)
+    mask = (rng.random((300, 41)) > 0.5).astype(np.uint8)
+    picture = viz.overlay_image(image, mask, color=color, alpha=alpha)
+    assert picture.mode == "RGB" and picture.size == (41, 300)
+    np.testing.assert_array_equal(np.asarray(picture), viz.overlay(image, mask, color=color, alpha=alpha))
+
+
+def test_overlay_image_takes_uint8_only_and_checks_the_mask():
+    with pytest.raises(ValueError, match="uint8"):
+        viz.overlay_image(np.zeros((4, 4), np.float32), np.zeros((4, 4), bool))
+    with pytest.raises(ValueError, match="binary"):
+        viz.overlay_image(np.zeros((4, 4), np.uint8), np.full((4, 4), 7, np.uint8))
+    with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
+        viz.overlay_image(np.zeros((4, 4), np.uint8), np.zeros((4, 5), bool))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_overlay_needs_a_few_bytes_a_pixel_not_a_float64_rgb(dtype):
-    import tracemalloc
-
     rng = np.random.default_rng(0)
     image = rng.random((2000, 2000)).astype(dtype) if dtype != np.uint8 else rng.integers(0, 256, (2000, 2000), np.uint8)
     mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
-    tracemalloc.start()
-    try:
-        viz.overlay(image, mask)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak(viz.overlay, image, mask)
     # the result is 3 bytes a pixel, the blocks' temporaries a few MB; the old float64 RGB
     # blend needed 24 bytes a pixel for that array alone, and as much again for its copies
     assert peak / image.size < 8
@@ -477,3 +490,25 @@ def test_epoch_axis_ticks_are_integers(epochs):
     np.testing.assert_array_equal(ticks, np.round(ticks))
     if len(epochs) <= 3:
         assert ticks.tolist() == epochs  # every epoch of a short run is labelled
+
+
+def test_overlay_image_needs_only_a_few_mb_beside_the_picture():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2000, 2000), np.uint8)
+    mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
+    peak = traced_peak(viz.overlay_image, image, mask)
+    # numpy's temporaries (the picture itself is Pillow's, outside tracemalloc): a block of rows
+    # at a time, not a full-size index or RGBX array (8 and 16 MB here)
+    assert peak < 4 * 2**20
+
+
+def traced_peak(function, *args) -> int:
+    """The peak bytes numpy and Python allocate while `function(*args)` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

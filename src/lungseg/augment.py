@@ -5,8 +5,14 @@ vary); one affine warp moves the image and its mask together. Intensity: brightn
 contrast, gamma and noise (exposure and detector differ between sites). No left-right flips:
 the heart sits on the patient's left, and a flipped X-ray is not an X-ray anyone will see.
 
+Site appearance (what differs between hospitals, each off when its key is 0): blur or
+sharpening (detector and post-processing), collimation bands at the borders (a dark or bright
+frame, an off-centre field) and burned-in text and markers (bright letters such as L/R, label
+boxes). These change only the image: the lungs are where they were, so the mask is untouched.
+
 Everything is drawn from one seeded generator on the data's device, so a run is repeatable
-and no batch waits for the CPU.
+and no batch waits for the CPU. An op whose keys are 0 draws nothing, so turning it off leaves
+the random stream, and so the run, exactly as without it.
 """
 
 from __future__ import annotations
@@ -18,24 +24,47 @@ import torch.nn.functional as F
 
 from lungseg.config import AugmentConfig
 
+# 5 x 7 bitmaps of what is burned into radiographs: side markers, letters of labels, a label box
+_GLYPHS = (
+    ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),  # L
+    ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),  # R
+    (".###.", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),  # A
+    ("####.", "#...#", "#...#", "####.", "#....", "#....", "#...."),  # P
+    ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),  # 1
+    ("#####", "#####", "#####", "#####", "#####", "#####", "#####"),  # box
+)
+MARK_VALUE = (0.85, 1.0)  # burned-in marks are near white
+BAND_DARK, BAND_BRIGHT = (0.0, 0.1), (0.9, 1.0)  # collimated edges: unexposed (dark) or shuttered (bright)
+
 
 class Augmenter:
     """Callable (images, masks) -> (images, masks) for N x 1 x H x W batches in [0, 1]."""
 
     def __init__(self, config: AugmentConfig, seed: int, device: torch.device):
+        """config: the augment section; seed: of this augmenter's generator; device: where batches live."""
         self.config = config
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        glyphs = [[[float(c == "#") for c in row] for row in glyph] for glyph in _GLYPHS]
+        self.glyphs = torch.tensor(glyphs, device=device)[:, None]  # G x 1 x 7 x 5
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = self.uniform(len(images), 0, 1) < self.config.probability  # which images change at all
         images, masks = self.warp(images, masks, chosen)
         images = self.adjust_intensity(images, chosen)
+        images = self.change_detail(images, chosen)
+        images = self.collimate(images, chosen)
+        images = self.burn_in_marks(images, chosen)
         # one channel: NCHW and channels_last are the same bytes, so no layout to restore
         return images, masks
 
     def uniform(self, n: int, low: float, high: float) -> torch.Tensor:
+        """n draws uniform in [low, high) from this augmenter's generator."""
         device = self.generator.device
         return torch.rand(n, generator=self.generator, device=device) * (high - low) + low
+
+    def coin(self, n: int, p: float, chosen: torch.Tensor) -> torch.Tensor:
+        """Which of n images (only those `chosen`) an op with probability p applies to."""
+        return (self.uniform(n, 0, 1) < p) & chosen
 
     def warp(self, images, masks, chosen):
         """One random affine map per image, applied with the same grid to image and mask."""
@@ -66,3 +95,77 @@ class Augmenter:
         noise_std = on * self.uniform(n, 0, c.noise).view(per_image)
         noise = torch.randn(images.shape, generator=self.generator, device=images.device, dtype=images.dtype)
         return (images + noise * noise_std).clamp(0, 1)
+
+    def change_detail(self, images, chosen):
+        """Blur or sharpen: image + w * (Gaussian_sigma(image) - image), sigma in [0, blur] px and
+        w in [-sharpen, 1]; w > 0 blurs (1: fully), w < 0 is an unsharp mask at the same scale."""
+        c, n = self.config, len(images)
+        if c.blur == 0:
+            return images
+        sigma = self.uniform(n, 0, c.blur).clamp_min(1e-3)
+        weight = self.uniform(n, -c.sharpen, 1) * chosen
+        smooth = _gaussian_blur(images, sigma, radius=math.ceil(3 * c.blur))
+        return (images + weight.view(n, 1, 1, 1).to(images.dtype) * (smooth - images)).clamp(0, 1)
+
+    def collimate(self, images, chosen):
+        """With probability border_probability, a band up to border_width of the side on each edge
+        (independently, so the field may sit off-centre) becomes one dark or bright value."""
+        c, (n, _, height, width) = self.config, images.shape
+        if c.border_probability == 0 or c.border_width == 0:
+            return images
+        on = self.coin(n, c.border_probability, chosen)
+        left, right, top, bottom = self.uniform(4 * n, 0, c.border_width).view(4, n, 1, 1, 1)
+        bright = self.uniform(n, 0, 1) < 0.5
+        value = torch.where(bright, self.uniform(n, *BAND_BRIGHT), self.uniform(n, *BAND_DARK)).view(n, 1, 1, 1)
+        x = _centres(width, images).view(1, 1, 1, width)
+        y = _centres(height, images).view(1, 1, height, 1)
+        field = (x >= left) & (x <= 1 - right) & (y >= top) & (y <= 1 - bottom)
+        field |= ~on.view(n, 1, 1, 1)
+        return torch.where(field, images, value.to(images.dtype))
+
+    def burn_in_marks(self, images, chosen):
+        """With probability text_probability, 1 to text_count near-white glyphs (letters, boxes),
+        each up to text_size of the side tall, anywhere in the image, lerped over it (lungs too)."""
+        c, (n, _, height, width) = self.config, images.shape
+        if c.text_probability == 0:
+            return images
+        k = c.text_count
+        on = self.coin(n, c.text_probability, chosen)
+        count = 1 + (self.uniform(n, 0, 1) * k).long().clamp_max(k - 1)  # marks on each image
+        active = (torch.arange(k, device=images.device)[None, :] < count[:, None]) & on[:, None]  # n x k
+        glyph = (self.uniform(n * k, 0, 1) * len(self.glyphs)).long().clamp_max(len(self.glyphs) - 1)
+        tall = self.uniform(n * k, c.text_size / 2, c.text_size)  # fractions of the side
+        wide = tall * 5 / 7 * self.uniform(n * k, 1, 2) * height / width  # glyph aspect, stretched up to 2x
+        top, left = self.uniform(n * k, 0, 1) * (1 - tall), self.uniform(n * k, 0, 1) * (1 - wide)
+        rows = _glyph_weights(_centres(height, images), top, tall, self.glyphs.shape[2])  # nk x H x 7
+        cols = _glyph_weights(_centres(width, images), left, wide, self.glyphs.shape[3])  # nk x W x 5
+        # a glyph scaled bilinearly is separable: rows @ bitmap @ cols^T, a small batched matmul
+        stamps = rows @ self.glyphs[glyph, 0].to(images.dtype) @ cols.transpose(1, 2)
+        alpha = (stamps.view(n, k, height, width) * active[:, :, None, None]).amax(dim=1, keepdim=True)
+        value = self.uniform(n, *MARK_VALUE).view(n, 1, 1, 1).to(images.dtype)
+        return images + alpha * (value - images)
+
+
+def _centres(size: int, like: torch.Tensor) -> torch.Tensor:
+    """Pixel-centre coordinates in [0, 1] along one side."""
+    return (torch.arange(size, device=like.device, dtype=like.dtype) + 0.5) / size
+
+
+def _glyph_weights(coords: torch.Tensor, start: torch.Tensor, length: torch.Tensor, cells: int) -> torch.Tensor:
+    """Bilinear weights (marks x len(coords) x cells) of a glyph's `cells` pixels spanning
+    [start, start + length] of a side, at pixel centres `coords` (all in [0, 1]); 0 outside."""
+    position = (coords[None, :] - start[:, None]) / length[:, None] * cells  # in glyph pixels
+    return (1 - (position[:, :, None] - torch.arange(cells, device=coords.device) - 0.5).abs()).clamp_min(0)
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Each image blurred with its own Gaussian (sigma per image, in pixels), edges replicated so a
+    border does not darken. Separable, as weighted sums of shifted views: at these kernel sizes
+    several times faster on a CPU than grouped convolutions."""
+    n, _, height, width = images.shape
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernels = torch.exp(-0.5 * (taps[None, :] / sigma[:, None].to(images.dtype)) ** 2)
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).view(n, 1, 1, 1, -1)
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    across = sum(kernels[..., j] * padded[..., j:j + width] for j in range(2 * radius + 1))
+    return sum(kernels[..., j] * across[..., j:j + height, :] for j in range(2 * radius + 1))

@@ -94,7 +94,14 @@ def load_checkpoint(path: str | Path) -> dict:
         raise not_a_model(path)
     if checkpoint.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported (expected {VERSION})")
-    return checkpoint
+    return {**checkpoint, "preprocess": with_normalize(checkpoint.get("preprocess", {}))}
+
+
+def with_normalize(preprocess: dict) -> dict:
+    """A checkpoint's (or export's) preprocessing settings with the normalisation spelled out:
+    models written before preprocess.normalize existed were trained on min-max images, whatever
+    the default is now. preprocess: the stored settings (not changed)."""
+    return {"normalize": "minmax", **preprocess}
 
 
 def build_model(checkpoint: dict) -> UNet:

@@ -22,6 +22,7 @@ from pathlib import Path
 from lungseg import config
 from lungseg.data import images
 from lungseg.data.integrity import errors, summary, warnings_of
+from lungseg.data.layout import source_names
 from lungseg.data.preprocess import scan_folder
 from lungseg.errors import LungsegError
 
@@ -58,13 +59,22 @@ def check(args: argparse.Namespace) -> int:
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
     settings = config.load(params, "preprocess", source=args.params)
     limit_pixels(args, settings.max_pixels)  # as the preprocess stage reads the data
-    scan = scan_folder(args.data_dir, settings)
+    source_names(args.data_dir)  # several folders: none named twice, as data.dir would refuse
+    return max(check_folder(folder, settings, args.verbose) for folder in args.data_dir)
+
+
+def check_folder(folder: str, settings: config.PreprocessConfig, verbose: bool) -> int:
+    """Check one data folder, print what was found; 1 when it has errors, else 0.
+
+    folder: the data folder. settings: the preprocess settings. verbose: print every warning too.
+    """
+    scan = scan_folder(folder, settings)
     found_errors, found_warnings = errors(scan.findings), warnings_of(scan.findings)
-    print(f"{args.data_dir}: {scan.layout.kind} layout, {len(scan.pairs)} usable pairs, "
+    print(f"{folder}: {scan.layout.kind} layout, {len(scan.pairs)} usable pairs, "
           f"{len(found_errors)} error(s), {len(found_warnings)} warning(s)")
     if scan.findings:
         print(summary(scan.findings).to_string(index=False))
-    for finding in found_errors + (found_warnings if args.verbose else []):
+    for finding in found_errors + (found_warnings if verbose else []):
         print(f"{finding.level}: {finding.kind}: {finding.detail}")
     return 1 if found_errors else 0
 
@@ -76,7 +86,8 @@ def predict(args: argparse.Namespace) -> int:
     limit_pixels(args)
     return predicting.run(args.model, args.inputs, args.out, device=args.device, threshold=args.threshold,
                           batch_size=args.batch_size, alpha=args.alpha, overlays=not args.no_overlays,
-                          recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite)
+                          recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite,
+                          workers=args.workers)
 
 
 EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json")
@@ -85,7 +96,7 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 def evaluate(args: argparse.Namespace) -> int:
     from lungseg import viz
     from lungseg.evaluate import evaluate_folder, headline, montage_rows, score_lines
-    from lungseg.inference import load_predictor
+    from lungseg.inference import default_workers, load_predictor, torch_threads
     from lungseg.io import write_csv, write_json
     from lungseg.outdir import OutputNames, check_out, remove_stale
     from lungseg.provenance import synthetic_warning
@@ -99,7 +110,9 @@ def evaluate(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.device)
     if warning := synthetic_warning(args.model, predictor.info):
         print(warning, file=sys.stderr)
-    result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, show_progress=not args.quiet)
+    workers = args.workers or default_workers()
+    with torch_threads(1 if workers > 1 else None):  # the worker threads share the cores, not torch's pool
+        result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, not args.quiet, workers)
     result.metrics["data"] = str(Path(args.data).resolve())
     per_image, histogram, report, metrics = (out / name for name in EVALUATE_FILES)
     write_csv(result.scores, per_image)
@@ -175,7 +188,8 @@ def add_check(commands) -> None:
     checker = commands.add_parser("check", help="check a data folder for problems (exit 1 on errors)",
                                   description="Check a data folder as the preprocess stage would read it.",
                                   epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    checker.add_argument("data_dir", help="a folder in the Kaggle layout or with image/ and mask/")
+    checker.add_argument("data_dir", nargs="+", help="a folder in the Kaggle layout or with image/ and mask/ "
+                                                     "(several: each is checked, as data.dir's list is read)")
     checker.add_argument("--params", default="params.yaml", help="take preprocess settings from here (default: params.yaml if present)")
     checker.add_argument("-v", "--verbose", action="store_true", help="list every warning, not just the summary")
     add_max_pixels(checker)
@@ -196,6 +210,9 @@ def add_predict(commands) -> None:
     predictor.add_argument("--alpha", type=fraction(exclusive=False), default=0.4, metavar="A", help="opacity of the red lungs in the overlays (default: 0.4)")
     predictor.add_argument("--no-overlays", action="store_true", help="write masks and the CSV only")
     predictor.add_argument("--recursive", action="store_true", help="also take images from subfolders of INPUT folders")
+    predictor.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                           help="threads reading and writing images beside the model (default: one per core; "
+                                "the outputs are the same for any N)")
     predictor.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_overwrite(predictor)
     add_max_pixels(predictor)
@@ -247,6 +264,9 @@ def add_evaluate(commands) -> None:
     evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
     evaluator.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     evaluator.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    evaluator.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                           help="threads scoring the masks at native resolution (default: one per core; "
+                                "the scores are the same for any N)")
     evaluator.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_overwrite(evaluator)
     add_max_pixels(evaluator)

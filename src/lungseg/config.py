@@ -77,9 +77,24 @@ def _rule(problem: str, *keys: str) -> PydanticCustomError:
 _section = dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 
 
+def _folders(value):
+    """data.dir: one folder (text), or a list of several (each text, none empty)."""
+    if not isinstance(value, (list, tuple)):
+        return _text(value)
+    if not value or not all(isinstance(item, str) and item.strip() for item in value):
+        raise PydanticCustomError("folders_type", "expected a folder, or a non-empty list of folders")
+    return tuple(value)
+
+
 @_section
 class DataConfig:
-    dir: Text = "data/raw/synthetic"  # a folder in the Kaggle layout or with image/ and mask/ inside
+    # a folder in the Kaggle layout or with image/ and mask/ inside, or a list of such folders
+    dir: Annotated[str | tuple[str, ...], BeforeValidator(_folders)] = "data/raw/synthetic"
+
+    @property
+    def dirs(self) -> tuple[str, ...]:
+        """The data folders, as a tuple also when data.dir names one."""
+        return (self.dir,) if isinstance(self.dir, str) else self.dir
 
 
 @_section
@@ -88,6 +103,12 @@ class SyntheticConfig:
     seed: Int = 0
     min_size: Int = Field(512, ge=16)
     max_size: Int = 1500
+    # share of phantoms with each of what breaks models on real X-rays (lungseg.data.synthetic.HardCases)
+    text_fraction: Number = Field(0.15, ge=0, le=1)  # burned-in text and L/R markers
+    low_contrast_fraction: Number = Field(0.15, ge=0, le=1)
+    dense_opacity_fraction: Number = Field(0.15, ge=0, le=1)  # a consolidation inside a lung (still lung in the mask)
+    rotated_fraction: Number = Field(0.15, ge=0, le=1)
+    cropped_fraction: Number = Field(0.15, ge=0, le=1)  # a field that cuts through the lungs
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -101,10 +122,25 @@ class SyntheticConfig:
 class PreprocessConfig:
     image_size: Int = Field(128, ge=8)
     mask_threshold: Int = Field(127, ge=0, le=254)  # 0..255 scale: a resized mask pixel is lung when above it
-    normalize: Annotated[Literal["minmax", "none"], BeforeValidator(_text)] = "minmax"  # minmax: stretch each image to the full range; none: keep values
+    # how intensities become 0..255 (lungseg.data.normalize): minmax, percentile, equalize, clahe or none
+    normalize: Annotated[Literal["minmax", "percentile", "equalize", "clahe", "none"], BeforeValidator(_text)] = "percentile"
+    percentile_low: Number = Field(1.0, ge=0, le=100)  # percentile: this percentile becomes 0 ...
+    percentile_high: Number = Field(99.0, ge=0, le=100)  # ... and this one 255
+    clahe_clip_limit: Number = Field(2.0, gt=0)  # clahe: histogram clip, in multiples of a tile's mean count
+    clahe_tiles: Int = Field(8, ge=1)  # clahe: tiles per side
     metadata_columns: Names = ("county", "ptb")  # carried into the index; nothing else is kept
     workers: Int = Field(0, ge=0)  # processes; 0 = every core
     max_pixels: Int = Field(200_000_000, ge=1)  # larger images are refused unread: a guard against decompression bombs
+
+    @model_validator(mode="after")
+    def _percentiles_in_order(self):
+        if self.percentile_low >= self.percentile_high:
+            raise _rule(f"preprocess.percentile_low={self.percentile_low:g}: must be below preprocess.percentile_high "
+                        f"({self.percentile_high:g})", "percentile_low", "percentile_high")
+        if self.clahe_tiles > self.image_size:
+            raise _rule(f"preprocess.clahe_tiles={self.clahe_tiles}: must be at most preprocess.image_size ({self.image_size})",
+                        "clahe_tiles", "image_size")
+        return self
 
 
 @_section
@@ -113,7 +149,7 @@ class SplitConfig:
     val: Number = Field(0.1, gt=0)
     test: Number = Field(0.1, gt=0)
     seed: Int = 42
-    stratify_by: Text = "county"  # a metadata column; "" or a column the data lacks: no stratification
+    stratify_by: Text = "county"  # a metadata column; "" or a column the data lacks: none (several data folders: by folder still)
 
     @property
     def fractions(self) -> tuple[float, float, float]:
@@ -145,11 +181,20 @@ class TrainConfig:
     precision: Annotated[Precision, BeforeValidator(_text)] = "auto"  # auto: bf16 autocast where the hardware runs it natively, else fp32
     compile: Annotated[Literal["auto", "always", "never"], BeforeValidator(_text)] = "auto"  # torch.compile: auto (CUDA only), always or never
     nproc: Int = Field(1, ge=1)  # training processes on this machine (one per GPU), with torchrun and DDP
+    low_res_epochs: Int = Field(0, ge=0)  # the first epochs train at low_res_size px (progressive resizing); 0: none
+    low_res_size: Int = Field(64, ge=8)  # below preprocess.image_size and divisible by 2**model.depth (checked by training)
 
     @model_validator(mode="after")
     def _some_loss(self):
         if self.bce_weight + self.dice_weight <= 0:
             raise _rule("train.bce_weight + train.dice_weight must be > 0", "bce_weight", "dice_weight")
+        return self
+
+    @model_validator(mode="after")
+    def _full_size_last(self):
+        if self.low_res_epochs >= self.epochs:
+            raise _rule(f"train.low_res_epochs={self.low_res_epochs}: must be < train.epochs ({self.epochs}), "
+                        "so that the last epochs train at full size", "low_res_epochs", "epochs")
         return self
 
 
@@ -163,9 +208,17 @@ class AugmentConfig:
     scale: Number = Field(0.1, ge=0, lt=1)  # zoom drawn in [1 - scale, 1 + scale]
     shift: Number = Field(0.05, ge=0)  # translation, as a fraction of the image side
     brightness: Number = Field(0.1, ge=0)  # added, on the [0, 1] intensity scale
-    contrast: Number = Field(0.2, ge=0, lt=1)  # multiplies the deviation from the image's mean by [1 - c, 1 + c]
-    gamma: Number = Field(0.2, ge=0, lt=1)  # exponent drawn log-uniformly in [1 - gamma, 1 + gamma]
+    contrast: Number = Field(0.4, ge=0, lt=1)  # multiplies the deviation from the image's mean by [1 - c, 1 + c]
+    gamma: Number = Field(0.4, ge=0, lt=1)  # exponent drawn log-uniformly in [1 - gamma, 1 + gamma]
     noise: Number = Field(0.02, ge=0)  # Gaussian noise, standard deviation up to this
+    # site appearance (other hospitals; chosen in BENCHMARKS.md); each is off at 0
+    blur: Number = Field(1.0, ge=0, le=4)  # Gaussian sigma in [0, blur] px at training size; 0 also turns sharpening off
+    sharpen: Number = Field(1.0, ge=0, le=3)  # detail weight drawn in [-sharpen, 1]: < 0 sharpens, > 0 blurs
+    border_probability: Number = Field(0.3, ge=0, le=1)  # share of changed images given collimation bands
+    border_width: Number = Field(0.1, ge=0, lt=0.5)  # each edge's band up to this fraction of the side
+    text_probability: Number = Field(0.3, ge=0, le=1)  # share of changed images given burned-in text/markers
+    text_count: Int = Field(3, ge=1, le=10)  # up to this many marks on an image
+    text_size: Number = Field(0.1, gt=0, le=0.5)  # mark height up to this fraction of the side
 
 
 @_section

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lungseg import distributed
@@ -131,6 +132,15 @@ def validation_sums(model, loss_fn, data: TensorPair, batch_size: int, threshold
     return sums
 
 
+def downsampled(data: TensorPair, size: int) -> TensorPair:
+    """`data` at size x size px, in the same memory layout: images area-averaged, masks
+    area-averaged then cut at 0.5 (so they stay 0/1)."""
+    layout = torch.channels_last if data.images.stride(1) == 1 else torch.contiguous_format
+    images = F.interpolate(data.images, size=(size, size), mode="area")
+    masks = (F.interpolate(data.masks, size=(size, size), mode="area") > 0.5).to(data.masks.dtype)
+    return TensorPair(images.contiguous(memory_format=layout), masks.contiguous(memory_format=layout))
+
+
 def make_scheduler(optimizer, schedule: str, total_steps: int):
     """Per-step learning-rate schedule. 'cosine' decays from lr to 0 over the run: large steps
     early for speed, small ones late so the last epochs settle instead of bouncing around."""
@@ -163,6 +173,10 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
         worker: distributed.Worker | None = None, on_epoch: Callable[[dict, int, float], None] | None = None) -> FitResult:
     """Train for config.epochs and keep the weights of the epoch with the best validation Dice.
 
+    The first config.low_res_epochs epochs train on `train` shrunk to config.low_res_size px
+    (progressive resizing: the U-Net is fully convolutional, and a 64 px step costs about half a
+    128 px one on CPU); the later epochs, and every validation, use the images as given.
+
     `augment`, if given, maps each training batch (images, masks) to a changed copy
     (lungseg.augment.Augmenter); validation always sees the images as they are.
 
@@ -192,12 +206,14 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
     loss_fn = BceDiceLoss(config.bce_weight, config.dice_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs * steps)
+    low_res = downsampled(train, config.low_res_size) if config.low_res_epochs else train
     rows, best = [], (-1.0, 0, None)
     with tqdm(total=config.epochs * steps, desc="train", unit="step", mininterval=1.0, disable=not show_progress) as progress:
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, bad_step = train_epoch(network, loss_fn, optimizer, scheduler, train, batch_size, generator, dtype, progress,
+            data = low_res if epoch <= config.low_res_epochs else train
+            train_loss, bad_step = train_epoch(network, loss_fn, optimizer, scheduler, data, batch_size, generator, dtype, progress,
                                                augment, steps if worker else None, worker)
             if bad_step:
                 raise TrainingError(f"the training loss became {train_loss} (not finite) at epoch {epoch}, step {bad_step} of {steps}: "

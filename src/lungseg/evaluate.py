@@ -7,7 +7,9 @@ per subgroup, and at each image's original resolution.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,25 +58,39 @@ def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=
 
 
 def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
-                  image_paths=None) -> pd.DataFrame:
+                  image_paths=None, workers: int = 1) -> pd.DataFrame:
     """Dice, IoU and HD95 at each image's original resolution: the model-size probabilities are
     resized to the original mask's size, thresholded and post-processed there (Predictor.native_mask),
-    and compared with the original mask. One image at a time, so 3000 px masks never pile up.
+    and compared with the original mask. One image at a time per worker, so 3000 px masks never pile up.
 
     With `image_paths`, HD95 is also given in mm (`hd95_native_mm`) for each image whose file
-    carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others."""
+    carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others.
+    workers: threads scoring images side by side (decoding, resizing and the distance queries
+    release the GIL); the rows and their order are the same for any number. Run several inside
+    lungseg.inference.torch_threads(1), or torch's own threads fight them for the cores.
+    """
     image_paths = [None] * len(mask_paths) if image_paths is None else list(image_paths)
-    rows = []
-    for probability, path, image_path in tqdm(list(zip(probabilities, mask_paths, image_paths)), desc="native resolution",
-                                              unit="image", disable=not show_progress, mininterval=1.0):
-        truth = read_mask(path, mask_threshold)
-        prediction = predictor.native_mask(probability, truth.shape)
-        spacing = pixel_spacing(image_path) if image_path is not None else None
-        rows.append({"dice_native": float(dice_per_image(prediction[None], truth[None])[0]),
-                     "iou_native": float(iou_per_image(prediction[None], truth[None])[0]),
-                     "hd95_native": hd95(prediction, truth),
-                     "hd95_native_mm": hd95(prediction, truth, spacing) if spacing else np.nan})
+    items = list(zip(probabilities, mask_paths, image_paths))
+    score = partial(_native_row, predictor, mask_threshold)
+    progress = partial(tqdm, total=len(items), desc="native resolution", unit="image", disable=not show_progress, mininterval=1.0)
+    if workers <= 1:
+        rows = [score(item) for item in progress(items)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            rows = list(progress(pool.map(score, items)))
     return pd.DataFrame(rows, columns=[*NATIVE_COLUMNS, "hd95_native_mm"])
+
+
+def _native_row(predictor, mask_threshold: int, item: tuple) -> dict:
+    """native_scores' row for one (probability, mask path, image path or None)."""
+    probability, path, image_path = item
+    truth = read_mask(path, mask_threshold)
+    prediction = predictor.native_mask(probability, truth.shape)
+    spacing = pixel_spacing(image_path) if image_path is not None else None
+    return {"dice_native": float(dice_per_image(prediction[None], truth[None])[0]),
+            "iou_native": float(iou_per_image(prediction[None], truth[None])[0]),
+            "hd95_native": hd95(prediction, truth),
+            "hd95_native_mm": hd95(prediction, truth, spacing) if spacing else np.nan}
 
 
 def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix: str = "") -> dict:
@@ -162,10 +178,11 @@ def _round_width(raw: float) -> float:
 
 
 def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
-                 config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True) -> Evaluation:
+                 config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True,
+                 workers: int = 1) -> Evaluation:
     """Score `predictor` on a preprocessed set (images/masks at model size, index with id, height,
     width and mask_file relative to `data_dir`). With a `data_dir` and `config.native`, also at
-    each image's original resolution."""
+    each image's original resolution, by `workers` threads (native_scores)."""
     size = images.shape[-1]
     probabilities = predictor.probabilities(images, batch_size)
     predictions = predictor.to_masks(probabilities)
@@ -175,7 +192,7 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
     if data_dir is not None and config.native:
         mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
         image_paths = [Path(data_dir) / name for name in index["image_file"]]
-        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress, image_paths)
+        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress, image_paths, workers)
         scores = pd.concat([scores, native], axis=1)
         metrics["test_native"] = native_summary(scores, config)
     metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
@@ -183,13 +200,14 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
 
 
 def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
-                    subgroups=(), show_progress: bool = True) -> Evaluation:
+                    subgroups=(), show_progress: bool = True, workers: int = 1) -> Evaluation:
     """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
-    prepared exactly as the model's training data was, scored like the test split."""
+    prepared exactly as the model's training data was, scored like the test split.
+    workers: threads for the native-resolution scores (see native_scores); same scores for any number."""
     settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
     images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
     return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
-                        subgroups, show_progress)
+                        subgroups, show_progress, workers)
 
 
 def headline(metrics: dict) -> dict:

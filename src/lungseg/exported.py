@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lungseg.checkpoint import not_a_model, zip_names
+from lungseg.checkpoint import not_a_model, with_normalize, zip_names
 from lungseg.errors import CheckpointError
 from lungseg.onnx_model import OnnxModel
 
@@ -68,7 +68,7 @@ def parse_metadata(text: str, path: str | Path) -> dict:
     missing = [key for key in NEEDED if key not in document]
     if missing or "image_size" not in document.get("preprocess", {}):
         raise CheckpointError(f"{path}: the '{METADATA_KEY}' metadata lacks {', '.join(missing) or 'preprocess.image_size'}")
-    return document
+    return {**document, "preprocess": with_normalize(document["preprocess"])}
 
 
 # --------------------------------------------------------------------------- recognising an export

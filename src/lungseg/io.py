@@ -21,15 +21,20 @@ import pandas as pd
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, sweep: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it.
 
     Works for files and for whole directories (an existing directory at `path` is replaced).
     The temporary name keeps the suffix, so writers that infer the format from it still work.
+
+    sweep: first delete the temporaries of `path` that killed writers left behind. Finding them
+    lists the whole folder, so a writer of thousands of files into one folder sweeps it once
+    (sweep_folder) and passes False here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    if sweep:
+        remove_stale_temporaries(path)
     # unique per writer, so two processes writing the same target never share a temporary
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
@@ -55,10 +60,21 @@ def remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of `path` left by writers that were killed (SIGKILL skips every cleanup).
     Their names carry the writer's pid; those of live processes are left alone."""
     for pattern in (f".{path.stem}.tmp-*{path.suffix}", f".{path.name}.old-*"):
-        for leftover in path.parent.glob(pattern):
-            writer = re.search(r"\.(?:tmp|old)-(\d+)-", leftover.name)
-            if writer and not _alive(int(writer.group(1))):
-                _remove(leftover)
+        _remove_dead_writers(path.parent.glob(pattern))
+
+
+def sweep_folder(folder: str | Path) -> None:
+    """Delete every temporary in `folder` (not below it) that a killed writer left behind."""
+    folder = Path(folder)
+    if folder.is_dir():
+        _remove_dead_writers(item for item in folder.iterdir() if item.name.startswith("."))
+
+
+def _remove_dead_writers(candidates) -> None:
+    for leftover in candidates:
+        writer = re.search(r"\.(?:tmp|old)-(\d+)-", leftover.name)
+        if writer and not _alive(int(writer.group(1))):
+            _remove(leftover)
 
 
 def _alive(pid: int) -> bool:

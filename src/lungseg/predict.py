@@ -16,9 +16,17 @@ order given; the CSV's mask_file and overlay_file columns say which file belongs
 A file that cannot be read gets a row with `error` filled and its other fields empty, and the
 run goes on; the command then exits 1.
 
-Memory: one full-size image is in memory at a time, and never as a full-size float64 or RGB
-float array: the overlay is built from the 8-bit grey picture in uint8 (lungseg.viz.overlay),
-so a 10000 x 8000 X-ray peaks well under 1.5 GB (bench/predict_memory.py).
+Speed: each file is decoded once for both the model's input and the overlay's grey. Worker
+threads (--workers, default one per core) read the next batches and write the finished ones
+while the model runs on the current batch; the batches, and so every output, are the same for
+any number of workers, and rows and error lines come in input order (bench/predict_speed.py).
+
+Memory: what the threads hold at once is bounded by pixel budgets (PixelBudget): images being
+decoded or written up to WORKING_PIXELS, where an image larger than that runs alone, and display
+greys waiting for their write up to KEPT_PIXELS, beyond which an image's grey is read again when
+its overlay is written. No image is ever a full-size float64 or RGB float array: the overlay is
+built from the 8-bit grey picture in uint8 (lungseg.viz.overlay_image), so a 10000 x 8000
+X-ray peaks well under 1.5 GB (bench/predict_memory.py).
 
 Lung sides: in a standard PA (postero-anterior) chest X-ray the patient faces the viewer, so the
 patient's RIGHT lung appears on the image's LEFT side. Of the two largest connected components
@@ -39,8 +47,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +71,18 @@ from lungseg.data.images import (
     is_image_file,
     open_image,
     pixel_spacing,
+    read_resized_and_full,
+    read_size,
     to_float_gray,
 )
-from lungseg.data.preprocess import prepare_image, stretch_to_uint8
+from lungseg.data.normalize import check_available, stretch_to_uint8
+from lungseg.data.preprocess import finish_image, prepare_image
 from lungseg.errors import DataError
-from lungseg.inference import Predictor, load_predictor
-from lungseg.io import atomic_path, write_csv
+from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
+from lungseg.io import atomic_path, sweep_folder, write_csv
 from lungseg.outdir import OutputNames, check_out, remove_stale
 from lungseg.provenance import synthetic_warning
-from lungseg.viz import overlay, save_mask_png
+from lungseg.viz import overlay_image, save_mask_png
 
 COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction",
            "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error",
@@ -74,6 +91,15 @@ TABLE = "predictions.csv"
 OUTPUT_NAMES = OutputNames(files=(TABLE,), folders=("masks", "overlays"), suffix=".png")
 ROWS_PER_BLOCK = 512  # rows converted to 8 bits at a time: a 8000 px wide float block is ~16 MB
 MM2_PER_CM2 = 100.0
+# zlib level of the overlays: level 1 wrote a 512 px overlay 5x faster than the default 6, for
+# ~10% more bytes (bench/predict_speed.py); the pixels are the same at every level
+OVERLAY_PNG_LEVEL = 1
+READ_AHEAD = 2  # batches read ahead of the one the model runs on
+# Memory in flight (PixelBudget): images being decoded or written hold a few bytes a pixel for a
+# moment (two 3000 px X-rays side by side fit; a 10000 x 8000 one runs alone), display greys
+# waiting for their write 1 byte a pixel (beyond this they are read again, as for one huge image).
+WORKING_PIXELS = 24_000_000
+KEPT_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -161,28 +187,123 @@ def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
             [given for given, folder in zip(inputs, is_folder) if not folder])
 
 
-# --------------------------------------------------------------------------- one batch
+# --------------------------------------------------------------------------- memory in flight
 
 
-def predict_batch(predictor: Predictor, jobs: list[Job], settings: PreprocessConfig
-                  ) -> Iterator[tuple[Job, np.ndarray | ImageReadError, np.ndarray | None]]:
-    """Each job in order with its native-size mask (uint8 0/1), or the error that kept its file
-    from being read, and its model-size probabilities (float32 S x S; None for an error). Masks
-    are made one at a time, so only one full-size image is in memory."""
-    prepared = []
-    for job in jobs:
+class PixelBudget:
+    """How many image pixels the worker threads may hold at once. A blocking take lets an image
+    larger than the whole budget through when nothing else is held, so every image gets its turn
+    and the largest runs alone; a non-blocking take (for a display copy kept until its write)
+    never goes over."""
+
+    def __init__(self, limit: int):
+        """limit: pixels, counted by each image's full size."""
+        self.limit, self.used = limit, 0
+        self._changed = threading.Condition()
+
+    def take(self, pixels: int, wait: bool = True) -> bool:
+        """Reserve `pixels`; with `wait`, block until they fit (always True), else return at once
+        whether they did."""
+        with self._changed:
+            fits = lambda: self.used + pixels <= self.limit or (wait and self.used == 0)  # noqa: E731
+            if wait:
+                self._changed.wait_for(fits)
+            elif not fits():
+                return False
+            self.used += pixels
+            return True
+
+    def give(self, pixels: int) -> None:
+        """Return what take reserved."""
+        with self._changed:
+            self.used -= pixels
+            self._changed.notify_all()
+
+    @contextmanager
+    def held(self, pixels: int) -> Iterator[None]:
+        """take(pixels) for the duration of a block."""
+        self.take(pixels)
         try:
-            prepared.append(prepare_image(job.source, settings))
-        except ImageReadError as problem:
-            prepared.append(problem)
-    readable = [item for item in prepared if not isinstance(item, ImageReadError)]
-    probabilities = iter(predictor.probabilities(np.stack([image for image, _ in readable]), len(readable)) if readable else [])
-    for job, item in zip(jobs, prepared):
-        if isinstance(item, ImageReadError):
-            yield job, item, None
-        else:
-            probability = next(probabilities)
-            yield job, predictor.native_mask(probability, item[1]), probability
+            yield
+        finally:
+            self.give(pixels)
+
+
+@dataclass
+class Budgets:
+    """working: pixels being decoded or written (a few full-size arrays each); kept: pixels of
+    display copies waiting between their read and their write (1 byte a pixel)."""
+
+    working: PixelBudget = field(default_factory=lambda: PixelBudget(WORKING_PIXELS))
+    kept: PixelBudget = field(default_factory=lambda: PixelBudget(KEPT_PIXELS))
+
+
+def header_pixels(source: str) -> int:
+    """Width x height from the file's header, to reserve before decoding; 1 for a file whose
+    header cannot be read (the full read then reports why, in its own words)."""
+    try:
+        height, width = read_size(source)
+    except ImageReadError:
+        return 1
+    return height * width
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Prepared:
+    """One job after reading: the model's input, or the error that kept the file from being read."""
+
+    job: Job
+    image: np.ndarray | None = None  # uint8 S x S, prepared as for training
+    size: tuple[int, int] = (0, 0)  # original (height, width)
+    spacing: tuple[float, float] | None = None  # mm per pixel (DICOM), else None
+    grey: np.ndarray | None = None  # the display grey, when kept for the overlay
+    error: ImageReadError | None = None
+    kept: int = 0  # pixels the grey holds of budgets.kept, given back once it is written
+
+    def take_grey(self) -> np.ndarray | None:
+        """The kept display grey, handed over once, so that it is freed as soon as its user is done."""
+        grey, self.grey = self.grey, None
+        return grey
+
+
+def read_job(job: Job, settings: PreprocessConfig, outputs: Outputs, budgets: Budgets) -> Prepared:
+    """Read one X-ray once: the model's input (exactly as prepare_image makes it), its pixel
+    spacing and, with overlays and room in budgets.kept, its display grey. Without that room the
+    grey is read again when the overlay is written, as one full-size image at a time allows."""
+    pixels = header_pixels(job.source)
+    keep = outputs.overlays and budgets.kept.take(pixels, wait=False)
+    try:
+        with budgets.working.held(pixels):
+            prepared = _read(job, settings, outputs.normalize if keep else None)
+    except ImageReadError as problem:
+        prepared = Prepared(job, error=problem)
+    if keep and prepared.grey is None:
+        budgets.kept.give(pixels)
+    elif keep:
+        prepared.kept = pixels
+    return prepared
+
+
+def _read(job: Job, settings: PreprocessConfig, normalize: str | None) -> Prepared:
+    """Prepared for one job; the display grey too when `normalize` is given."""
+    if normalize is None:
+        image, size = prepare_image(job.source, settings)
+        return Prepared(job, image, size, pixel_spacing(job.source))
+    resized, full = read_resized_and_full(job.source, settings.image_size)
+    grey = grey_for_display(full, normalize)
+    del full
+    return Prepared(job, finish_image(resized.values, settings), resized.original_size, pixel_spacing(job.source), grey)
+
+
+def forward(predictor: Predictor, batch: list[Prepared]) -> list[np.ndarray | None]:
+    """The model-size probabilities of each readable image of a batch (None for the others),
+    run as one stack, as the batch's jobs were before."""
+    readable = [item.image for item in batch if item.error is None]
+    probabilities = iter(predictor.probabilities(np.stack(readable), len(readable)) if readable else [])
+    return [None if item.error is not None else next(probabilities) for item in batch]
 
 
 # --------------------------------------------------------------------------- one result
@@ -198,21 +319,29 @@ def areas_cm2(report: quality.QualityReport, spacing: tuple[float, float] | None
 
 
 def display_grey(source: str, normalize: str) -> np.ndarray:
-    """The X-ray at full size as uint8 0..255 for the overlay, stretched as the model saw it (a
-    12-bit image stored in 16 bits would otherwise be nearly black). 8-bit files stay 8-bit all
-    the way; wider ones are converted to 8 bits in row blocks, so no second full-size float copy
-    is made.
+    """The X-ray at full size as uint8 0..255 for the overlay (grey_for_display of the file).
 
-    source: the image file. normalize: 'minmax' stretches each image to 0..255, 'none' keeps it.
+    source: the image file. normalize: the model's setting; see grey_for_display.
     """
     image, _ = open_image(source)
+    return grey_for_display(image, normalize)
+
+
+def grey_for_display(image: Image.Image, normalize: str) -> np.ndarray:
+    """A decoded X-ray as uint8 0..255 for the overlay, stretched as the model saw it (a 12-bit
+    image stored in 16 bits would otherwise be nearly black). 8-bit images stay 8-bit all the
+    way; wider ones are converted to 8 bits in row blocks, so no second full-size float copy is
+    made.
+
+    image: the decoded, upright X-ray. normalize: 'none' keeps the values; 'minmax' and every
+    other method stretch each image to 0..255 (the display needs no finer normalisation).
+    """
+    stretch = normalize != "none"
     if image.mode not in WIDE_MODES:
         grey = np.asarray(_as_grey_8bit(image))
-        del image
-        return _stretch_8bit(grey) if normalize == "minmax" else grey
+        return _stretch_8bit(grey) if stretch else grey
     values = to_float_gray(image)  # float32 in [0, 1]
-    del image
-    low, high = (float(values.min()), float(values.max())) if normalize == "minmax" else (0.0, 1.0)
+    low, high = (float(values.min()), float(values.max())) if stretch else (0.0, 1.0)
     grey = np.empty(values.shape, dtype=np.uint8)
     for start in range(0, len(values), ROWS_PER_BLOCK):
         grey[start:start + ROWS_PER_BLOCK] = stretch_to_uint8(values[start:start + ROWS_PER_BLOCK], low, high)
@@ -230,30 +359,36 @@ def _as_grey_8bit(image: Image.Image) -> Image.Image:
 def _stretch_8bit(grey: np.ndarray) -> np.ndarray:
     """Min-max stretch of a uint8 image through a 256-entry table (no float copy of the image)."""
     table = stretch_to_uint8(np.arange(256, dtype=np.float64), int(grey.min()), int(grey.max()))
-    return table[grey]
+    return table[grey]  # indexing by the uint8 array itself: np.take would copy it as int64 first
 
 
-def save_rgb_png(pixels: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+def save_rgb_png(picture: np.ndarray | Image.Image, path: Path) -> None:
+    """Write an RGB picture (HxWx3 uint8 or a Pillow image) as a PNG at OVERLAY_PNG_LEVEL, atomically."""
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    with atomic_path(path, sweep=False) as tmp:  # run() swept the folder once
+        picture.save(tmp, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
 
 
 def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.ndarray | None = None,
-                 threshold: float = 0.5) -> dict:
-    """Write one image's mask (and overlay) and return its CSV row. The X-ray and its pixel spacing
-    are read before anything is written, so a file that fails now leaves no outputs behind.
+                 threshold: float = 0.5, grey: np.ndarray | None = None,
+                 spacing: tuple[float, float] | None = None) -> dict:
+    """Write one image's mask (and overlay) and return its CSV row. Without a kept `grey` the X-ray
+    is read for the overlay before anything is written, so a file that fails now leaves no outputs.
 
     probability: the model-size probabilities the mask came from, for the quality columns (their
-    uncertainty is left empty without). threshold: the predictor's threshold.
+    uncertainty is left empty without). threshold: the predictor's threshold. grey: the display
+    grey (grey_for_display) read with the model's input, if kept. spacing: the file's pixel
+    spacing in mm, for the cm2 columns.
     """
-    grey = display_grey(job.source, outputs.normalize) if outputs.overlays else None
-    spacing = pixel_spacing(job.source)
+    if outputs.overlays and grey is None:
+        grey = display_grey(job.source, outputs.normalize)
     mask_file = Path("masks") / f"{job.name}.png"
-    save_mask_png(mask, outputs.folder / mask_file)
+    save_mask_png(mask, outputs.folder / mask_file, sweep=False)  # run() swept the folder once
     overlay_file = ""
     if grey is not None:
         overlay_file = str(Path("overlays") / f"{job.name}.png")
-        save_rgb_png(overlay(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file)
+        save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file)
         del grey  # before quality labels the mask: one full-size picture at a time
     report = quality.assess(mask, probability, threshold)  # labels the mask once, for the sides too
     right_cm2, left_cm2 = areas_cm2(report, spacing)
@@ -262,6 +397,22 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.n
             "right_lung_px": report.right_px, "left_lung_px": report.left_px,
             "right_lung_cm2": right_cm2, "left_lung_cm2": left_cm2,
             "n_components": report.n_components, "error": "", **report.columns()}
+
+
+def write_job(item: Prepared, probability: np.ndarray | None, predictor: Predictor, outputs: Outputs,
+              budgets: Budgets) -> dict:
+    """The native-size mask of one read job, its files and its CSV row (an error row for a file
+    that could not be read). Gives back the kept grey's reservation once written."""
+    if item.error is not None:
+        return error_row(item.job, item.error)
+    try:
+        with budgets.working.held(item.size[0] * item.size[1]):
+            mask = predictor.native_mask(probability, item.size)
+            return write_result(item.job, mask, outputs, probability, predictor.threshold, item.take_grey(), item.spacing)
+    except ImageReadError as problem:  # the message already names the file
+        return error_row(item.job, problem)
+    finally:
+        budgets.kept.give(item.kept)
 
 
 def error_row(job: Job, problem: Exception) -> dict:
@@ -283,48 +434,72 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- the command
 
 
-def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_size: int, quiet: bool = False) -> list[dict]:
-    """Run every job in batches and write its outputs; return the CSV rows in job order.
-    Unreadable files are reported on stderr (one line each) and become error rows."""
-    settings = PreprocessConfig(**predictor.preprocess)
-    rows = []
+def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_size: int, quiet: bool = False,
+                workers: int | None = None, budgets: Budgets | None = None) -> list[dict]:
+    """Run every job and write its outputs; return the CSV rows in job order. Unreadable files are
+    reported on stderr (one line each, in job order) and become error rows.
+
+    Worker threads read the next batches and write the finished ones while this thread runs the
+    model on the current batch (Pillow, numpy and torch release the GIL for the heavy work).
+    Batches are the same jobs[i:i + batch_size] whatever the number of workers, so the results
+    are too. workers: threads (default: one per core). budgets: memory in flight (default: Budgets()).
+    """
+    settings, budgets = PreprocessConfig(**predictor.preprocess), budgets or Budgets()
+    workers = workers or default_workers()
+    for folder in OUTPUT_NAMES.folders:  # once here, not before each of thousands of writes
+        sweep_folder(outputs.folder / folder)
+    batches = iter([jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)])
+    rows: list[dict] = []
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="predict")
     # disable=None: the bar shows on a terminal and stays out of logs and pipes
-    with tqdm(total=len(jobs), unit="image", disable=True if quiet else None, file=sys.stderr) as progress:
-        for start in range(0, len(jobs), batch_size):
-            for job, outcome, probability in predict_batch(predictor, jobs[start:start + batch_size], settings):
-                rows.append(result_row(job, outcome, outputs, probability, predictor.threshold))
-                del outcome  # else the last mask stays alive while the generator makes the next
-                progress.update()
+    with tqdm(total=len(jobs), unit="image", disable=True if quiet else None, file=sys.stderr) as progress, \
+            torch_threads(1 if workers > 1 else None):
+        try:
+            read = partial(pool.submit, read_job, settings=settings, outputs=outputs, budgets=budgets)
+            reading = deque([read(job) for job in upcoming] for upcoming in islice(batches, READ_AHEAD))
+            writing: deque[Future] = deque()
+            while reading:
+                batch = [future.result() for future in reading.popleft()]
+                reading.extend([read(job) for job in upcoming] for upcoming in islice(batches, 1))
+                for item, probability in zip(batch, forward(predictor, batch)):
+                    writing.append(pool.submit(write_job, item, probability, predictor, outputs, budgets))
+                del batch, item  # the writers own them now, and free each grey once written
+                _collect(writing, rows, progress, keep=READ_AHEAD * batch_size)
+            _collect(writing, rows, progress, keep=0)
+        finally:  # after Ctrl-C or a failure, drop the queued work instead of waiting for it
+            pool.shutdown(wait=True, cancel_futures=True)
     return rows
 
 
-def result_row(job: Job, outcome: np.ndarray | ImageReadError, outputs: Outputs,
-               probability: np.ndarray | None = None, threshold: float = 0.5) -> dict:
-    try:
-        if isinstance(outcome, ImageReadError):
-            raise outcome
-        return write_result(job, outcome, outputs, probability, threshold)
-    except ImageReadError as problem:  # the message already names the file
-        tqdm.write(f"error: {problem}", file=sys.stderr)
-        return error_row(job, problem)
+def _collect(writing: deque[Future], rows: list[dict], progress: tqdm, keep: int) -> None:
+    """Wait for the oldest writes until at most `keep` are pending; append their rows in order and
+    report each error row on stderr."""
+    while len(writing) > keep:
+        row = writing.popleft().result()
+        if row["error"]:
+            tqdm.write(f"error: {row['error']}", file=sys.stderr)
+        rows.append(row)
+        progress.update()
 
 
 def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold: float | None = None,
         batch_size: int = 16, alpha: float = 0.4, overlays: bool = True, recursive: bool = False,
-        quiet: bool = False, overwrite: bool = False) -> int:
+        quiet: bool = False, overwrite: bool = False, workers: int | None = None) -> int:
     """The whole command; returns the exit code: 0 all written, 1 some files could not be read.
     Problems with the inputs, --out (lungseg.outdir) or the model raise LungsegError before
     anything is written. With `overwrite`, an earlier run's outputs in `out` may be replaced,
-    and those this run did not write are deleted once it is done."""
+    and those this run did not write are deleted once it is done. workers: reading and writing
+    threads (default: one per core; the results are the same for any number)."""
     sources = list_inputs(inputs, recursive)
     folders, files = split_inputs(inputs)
     out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])
     predictor = load_predictor(model, device, threshold)
+    check_available(predictor.preprocess.get("normalize", "minmax"))  # e.g. clahe without OpenCV: stop before any output
     if warning := synthetic_warning(model, predictor.info):
         print(warning, file=sys.stderr)
     jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
     outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess.get("normalize", "minmax"))
-    rows = predict_all(predictor, jobs, outputs, batch_size, quiet)
+    rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
     write_table(rows, out_dir / TABLE)
     if overwrite:
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))

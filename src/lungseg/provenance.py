@@ -20,12 +20,14 @@ def training_data(data_dir: str | Path, index: pd.DataFrame) -> dict:
     and sizes) that tells two data sets apart.
 
     Args:
-        data_dir: params.yaml's data.dir.
+        data_dir: params.yaml's data.dir (one folder, or a list of them: their names joined).
         index: the preprocessed index (lungseg.data.preprocess.ProcessedSet.index).
     """
     rows = index[["id", "image_file", "mask_file", "height", "width"]].astype(str)
     fingerprint = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
-    return {"data": Path(data_dir).name, "n_images": len(index), "synthetic": is_synthetic(data_dir, index),
+    folders = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+    return {"data": ", ".join(Path(folder).name for folder in folders), "n_images": len(index),
+            "synthetic": all(is_synthetic(folder, index) for folder in folders),
             "fingerprint": fingerprint}
 
 

@@ -22,6 +22,7 @@ from lungseg.augment import Augmenter
 from lungseg.data.preprocess import ProcessedSet
 from lungseg.data.split import ids_in
 from lungseg.engine import TensorPair, TrainingError, fit, is_out_of_memory, out_of_memory_advice, predicted_masks
+from lungseg.errors import ParamsError
 from lungseg.model import UNet
 from lungseg.runtime import (
     autocast_dtype,
@@ -107,8 +108,10 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
             lungseg.tracking.EpochLog); pass it on rank 0 only.
         verbose: print one line about the data and device (rank 0), and a progress bar when
             stdout is a terminal.
-    Raises TrainingError with advice when the device runs out of memory or the loss diverges.
+    Raises ParamsError for a train.low_res_size these images or this depth cannot use, and
+    TrainingError with advice when the device runs out of memory or the loss diverges.
     """
+    check_low_res(train_config, processed.images.shape[-1], model_config.depth)
     runtime = runtime_for(device, train_config)
     rank, world = (worker.rank, worker.world) if worker else (0, 1)
     if worker:  # checked before any data reaches the device
@@ -139,6 +142,21 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
             val_set = shard_tensors(processed, val_ids, 0, 1, runtime)
         chosen, scores = choose_postprocessing(model, val_set, infer_config.threshold, train_config.batch_size, runtime.dtype)
     return Trained(model, model_args, result.history, result.best_epoch, result.best_dice, chosen, scores)
+
+
+def check_low_res(train_config, image_size: int, depth: int) -> None:
+    """Refuse a train.low_res_size the U-Net cannot train at, or one no smaller than the images
+    (checked here: params.yaml's train section does not know preprocess.image_size)."""
+    if not train_config.low_res_epochs:
+        return
+    size = train_config.low_res_size
+    if size >= image_size:
+        raise ParamsError(f"train.low_res_size={size}: must be smaller than the preprocessed images ({image_size} px, "
+                          f"preprocess.image_size), or set train.low_res_epochs to 0")
+    if size % 2**depth:
+        step = 2**depth
+        raise ParamsError(f"train.low_res_size={size}: must be divisible by 2**model.depth = {step} "
+                          f"(model.depth={depth}); e.g. {max(size // step * step, step)}")
 
 
 def shard_tensors(processed: ProcessedSet, ids: list[str], rank: int, world: int, runtime: Runtime) -> TensorPair:

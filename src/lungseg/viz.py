@@ -16,6 +16,7 @@ Design choices:
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from PIL import Image
 
 from lungseg.io import atomic_path
 
-__all__ = ["overlay", "error_image", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
+__all__ = ["overlay", "overlay_image", "error_image", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
 
 # Error colours, safe for the common colour-vision deficiencies (magenta vs green stay apart for
 # deuteranopes and protanopes). Drawn solid, so a one-pixel error is visible in a small tile.
@@ -206,6 +207,42 @@ def overlay(
         block = slice(start, start + rows)
         _blend_block(image[block], mask[block], rgb_color, alpha, tables, rgb[block])
     return rgb
+
+
+def overlay_image(grey: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4) -> Image.Image:
+    """:func:`overlay` of a uint8 image as a Pillow RGB image, ready to save: the same pixels, made
+    faster for writing many overlays.
+
+    grey: HxW uint8. mask: HxW bool or 0/1. color, alpha: as for :func:`overlay`.
+    Each pixel is looked up once in a 512-entry table of packed RGBX words (grey level, plus 256
+    inside the mask), block of rows by block of rows, and the blocks are pasted into the picture:
+    besides the picture (Pillow keeps RGB in 4 bytes a pixel) it needs a few MB.
+    """
+    grey = _check_image(grey, "grey")
+    if grey.dtype != np.uint8:
+        raise ValueError(f"grey must be uint8, got dtype {grey.dtype}")
+    mask = _check_mask(mask)
+    _check_same_shape(grey, mask, "grey", "mask")
+    _check_alpha(alpha)
+    table = _packed_table(_blend_tables(_check_color(color), alpha))
+    height, width = grey.shape
+    picture = Image.new("RGB", (width, height))
+    rows = max(1, _OVERLAY_BLOCK // max(width, 1))
+    for start in range(0, height, rows):
+        index = grey[start:start + rows].astype(np.uint16)
+        index |= mask[start:start + rows].view(np.uint8).astype(np.uint16) << 8
+        block = table[index]  # uint32 rows x W, bytes R, G, B, 0 in memory order
+        picture.paste(Image.frombytes("RGB", (width, len(block)), block, "raw", "RGBX"), (0, start))
+    return picture
+
+
+def _packed_table(tables: np.ndarray) -> np.ndarray:
+    """512 little-endian RGBX words: entries 0..255 the grey levels as is, 256..511 blended
+    (tables: _blend_tables' 3 x 256)."""
+    levels = np.arange(256, dtype=np.uint32)
+    outside = levels | levels << 8 | levels << 16
+    inside = tables[0].astype(np.uint32) | tables[1].astype(np.uint32) << 8 | tables[2].astype(np.uint32) << 16
+    return np.concatenate([outside, inside]).astype("<u4")
 
 
 def _grey_uint8(image: np.ndarray) -> np.ndarray:
@@ -402,14 +439,21 @@ def save_dice_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
 # --------------------------------------------------------------------------- mask PNG
 
 
-def save_mask_png(mask: np.ndarray, path) -> None:
+# zlib settings for mask PNGs: a 0/255 mask is long runs of two values, which zlib's run-length
+# strategy at level 1 packs as small as the default level 6 does (1 KB a 512 px mask, 17 KB a
+# 3000 px one) in less time; the pixels are the same whatever the settings
+MASK_PNG = {"compress_level": 1, "compress_type": zlib.Z_RLE}
+
+
+def save_mask_png(mask: np.ndarray, path, sweep: bool = True) -> None:
     """Write a binary mask (bool or 0/1) as an 8-bit greyscale PNG with values 0/255.
 
-    The file is always PNG; ``path`` must end in ``.png`` so the name does not lie.
+    The file is always PNG; ``path`` must end in ``.png`` so the name does not lie. sweep: as
+    in lungseg.io.atomic_path (False when the caller swept the folder once).
     """
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"mask path must end in .png, got {str(path)!r}")
     mask = _check_mask(mask)
-    pixels = mask.astype(np.uint8) * 255
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")  # 2-D uint8 -> mode "L"
+    pixels = mask.view(np.uint8) * np.uint8(255)  # a bool array is 0/1 bytes
+    with atomic_path(path, sweep) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", **MASK_PNG)  # 2-D uint8 -> mode "L"

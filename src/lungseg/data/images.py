@@ -141,6 +141,7 @@ class Opened:
     image: Image.Image  # decoded, upright
     size: tuple[int, int]  # (height, width) at full size, upright
     orientation: int  # the EXIF orientation it had on disk (1: upright or none; always 1 for DICOM)
+    drafted: bool = False  # a JPEG decoded by draft (reduced scale or straight to grey), not as stored
 
 
 def _open(path: str | Path, draft_size: int | None = None, is_mask: bool = False) -> Opened:
@@ -153,10 +154,11 @@ def _open(path: str | Path, draft_size: int | None = None, is_mask: bool = False
         orientation = _orientation(image)
         size = _oriented_size(image, orientation)
         _check_pixels(path, *size)
+        drafted = False
         if draft_size and image.format == "JPEG":
-            image.draft(None if is_mask else "L", (draft_size, draft_size))
+            drafted = image.draft(None if is_mask else "L", (draft_size, draft_size)) is not None
         image.load()
-        return Opened(ImageOps.exif_transpose(image) if orientation != 1 else image, size, orientation)
+        return Opened(ImageOps.exif_transpose(image) if orientation != 1 else image, size, orientation, drafted)
 
 
 def open_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
@@ -279,11 +281,28 @@ def read_resized(path: str | Path, size: int, is_mask: bool = False) -> Resized:
     path: the image or mask file. size: the side of the square result. is_mask: read as a mask.
     """
     with _named(path):
-        opened = _open(path, draft_size=4 * size, is_mask=is_mask)
-        full, colours = _mask_resizable(opened.image) if is_mask else (_resizable(opened.image), 0)
-        resample = Image.Resampling.BILINEAR if is_mask else Image.Resampling.LANCZOS
-        small = full.resize((size, size), resample, reducing_gap=REDUCING_GAP)
-        levels = _count_levels(full) if is_mask else 0
+        return _shrink(_open(path, draft_size=4 * size, is_mask=is_mask), size, is_mask)
+
+
+def read_resized_and_full(path: str | Path, size: int) -> tuple[Resized, Image.Image]:
+    """read_resized(path, size) for an X-ray, and the full-size upright image it came from, decoded
+    once for both (lungseg predict shows that image under its overlay). A JPEG that read_resized
+    decodes at reduced scale is decoded a second time at full size, as open_image would.
+
+    path: the X-ray file. size: the side of the square resized image.
+    """
+    with _named(path):
+        opened = _open(path, draft_size=4 * size)
+        resized = _shrink(opened, size, is_mask=False)
+        return resized, _open(path).image if opened.drafted else opened.image
+
+
+def _shrink(opened: Opened, size: int, is_mask: bool) -> Resized:
+    """An opened image or mask resized to size x size as read_resized describes."""
+    full, colours = _mask_resizable(opened.image) if is_mask else (_resizable(opened.image), 0)
+    resample = Image.Resampling.BILINEAR if is_mask else Image.Resampling.LANCZOS
+    small = full.resize((size, size), resample, reducing_gap=REDUCING_GAP)
+    levels = _count_levels(full) if is_mask else 0
     values = np.asarray(small, dtype=np.float32)
     # uint8 results are clamped by Pillow; float ones can overshoot where Lanczos rings
     values = np.clip(values, 0.0, 1.0) if small.mode == "F" else values / 255.0

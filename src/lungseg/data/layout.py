@@ -116,6 +116,28 @@ def list_pairs(layout: Layout) -> pd.DataFrame:
     return pairing.pairs
 
 
+def source_names(folders) -> list[str]:
+    """A short name for each data folder, for the index's `source` column and prefixed ids: the
+    folder's own name, with -2, -3... added to the later ones of folders that share a name.
+
+    folders: the data folders (params.yaml's data.dir, as a list). Raises DataError when two of
+    them are the same folder (it would be read twice).
+    """
+    resolved = [Path(folder).resolve() for folder in folders]
+    repeated = sorted({str(folder) for folder in folders if resolved.count(Path(folder).resolve()) > 1})
+    if repeated:
+        raise DataError(f"data.dir names the same folder more than once: {repeated}; list each folder once")
+    names: list[str] = []
+    for folder in resolved:
+        base, count = folder.name or "data", 1
+        name = base
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names.append(name)
+    return names
+
+
 def _natural_key(stem: str):
     """Sort '2' before '10' while still ordering arbitrary names."""
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)

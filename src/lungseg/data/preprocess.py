@@ -31,8 +31,9 @@ from lungseg.data.integrity import (
     orientation_finding,
     warning,
 )
-from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason
+from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason, source_names
 from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
+from lungseg.data.normalize import NORMALIZE_KEYS, check_available, normalize_image
 from lungseg.io import atomic_path, save_npy, write_csv, write_json
 
 
@@ -45,22 +46,10 @@ class PreparedPair:
 
 
 def finish_image(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
-    """A resized float image in [0, 1] -> the uint8 array the model is trained on."""
+    """A resized float image in [0, 1] -> the uint8 array the model is trained on, normalised as
+    settings.normalize says (lungseg.data.normalize)."""
     small = np.clip(small, 0.0, 1.0)  # Lanczos overshoots slightly at sharp edges
-    low, high = (small.min(), small.max()) if settings.normalize == "minmax" else (0.0, 1.0)
-    return stretch_to_uint8(small, low, high)
-
-
-def stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map `low`..`high` linearly onto 0..255 (uint8, rounded to nearest, values beyond clipped):
-    the min-max stretch of training images (finish_image) and of predict's overlays.
-
-    values: floats (or a 256-entry table of 8-bit levels). low, high: the values that become 0
-    and 255; the image's own min and max for a min-max stretch, 0 and 1 for none. A constant
-    image (high == low) becomes 0 instead of dividing by zero.
-    """
-    scaled = (values - low) / max(high - low, 1e-6)
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+    return normalize_image(small, settings)
 
 
 def finish_mask(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
@@ -134,6 +123,7 @@ class Scan:
 def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
     """Read and check every pair under `data_dir` (all cores), collecting every problem."""
     data_dir = Path(data_dir)
+    check_available(settings.normalize)
     layout = find_layout(data_dir)
     pairing = pair_files(layout)
     pairs = pairing.pairs
@@ -208,6 +198,52 @@ def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.nda
     return np.stack([r.image for r in prepared]), np.stack([r.mask for r in prepared]), index
 
 
+ID_SEPARATOR = "__"  # between the source and the file's id, when data.dir names several folders
+
+
+def assemble_sources(scans: list[Scan], settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The arrays and index of one scan per data folder, in data.dir's order, with a `source`
+    column naming each image's folder (layout.source_names).
+
+    With one folder, ids and file paths are as assemble gives them (ids are file stems, paths are
+    relative to the folder), so existing split files keep their ids. With several, every id
+    becomes <source>__<stem> (two folders may hold the same stem) and every file path starts
+    with its folder as data.dir gives it, so the paths resolve from the project folder
+    (index_root). MetaData.csv columns are empty for the images of folders without one.
+
+    scans: scan_folder's result for each folder, each free of errors (raise_on_errors).
+    settings: the preprocess settings the scans were read with.
+    """
+    names = source_names([scan.data_dir for scan in scans])
+    images, masks, tables = [], [], []
+    for name, scan in zip(names, scans):
+        scan_images, scan_masks, index = assemble(scan, settings)
+        index.insert(1, "source", name)
+        if len(scans) > 1:
+            index["id"] = name + ID_SEPARATOR + index["id"].astype(str)
+            for column in ("image_file", "mask_file"):
+                index[column] = [str(scan.data_dir / file) for file in index[column]]
+        images.append(scan_images)
+        masks.append(scan_masks)
+        tables.append(index)
+    index = pd.concat(tables, ignore_index=True)
+    repeated = index["id"][index["id"].duplicated()].unique().tolist()
+    if repeated:
+        raise DataError(f"id(s) {repeated[:20]} occur more than once across the data folders {[str(s.data_dir) for s in scans]}; "
+                        "rename the files or the folders so that <folder name>__<file name> is unique")
+    return np.concatenate(images), np.concatenate(masks), index
+
+
+def index_root(folders) -> Path:
+    """The folder the index's image_file and mask_file paths are relative to (assemble_sources):
+    the data folder itself when there is one, the project folder when there are several.
+
+    folders: params.yaml's data.dir (text or a list), or DataConfig.dirs.
+    """
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    return Path(folders[0]) if len(folders) == 1 else Path(".")
+
+
 def save_processed(images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, settings: PreprocessConfig, out_dir: str | Path) -> None:
     """Write arrays, index and the settings that made them into `out_dir`, as one atomic directory swap.
 
@@ -219,8 +255,14 @@ def save_processed(images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, s
         save_npy(images, tmp / "images.npy")
         save_npy(masks, tmp / "masks.npy")
         write_csv(index, tmp / "index.csv")
-        recipe = {"image_size": settings.image_size, "normalize": settings.normalize, "mask_threshold": settings.mask_threshold}
-        write_json(recipe, tmp / "settings.json")
+        write_json(recipe(settings), tmp / "settings.json")
+
+
+def recipe(settings: PreprocessConfig) -> dict:
+    """The settings a model needs to prepare new images as its training images were (stored in
+    settings.json, then in the checkpoint and exports): size, mask threshold, normalisation."""
+    keys = ("image_size", "normalize", "mask_threshold", *NORMALIZE_KEYS)
+    return {key: getattr(settings, key) for key in keys}
 
 
 @dataclass
@@ -228,7 +270,7 @@ class ProcessedSet:
     images: np.ndarray  # uint8 N x S x S
     masks: np.ndarray  # uint8 N x S x S, 0/1
     index: pd.DataFrame  # one row per image, same order; ids as strings
-    settings: dict  # how the arrays were made (image_size, normalize, mask_threshold)
+    settings: dict  # how the arrays were made (recipe: image_size, normalize, mask_threshold, ...)
 
     def subset(self, ids) -> "ProcessedSet":
         """The rows whose id is in `ids`, in the order of `ids`."""

@@ -1,7 +1,10 @@
-"""Seeded train/val/test split, stratified by a metadata column when the data has one.
+"""Seeded train/val/test split, stratified by data folder and by a metadata column.
 
-Stratifying by source (the `county` column: Montgomery or Shenzhen) keeps each hospital's
+Stratifying by hospital (the `county` column: Montgomery or Shenzhen) keeps each hospital's
 share the same in every part, so the test score is not skewed by which site landed where.
+When data.dir names several folders, the index's `source` column is a stratum too (combined
+with the metadata column: each source's counties are cut apart), so every folder keeps its
+share in train, val and test whatever split.stratify_by says.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ def part_sizes(n: int, fractions: tuple[float, float, float]) -> list[int]:
 def split_ids(index: pd.DataFrame, fractions: tuple[float, float, float], seed: int, stratify_by: str | None) -> pd.DataFrame:
     """Table id -> split ('train', 'val' or 'test'), in the order of `index`.
 
-    Rows are grouped by `stratify_by` when that column exists and is filled; each group is
-    shuffled with the seed and cut by `fractions`. Empty values form a group of their own.
+    Rows are grouped by `source` (when it holds several values) and by `stratify_by` (when
+    that column exists and is filled); each group is shuffled with the seed and cut by
+    `fractions`. Empty values form a group of their own.
     """
     if len(fractions) != 3 or any(f <= 0 for f in fractions):
         raise ValueError(f"split fractions must be three positive numbers (train, val, test), got {fractions}")
@@ -48,9 +52,14 @@ def split_ids(index: pd.DataFrame, fractions: tuple[float, float, float], seed: 
 
 
 def _strata(index: pd.DataFrame, column: str | None) -> dict[str, list]:
-    if column and column in index.columns and (index[column].astype(str).str.len() > 0).any():
-        return {str(k): list(v) for k, v in index.groupby(index[column].astype(str)).groups.items()}
-    return {"all": list(index.index)}
+    """Row labels of `index` per stratum, keyed by the stratum's values joined with '|'."""
+    columns = ["source"] if "source" in index.columns and index["source"].nunique() > 1 else []
+    if column and column != "source" and column in index.columns and (index[column].astype(str).str.len() > 0).any():
+        columns.append(column)
+    if not columns:
+        return {"all": list(index.index)}
+    keys = index[columns].astype(str).agg("|".join, axis=1)
+    return {str(k): list(v) for k, v in index.groupby(keys).groups.items()}
 
 
 def ids_in(split_table: pd.DataFrame, part: str) -> list[str]:

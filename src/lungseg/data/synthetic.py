@@ -31,6 +31,11 @@ patchy opacities inside a lung field (still lung in the mask). The ribs, heart, 
 gradient and drift make a single global intensity threshold a poor segmenter (best threshold Dice
 about 0.7), so a model has to learn the shape. Every image's random generator comes from
 (seed, index) only, so a dataset is byte-identical whatever the number of worker processes.
+
+Hard cases (HardCases: a fraction of images each, 0 = none) carry what breaks models trained on
+one hospital's X-rays: burned-in text and L/R markers (bright, anywhere, lungs included), low
+contrast (a grey, washed-out picture), a dense consolidation whitening part of a lung (still lung
+in the mask), a rotated patient, and a cropped field that cuts through the lungs.
 """
 
 from __future__ import annotations
@@ -58,6 +63,32 @@ MIN_SIZE_LIMIT = 16
 # zlib level 1: about 2x faster than level 6 on these noisy images for ~15% more bytes.
 PNG_COMPRESS_LEVEL = 1
 TONE_LEVELS = 4096  # quantisation steps of the gamma lookup table (finer than the 8-bit output)
+LOW_CONTRAST_SPAN = (0.35, 0.55)  # a low-contrast image uses only this share of the 8-bit range
+ROTATE_DEGREES = (6.0, 15.0)  # a rotated patient: this many degrees either way
+CROP_SIDE = 0.22  # a cropped field loses up to this share of each side (lungs start about 0.1 in)
+MARK_LEVELS = (225, 255)  # burned-in text is (near) white
+
+
+@dataclass(frozen=True)
+class HardCases:
+    """Share of images (each in [0, 1], drawn independently) given each hard case."""
+
+    text: float = 0.0  # burned-in text and L/R markers
+    low_contrast: float = 0.0
+    dense_opacity: float = 0.0  # a dense consolidation inside a lung
+    rotated: float = 0.0
+    cropped: float = 0.0  # the field cuts through the lungs
+
+    @classmethod
+    def of(cls, config) -> HardCases:
+        """The fractions of a SyntheticConfig (params.yaml's synthetic section)."""
+        return cls(config.text_fraction, config.low_contrast_fraction, config.dense_opacity_fraction,
+                   config.rotated_fraction, config.cropped_fraction)
+
+    def draw(self, rng: np.random.Generator) -> frozenset[str]:
+        """Which hard cases one image gets. A fraction of 0 draws nothing, so data made without
+        hard cases stays byte-identical to what it was before they existed."""
+        return frozenset(name for name, fraction in vars(self).items() if fraction > 0 and rng.random() < fraction)
 
 
 @dataclass(frozen=True)
@@ -322,6 +353,25 @@ def _add_opacities(rng: np.random.Generator, density: np.ndarray, mask: np.ndarr
         density[rows, cols] += np.float32(rng.uniform(0.18, 0.30)) * blob * patches
 
 
+def _add_dense_opacity(rng: np.random.Generator, density: np.ndarray, mask: np.ndarray, grid: Grid) -> None:
+    """A large consolidation in the lower half of a lung, dense enough to look like soft tissue
+    (lung = dark is then wrong there); the mask still covers it."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return
+    lower = np.flatnonzero(mask[(rows[0] + rows[-1]) // 2:])
+    if lower.size == 0:
+        return
+    row, col = divmod(int(lower[rng.integers(lower.size)]), grid.width)
+    cy, cx = (row + (rows[0] + rows[-1]) // 2 + 0.5) / grid.height, (col + 0.5) / grid.width
+    radius = rng.uniform(0.07, 0.12)
+    window = grid.window(cx - 1.6 * radius, cx + 1.6 * radius, cy - 1.6 * radius, cy + 1.6 * radius)
+    u, v = _ellipse_coords(grid, *window, (cx, cy), (radius, radius * rng.uniform(0.8, 1.4)), rng.uniform(0, np.pi))
+    blob = np.clip((1 - (u * u + v * v)) * 3, 0, 1)
+    patches = np.clip(0.8 + 0.3 * _smooth_noise(rng, *blob.shape, cells=4), 0, 1)
+    density[window] += np.float32(rng.uniform(0.25, 0.36)) * blob * patches
+
+
 def _add_spine(rng: np.random.Generator, density: np.ndarray, grid: Grid) -> None:
     """Vertical band at the midline with a periodic vertebra / disc-space pattern."""
     centre, half_width, edge = 0.5 + rng.normal(0, 0.008), rng.uniform(0.035, 0.05), 0.012
@@ -386,23 +436,81 @@ def _add_noise(rng: np.random.Generator, density: np.ndarray, style: SiteStyle) 
     density += white
 
 
-def _tone_map(rng: np.random.Generator, density: np.ndarray, style: SiteStyle) -> np.ndarray:
+def _tone_map(rng: np.random.Generator, density: np.ndarray, style: SiteStyle, low_contrast: bool = False) -> np.ndarray:
     """Random contrast, black level and gamma per image, then 8 bits. Gamma goes through a
-    lookup table on a finely quantised copy: far cheaper than a full-image power."""
+    lookup table on a finely quantised copy: far cheaper than a full-image power. Low contrast
+    squeezes the output into a grey band of the 8-bit range."""
     gain, black = rng.uniform(*style.gain), rng.uniform(*style.offset)
     gamma = rng.uniform(0.8, 1.25)
+    span, floor = 1.0, 0.0
+    if low_contrast:
+        span = rng.uniform(*LOW_CONTRAST_SPAN)
+        floor = rng.uniform(0.1, 0.9 - span)
     levels = np.clip((density - np.float32(black)) * np.float32(gain * (TONE_LEVELS - 1)), 0, TONE_LEVELS - 1)
-    table = np.round(255 * np.linspace(0, 1, TONE_LEVELS) ** gamma).astype(np.uint8)
+    table = np.round(255 * (floor + span * np.linspace(0, 1, TONE_LEVELS) ** gamma)).astype(np.uint8)
     return table[levels.astype(np.uint16)]
 
 
+def _rotate(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The patient rotated about the image centre; corners brought in from outside are dark."""
+    angle = rng.uniform(*ROTATE_DEGREES) * rng.choice((-1, 1))
+    turned = Image.fromarray(image).rotate(angle, resample=Image.BILINEAR, fillcolor=int(np.percentile(image, 1)))
+    return np.asarray(turned), np.asarray(Image.fromarray(mask).rotate(angle, resample=Image.NEAREST, fillcolor=0))
+
+
+def _crop(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A field collimated into the lungs: up to CROP_SIDE of each side cut off, the rest scaled
+    back to the same size (so the lungs reach the border)."""
+    height, width = image.shape
+    left, right, top, bottom = rng.uniform(0, CROP_SIDE, size=4)
+    box = (left * width, top * height, (1 - right) * width, (1 - bottom) * height)
+    image = Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box)
+    mask = Image.fromarray(mask).resize((width, height), Image.BILINEAR, box=box)
+    return np.asarray(image), np.where(np.asarray(mask) > 127, np.uint8(255), np.uint8(0))
+
+
+def _burn_in_text(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """An L or R side marker and a line or two of letter-like blobs (a label), near-white and
+    drawn over anything, lungs included: the mask does not change."""
+    image = image.copy()
+    height, width = image.shape
+    side = max(4, round(min(height, width) * rng.uniform(0.05, 0.09)))  # glyph height in pixels
+    marker = _GLYPH_L if rng.random() < 0.5 else _GLYPH_R
+    _stamp(rng, image, marker, side, rng.uniform(0.02, 0.85), rng.uniform(0.02, 0.35))
+    for _ in range(int(rng.integers(1, 3))):
+        letters = rng.random((7, 6 * int(rng.integers(3, 9)))) < 0.45  # random 6-wide letter cells
+        letters[:, 5::6] = False  # a gap between letters
+        _stamp(rng, image, letters, max(3, side // 2), rng.uniform(0.02, 0.6), rng.uniform(0.02, 0.95))
+    return image
+
+
+def _stamp(rng: np.random.Generator, image: np.ndarray, glyph: np.ndarray, tall: int, x: float, y: float) -> None:
+    """Draw a boolean bitmap `tall` pixels high with its top-left corner at (x, y) of the image."""
+    scale = tall / glyph.shape[0]
+    wide = max(1, round(glyph.shape[1] * scale))
+    bitmap = np.asarray(Image.fromarray(glyph.astype(np.uint8) * 255).resize((wide, tall), Image.NEAREST)) > 0
+    row, col = int(y * image.shape[0]), int(x * image.shape[1])
+    bitmap = bitmap[: image.shape[0] - row, : image.shape[1] - col]
+    region = image[row:row + bitmap.shape[0], col:col + bitmap.shape[1]]
+    region[bitmap] = np.uint8(rng.integers(*MARK_LEVELS, endpoint=True))
+
+
+_GLYPH_L = np.array([[c == "#" for c in r] for r in ("#....", "#....", "#....", "#....", "#....", "#....", "#####")])
+_GLYPH_R = np.array([[c == "#" for c in r] for r in ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#")])
+
+
 def make_phantom(
-    rng: np.random.Generator, height: int, width: int, site: str, *, ptb: bool = False
+    rng: np.random.Generator, height: int, width: int, site: str, *, ptb: bool = False,
+    hard: frozenset[str] = frozenset(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (image uint8 HxW, mask uint8 HxW with values {0,255}).
 
-    `site` is "PhantomA" or "PhantomB"; `ptb=True` adds one or two opacities inside the lungs.
+    `site` is "PhantomA" or "PhantomB"; `ptb=True` adds one or two opacities inside the lungs;
+    `hard` names the hard cases (fields of HardCases) this image gets.
     """
+    unknown = set(hard) - set(vars(HardCases()))
+    if unknown:
+        raise ValueError(f"hard cases must be among {sorted(vars(HardCases()))}, got {sorted(unknown)}")
     if site not in SITE_STYLES:
         raise ValueError(f"site must be one of {sorted(SITE_STYLES)}, got {site!r}")
     if height < 1 or width < 1:
@@ -416,11 +524,20 @@ def make_phantom(
     _add_heart(rng, density, heart)
     if ptb:
         _add_opacities(rng, density, mask, grid)
+    if "dense_opacity" in hard:
+        _add_dense_opacity(rng, density, mask, grid)
     _add_spine(rng, density, grid)
     _add_clavicles(rng, density, grid)
     _add_ribs(rng, density, grid)
     _add_noise(rng, density, style)
-    return _tone_map(rng, density, style), mask.astype(np.uint8) * np.uint8(255)
+    image, mask = _tone_map(rng, density, style, "low_contrast" in hard), mask.astype(np.uint8) * np.uint8(255)
+    if "rotated" in hard:
+        image, mask = _rotate(rng, image, mask)
+    if "cropped" in hard:
+        image, mask = _crop(rng, image, mask)
+    if "text" in hard:
+        image = _burn_in_text(rng, image)
+    return image, mask
 
 
 # ----------------------------------------------------------------------------- messy metadata
@@ -474,6 +591,7 @@ class _Case:
     min_size: int
     max_size: int
     root: Path
+    hard: HardCases
 
 
 def _draw_size(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[int, int]:
@@ -493,14 +611,17 @@ def _write_case(case: _Case) -> dict:
     ptb = bool(rng.random() < PTB_PROBABILITY)
     height, width = _draw_size(rng, case.min_size, case.max_size)
     row = _messy_metadata(rng, case.index, site, ptb)
-    image, mask = make_phantom(rng, height, width, site, ptb=ptb)
+    image, mask = make_phantom(rng, height, width, site, ptb=ptb, hard=case.hard.draw(rng))
     pairs = case.root / PAIR_ROOT
     Image.fromarray(image).save(pairs / "image" / f"{case.index}.png", compress_level=PNG_COMPRESS_LEVEL)
     Image.fromarray(mask).save(pairs / "mask" / f"{case.index}.png", compress_level=PNG_COMPRESS_LEVEL)
     return row
 
 
-def _validate(n_images: int, seed: int, min_size: int, max_size: int, workers: int) -> None:
+def _validate(n_images: int, seed: int, min_size: int, max_size: int, workers: int, hard: HardCases) -> None:
+    for name, fraction in vars(hard).items():
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"hard.{name} (a fraction of images) must be in [0, 1], got {fraction}")
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     if seed < 0:
@@ -513,10 +634,11 @@ def _validate(n_images: int, seed: int, min_size: int, max_size: int, workers: i
         raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
 
 
-def _write_all(root: Path, n_images: int, seed: int, min_size: int, max_size: int, workers: int) -> pd.DataFrame:
+def _write_all(root: Path, n_images: int, seed: int, min_size: int, max_size: int, workers: int,
+               hard: HardCases) -> pd.DataFrame:
     for kind in ("image", "mask"):
         (root / PAIR_ROOT / kind).mkdir(parents=True)
-    cases = [_Case(i, seed, min_size, max_size, root) for i in range(n_images)]
+    cases = [_Case(i, seed, min_size, max_size, root, hard) for i in range(n_images)]
     if workers == 1:
         rows = [_write_case(case) for case in cases]
     else:
@@ -528,11 +650,15 @@ def _write_all(root: Path, n_images: int, seed: int, min_size: int, max_size: in
 
 
 def generate_dataset(
-    out_dir: str | Path, n_images: int, seed: int, min_size: int, max_size: int, workers: int = 0
+    out_dir: str | Path, n_images: int, seed: int, min_size: int, max_size: int, workers: int = 0,
+    hard: HardCases = HardCases(),
 ) -> pd.DataFrame:
-    """Write n_images phantoms + MetaData.csv into out_dir in the Kaggle layout; return the metadata table. workers=0 means os.cpu_count()."""
-    _validate(n_images, seed, min_size, max_size, workers)
+    """Write n_images phantoms + MetaData.csv into out_dir in the Kaggle layout; return the metadata table.
+
+    Sides are drawn in [min_size, max_size] px; workers=0 means os.cpu_count(); `hard` gives the
+    share of images with each hard case (none by default)."""
+    _validate(n_images, seed, min_size, max_size, workers, hard)
     out_dir = Path(out_dir)
     workers = min(workers or os.cpu_count() or 1, n_images)
     with atomic_path(out_dir) as staging:  # the old set stays whole until the new one is complete
-        return _write_all(staging, n_images, seed, min_size, max_size, workers)
+        return _write_all(staging, n_images, seed, min_size, max_size, workers, hard)

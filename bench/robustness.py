@@ -1,0 +1,128 @@
+"""Robustness on X-rays unlike the training set: today's recipe against the new defaults.
+
+For each variant and split seed, a copy of the project trains on the real Kaggle-layout sample
+with the documented CPU recipe (the stages as subprocesses, as `dvc repro` runs them), scores its
+own test split, then scores the external development set (../shared/data/covid-cxr-sample) with
+`lungseg evaluate` and flags its predictions with `lungseg predict`. Every choice the recipe makes
+is made on validation; the development set only measures.
+
+Reported per variant: the sample's test Dice, and on the development set the mean Dice, the
+worst image, the images below 0.8, and how well `flag` finds the images below 0.85 Dice
+(recall, and the share of images flagged).
+
+    python bench/robustness.py                        # seeds 1 2 3, both variants
+    python bench/robustness.py --seeds 1 --jobs 1     # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from common import REAL_SAMPLE, ROOT, print_table, require_real_sample, write_results
+
+DEV_SET = ROOT.parent / "shared" / "data" / "covid-cxr-sample"
+RECIPE = {"train.epochs": 20}  # docs/accuracy.md: the CPU recipe
+# the recipe before issue 14: min-max stretch, the original augmentations only
+BEFORE = {**RECIPE, "preprocess.normalize": "minmax", "augment.contrast": 0.2, "augment.gamma": 0.2,
+          "augment.blur": 0.0, "augment.sharpen": 0.0, "augment.border_probability": 0.0, "augment.text_probability": 0.0}
+VARIANTS = {"before": BEFORE, "after": RECIPE}
+STAGES = ("preprocess", "split", "train", "evaluate")
+LOW_DICE = 0.85  # what the flag should find (issue 14)
+
+
+def make_project(folder: Path, overrides: dict) -> Path:
+    """A copy of the project's code and params in `folder`, with `overrides` (dotted keys) set."""
+    for name in ("src", "stages"):
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def run(command: list[str], cwd: Path, threads: int) -> str:
+    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed in {cwd}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def dev_set_scores(project: Path, threads: int) -> pd.DataFrame:
+    """Per image of the development set: Dice (lungseg evaluate) and flag (lungseg predict)."""
+    cli = [sys.executable, "-m", "lungseg.cli"]
+    model = str(project / "results" / "best_unet.pth")
+    run([*cli, "evaluate", "--model", model, "--data", str(DEV_SET), "--out", "dev_eval", "--quiet"], project, threads)
+    run([*cli, "predict", model, str(DEV_SET / "image"), "--out", "dev_pred", "--no-overlays", "--quiet"], project, threads)
+    scores = pd.read_csv(project / "dev_eval" / "per_image.csv", dtype={"id": str})
+    flags = pd.read_csv(project / "dev_pred" / "predictions.csv", keep_default_na=False)
+    flags["id"] = flags["input"].map(lambda path: Path(path).stem)
+    dice_column = "dice_native" if "dice_native" in scores else "dice"
+    return scores[["id", dice_column]].rename(columns={dice_column: "dice"}).merge(flags[["id", "flag"]], on="id")
+
+
+def run_job(variant: str, seed: int, threads: int, keep: Path | None) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"robust-{variant}-{seed}-"))
+    overrides = {**VARIANTS[variant], "data.dir": str(REAL_SAMPLE), "split.seed": seed}
+    project = make_project(folder, overrides)
+    started = time.perf_counter()
+    for name in STAGES:
+        run([sys.executable, f"stages/{name}.py"], project, threads)
+    seconds = time.perf_counter() - started
+    metrics = yaml.safe_load((project / "results" / "metrics.json").read_text())["test"]
+    dev = dev_set_scores(project, threads)
+    low, flagged = dev["dice"] < LOW_DICE, dev["flag"].astype(str).str.len() > 0
+    row = {"variant": variant, "seed": seed, "test_dice": metrics["dice"], "test_worst": metrics["dice_min"],
+           "dev_mean": dev["dice"].mean(), "dev_worst": dev["dice"].min(), "dev_below_0.8": int((dev["dice"] < 0.8).sum()),
+           "dev_below_0.5": int((dev["dice"] < 0.5).sum()), "dev_low": int(low.sum()),
+           "flag_recall": (flagged & low).sum() / low.sum() if low.any() else float("nan"),
+           "flag_rate": flagged.mean(), "pipeline_seconds": seconds}
+    if keep:
+        dev.assign(variant=variant, seed=seed).to_csv(keep / f"dev_{variant}_{seed}.csv", index=False)
+    shutil.rmtree(folder)
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    table = pd.DataFrame(rows)
+    numeric = [c for c in table.columns if c not in ("variant", "seed")]
+    return table.groupby("variant", sort=False)[numeric].mean().reset_index().to_dict("records")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
+    parser.add_argument("--keep-scores", help="write each run's per-image development-set scores here (outside git)")
+    parser.add_argument("--name", default="robustness")
+    args = parser.parse_args()
+    require_real_sample()
+    if not DEV_SET.is_dir():
+        sys.exit(f"the development set {DEV_SET} is missing: it sits in shared/data beside the project checkout")
+    keep = Path(args.keep_scores) if args.keep_scores else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda job: run_job(*job, threads, keep), jobs))
+    print_table("runs", rows)
+    print_table("mean over split seeds", summary := summarise(rows))
+    write_results(args.name, rows, summary=summary, variants=VARIANTS, dev_set=DEV_SET.name, low_dice=LOW_DICE)
+
+
+if __name__ == "__main__":
+    main()

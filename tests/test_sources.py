@@ -1,0 +1,202 @@
+"""Several data folders in data.dir (issue 14): source names, ids that stay unique, the index's
+source column, a split stratified by source, `lungseg check` on several folders; and the
+synthesize stage, which makes phantoms only when data.dir reads them (issue 13)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from dvc_project import new_project, run, set_params, stages_run
+
+from lungseg import config
+from lungseg.config import PreprocessConfig
+from lungseg.data.layout import DataError, source_names
+from lungseg.data.preprocess import (
+    ID_SEPARATOR,
+    assemble,
+    assemble_sources,
+    index_root,
+    load_processed,
+    raise_on_errors,
+    scan_folder,
+)
+from lungseg.data.split import PARTS, part_sizes, split_ids
+from lungseg.errors import ParamsError
+
+SETTINGS = PreprocessConfig(image_size=16, workers=1)
+
+
+def scans_of(*folders):
+    scans = [scan_folder(folder, SETTINGS) for folder in folders]
+    for scan in scans:
+        raise_on_errors(scan)
+    return scans
+
+
+# --------------------------------------------------------------------------- params and names
+
+
+def test_data_dir_takes_one_folder_or_a_list():
+    assert config.load({"data": {"dir": "a"}}, "data").dirs == ("a",)
+    assert config.load({"data": {"dir": ["a", "b"]}}, "data").dirs == ("a", "b")
+
+
+@pytest.mark.parametrize("bad", [[], ["a", ""], ["a", 3], 3])
+def test_a_bad_data_dir_names_the_key_and_what_is_expected(bad):
+    with pytest.raises(ParamsError, match=r"data\.dir="):
+        config.load({"data": {"dir": bad}}, "data")
+
+
+def test_source_names_are_the_folder_names_made_unique(tmp_path):
+    folders = [tmp_path / "x" / "data", tmp_path / "y" / "data", tmp_path / "covid"]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    assert source_names(folders) == ["data", "data-2", "covid"]
+
+
+def test_the_same_folder_twice_is_refused(tmp_path):
+    with pytest.raises(DataError, match="more than once"):
+        source_names([tmp_path, tmp_path / ".." / tmp_path.name])
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def test_one_folder_keeps_its_ids_and_paths_and_gains_a_source_column(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "kaggle", layout="kaggle", n=3)
+    [scan] = scans_of(folder.root)
+    _, _, plain_index = assemble(scan, SETTINGS)
+    images, _, index = assemble_sources([scan], SETTINGS)
+    assert index["id"].tolist() == plain_index["id"].tolist() == folder.ids
+    assert index["image_file"].tolist() == plain_index["image_file"].tolist()
+    assert set(index["source"]) == {"kaggle"} and len(images) == 3
+    assert all((index_root(str(folder.root)) / name).is_file() for name in index["mask_file"])
+
+
+def test_two_folders_with_the_same_stems_get_prefixed_unique_ids(tmp_path, write_pair_folder):
+    kaggle = write_pair_folder(tmp_path / "kaggle", layout="kaggle", n=3)
+    plain = write_pair_folder(tmp_path / "plain", layout="plain", n=2, metadata=False)
+    images, masks, index = assemble_sources(scans_of(kaggle.root, plain.root), SETTINGS)
+    assert len(images) == len(masks) == len(index) == 5
+    assert index["id"].is_unique
+    assert index["id"].tolist() == [f"kaggle{ID_SEPARATOR}{i}" for i in kaggle.ids] + [f"plain{ID_SEPARATOR}{i}" for i in plain.ids]
+    assert index["source"].tolist() == ["kaggle"] * 3 + ["plain"] * 2
+    # MetaData.csv columns: filled for the Kaggle folder's rows, empty for the plain one's
+    assert (index.loc[index["source"] == "kaggle", "county"] != "").all()
+    assert (index.loc[index["source"] == "plain", "county"] == "").all()
+    # every file path resolves from the project folder (where the stages run)
+    root = index_root([str(kaggle.root), str(plain.root)])
+    assert all((root / name).is_file() for name in list(index["image_file"]) + list(index["mask_file"]))
+
+
+# --------------------------------------------------------------------------- the split
+
+
+def _two_source_index(n_a: int, n_b: int) -> pd.DataFrame:
+    counties = ["Montgomery", "Shenzhen"]
+    return pd.DataFrame({"id": [f"a__{i}" for i in range(n_a)] + [f"b__{i}" for i in range(n_b)],
+                         "source": ["a"] * n_a + ["b"] * n_b,
+                         "county": [counties[i % 2] for i in range(n_a)] + [""] * n_b})
+
+
+@pytest.mark.parametrize("stratify_by", ["county", ""])
+def test_split_keeps_each_source_share_in_every_part(stratify_by):
+    index = _two_source_index(40, 20)
+    split = split_ids(index, (0.8, 0.1, 0.1), 42, stratify_by or None).merge(index, on="id")
+    counts = split.groupby(["source", "split"]).size()
+    # source b has no counties: one stratum, cut by the fractions whatever stratify_by says
+    assert [counts["b", part] for part in PARTS] == part_sizes(20, (0.8, 0.1, 0.1))
+    if stratify_by:  # source a: each county cut apart
+        by_county = split[split["source"] == "a"].groupby(["county", "split"]).size()
+        assert [by_county["Montgomery", part] for part in PARTS] == part_sizes(20, (0.8, 0.1, 0.1))
+    else:
+        assert [counts["a", part] for part in PARTS] == part_sizes(40, (0.8, 0.1, 0.1))
+
+
+def test_a_single_source_column_leaves_the_split_as_it_was():
+    index = _two_source_index(50, 0)
+    with_source = split_ids(index, (0.8, 0.1, 0.1), 7, "county")
+    without = split_ids(index.drop(columns="source"), (0.8, 0.1, 0.1), 7, "county")
+    pd.testing.assert_frame_equal(with_source, without)
+
+
+# --------------------------------------------------------------------------- stages and the CLI
+
+
+def _run(script: Path, cwd: Path, params: dict) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": ""})
+
+
+def test_preprocess_stage_reads_two_folders(tmp_path, write_pair_folder, repo_root):
+    kaggle = write_pair_folder(tmp_path / "kaggle", layout="kaggle", n=3)
+    plain = write_pair_folder(tmp_path / "plain", layout="plain", n=2, metadata=False)
+    done = _run(repo_root / "stages" / "preprocess.py", tmp_path,
+                {"data": {"dir": ["kaggle", "plain"]}, "preprocess": {"image_size": 16, "workers": 1}})
+    assert done.returncode == 0, done.stderr
+    index = load_processed(tmp_path / "data" / "processed").index
+    assert index.groupby("source").size().to_dict() == {"kaggle": 3, "plain": 2}
+    assert index["id"].tolist()[:3] == [f"kaggle{ID_SEPARATOR}{i}" for i in kaggle.ids]
+    assert index["image_file"].iloc[-1] == str(Path("plain") / "image" / f"{plain.ids[-1]}.png")
+
+
+def test_check_reads_several_folders_and_fails_when_one_has_errors(tmp_path, write_pair_folder):
+    good = write_pair_folder(tmp_path / "good", layout="plain", n=2)
+    bad = write_pair_folder(tmp_path / "bad", layout="plain", n=2)
+    bad.mask_paths[bad.ids[0]].unlink()
+    command = [sys.executable, "-m", "lungseg.cli", "check", "--params", "none.yaml"]
+    ok = subprocess.run([*command, str(good.root), str(good.root.parent / "bad" / ".." / "good")],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 2 and "more than once" in ok.stderr  # the same folder twice
+    both = subprocess.run([*command, str(good.root), str(bad.root)], capture_output=True, text=True, cwd=tmp_path)
+    assert both.returncode == 1
+    assert f"{good.root}: plain layout, 2 usable pairs, 0 error(s)" in both.stdout
+    assert f"{bad.root}: plain layout, 1 usable pairs, 1 error(s)" in both.stdout
+
+
+def _folder_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_synthesize_writes_only_a_note_when_data_dir_is_elsewhere(tmp_path, repo_root, write_pair_folder):
+    write_pair_folder(tmp_path / "real", layout="plain", n=2)
+    synthetic = {"n_images": 3, "min_size": 32, "max_size": 40}
+    elsewhere = _run(repo_root / "stages" / "synthesize.py", tmp_path, {"data": {"dir": ["real"]}, "synthetic": synthetic})
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert [p.name for p in (tmp_path / "data" / "raw" / "synthetic").iterdir()] == ["README.txt"]
+    # listed among several folders (spelled differently), the phantoms are made
+    listed = _run(repo_root / "stages" / "synthesize.py", tmp_path,
+                  {"data": {"dir": ["real", "./data/raw/../raw/synthetic"]}, "synthetic": synthetic})
+    assert listed.returncode == 0, listed.stderr
+    assert len(list((tmp_path / "data" / "raw" / "synthetic").rglob("*.png"))) == 6
+
+
+@pytest.mark.slow
+def test_dvc_pipeline_on_real_data_skips_the_phantoms_and_brings_them_back(tmp_path, write_pair_folder):
+    """A fresh copy whose data.dir points elsewhere: synthesize writes only its note and the
+    pipeline runs; back to the default, the phantoms come back bit for bit."""
+    tiny = {"synthetic": {"n_images": 12, "min_size": 64, "max_size": 96},
+            "preprocess": {"image_size": 32, "workers": 1}, "model": {"depth": 2, "base_width": 4},
+            "train": {"epochs": 1, "batch_size": 4, "device": "cpu"}, "infer": {"device": "cpu"},
+            "evaluate": {"baseline_steps": 8, "bootstrap_samples": 100}, "visualize": {"n_examples": 2, "dpi": 30}}
+    project = new_project(tmp_path, tiny)
+    run(project, "dvc", "repro", "synthesize")
+    phantoms = _folder_digest(project / "data" / "raw" / "synthetic")
+    assert len([name for name in phantoms if name.endswith(".png")]) == 24
+
+    real = write_pair_folder(tmp_path / "real", layout="plain", n=20, size=(48, 40))
+    set_params(project, {"data": {"dir": str(real.root)}})
+    run(project, "dvc", "repro", "synthesize")
+    assert list(_folder_digest(project / "data" / "raw" / "synthetic")) == ["README.txt"]
+    assert "evaluate" in stages_run(run(project, "dvc", "repro"))
+
+    set_params(project, {"data": {"dir": "data/raw/synthetic"}})
+    run(project, "dvc", "repro", "synthesize")
+    assert _folder_digest(project / "data" / "raw" / "synthetic") == phantoms
