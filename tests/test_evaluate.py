@@ -199,3 +199,21 @@ def test_hd95_is_also_given_in_mm_for_images_that_carry_a_pixel_spacing(tmp_path
     assert np.isnan(scores["hd95_native_mm"].iloc[2])
     assert native["hd95_mm"] == pytest.approx(scores["hd95_native_mm"].iloc[:2].mean())
     assert headline(result.metrics)["test"]["hd95_mm"] == native["hd95_mm"]
+
+
+def test_quality_columns_flag_an_empty_and_a_one_lung_prediction_like_predict():
+    from lungseg import quality
+    from lungseg.evaluate import quality_columns
+
+    size = 32
+    two_lungs = np.zeros((size, size), np.uint8)
+    two_lungs[6:26, 3:13] = 1
+    two_lungs[6:26, 19:29] = 1
+    one_lung = two_lungs.copy()
+    one_lung[:, 16:] = 0
+    predictions = np.stack([two_lungs, np.zeros_like(two_lungs), one_lung])
+    probabilities = predictions.astype(np.float32) * 0.98 + 0.01
+    table = quality_columns(predictions, probabilities, 0.5)
+    assert list(table.columns) == list(quality.COLUMNS)
+    assert table["flag"].tolist() == [quality.assess(mask, p, 0.5).flag for mask, p in zip(predictions, probabilities)]
+    assert table["flag"][0] == "" and "no lung" in table["flag"][1] and "one lung" in table["flag"][2]

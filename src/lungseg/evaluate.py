@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lungseg import quality
 from lungseg.config import EvaluateConfig, PreprocessConfig
 from lungseg.data.images import pixel_spacing, read_mask
 from lungseg.data.preprocess import preprocess_folder
@@ -55,6 +56,17 @@ def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=
         "truth_fraction": truths.reshape(len(truths), -1).mean(1),
         "pred_fraction": predictions.reshape(len(predictions), -1).mean(1),
     })
+
+
+def quality_columns(predictions: np.ndarray, probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
+    """lungseg.quality's columns (lung shares, balance, edge uncertainty, flag) per image, as
+    `lungseg predict` writes them, here from the model-size masks.
+
+    predictions: uint8 N x S x S final masks. probabilities: float N x S x S. threshold: the
+    predictor's lung threshold.
+    """
+    reports = [quality.assess(mask, probability, threshold) for mask, probability in zip(predictions, probabilities)]
+    return pd.DataFrame([report.columns() for report in reports], columns=list(quality.COLUMNS))
 
 
 def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
@@ -188,6 +200,7 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
     predictions = predictor.to_masks(probabilities)
     spacings = zip(index["height"] / size, index["width"] / size)
     scores = per_image_scores(index["id"], predictions, masks, spacings)
+    scores = pd.concat([scores, quality_columns(predictions, probabilities, predictor.threshold)], axis=1)
     metrics = {"postprocess": predictor.postprocess, "test": summary(scores, predictions, masks, config)}
     if data_dir is not None and config.native:
         mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
