@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,13 @@ def start(cwd: Path, *args: str) -> subprocess.Popen:
     """Start a command in `cwd` in its own process group (so a test can interrupt it as Ctrl-C
     would); its output, stdout and stderr together, is read from .stdout."""
     return subprocess.Popen(args, cwd=cwd, env=environment(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """For a child a test sends SIGINT: a shell starts background jobs (`make test &`) with SIGINT
+    ignored, and children inherit that, so Python would never raise KeyboardInterrupt in them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(cwd: Path, *args: str) -> str:

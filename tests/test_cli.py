@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from dvc_project import ctrl_c_as_in_a_terminal
 from PIL import Image
 
 from lungseg.checkpoint import NOT_A_MODEL, make_checkpoint, save_checkpoint
@@ -214,7 +215,8 @@ def test_ctrl_c_in_predict_prints_one_line_and_exits_130(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "lungseg.cli", "predict", str(model), str(tmp_path / "in"), "--out", str(out),
                "--device", "cpu", "--batch-size", "1", "-q"]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=ctrl_c_as_in_a_terminal)
 
     def finished_masks() -> list[Path]:  # not the hidden temporary of the mask being written
         return [path for path in (out / "masks").glob("*.png") if not path.name.startswith(".")]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc_project import ctrl_c_as_in_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def make_project(root: Path) -> Path:
 def start(project: Path, stage: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(project / "src")}
     return subprocess.Popen([sys.executable, f"stages/{stage}.py"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 def run(project: Path, stage: str) -> float:
