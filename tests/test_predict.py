@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from scipy import ndimage
 
 from lungseg import quality
+from lungseg.budget import PixelBudget
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
@@ -28,7 +28,6 @@ from lungseg.predict import (
     Budgets,
     Job,
     Outputs,
-    PixelBudget,
     display_grey,
     grey_for_display,
     list_inputs,
@@ -569,31 +568,6 @@ def test_a_budget_smaller_than_any_image_still_writes_every_image_alike_and_is_g
         assert (budgets.working.used, budgets.kept.used) == (0, 0)
         fingerprints.append(fingerprint(out))
     assert fingerprints[0] == fingerprints[1]
-
-
-def test_pixel_budget_lets_an_oversized_image_through_alone_and_never_overfills_without_waiting():
-    budget = PixelBudget(10)
-    assert budget.take(6) and budget.take(4, wait=False)
-    assert not budget.take(1, wait=False)
-    budget.give(10)
-    assert not budget.take(11, wait=False)  # a kept copy never goes over
-    assert budget.take(50) and budget.used == 50  # alone, it may: else it would wait forever
-    assert not budget.take(1, wait=False)
-    budget.give(50)
-    assert budget.used == 0
-
-
-def test_a_waiting_take_goes_on_once_enough_is_given_back():
-    budget = PixelBudget(10)
-    budget.take(7)
-    taken = threading.Event()
-    waiter = threading.Thread(target=lambda: (budget.take(5), taken.set()))
-    waiter.start()
-    assert not taken.wait(0.2), "5 more pixels do not fit beside 7 of 10"
-    budget.give(7)
-    assert taken.wait(10)
-    waiter.join()
-    assert budget.used == 5
 
 
 def test_torch_threads_are_put_back_after_a_run(model_path, tmp_path):

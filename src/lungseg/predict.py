@@ -47,11 +47,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -63,6 +60,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lungseg import quality
+from lungseg.budget import PixelBudget
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import (
     IMAGE_SUFFIXES,
@@ -188,45 +186,6 @@ def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------- memory in flight
-
-
-class PixelBudget:
-    """How many image pixels the worker threads may hold at once. A blocking take lets an image
-    larger than the whole budget through when nothing else is held, so every image gets its turn
-    and the largest runs alone; a non-blocking take (for a display copy kept until its write)
-    never goes over."""
-
-    def __init__(self, limit: int):
-        """limit: pixels, counted by each image's full size."""
-        self.limit, self.used = limit, 0
-        self._changed = threading.Condition()
-
-    def take(self, pixels: int, wait: bool = True) -> bool:
-        """Reserve `pixels`; with `wait`, block until they fit (always True), else return at once
-        whether they did."""
-        with self._changed:
-            fits = lambda: self.used + pixels <= self.limit or (wait and self.used == 0)  # noqa: E731
-            if wait:
-                self._changed.wait_for(fits)
-            elif not fits():
-                return False
-            self.used += pixels
-            return True
-
-    def give(self, pixels: int) -> None:
-        """Return what take reserved."""
-        with self._changed:
-            self.used -= pixels
-            self._changed.notify_all()
-
-    @contextmanager
-    def held(self, pixels: int) -> Iterator[None]:
-        """take(pixels) for the duration of a block."""
-        self.take(pixels)
-        try:
-            yield
-        finally:
-            self.give(pixels)
 
 
 @dataclass
