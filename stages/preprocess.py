@@ -17,8 +17,7 @@ def main(params: dict) -> None:
         if warnings_of(scan.findings):
             print(f"warnings about {scan.data_dir} (run `lungseg check {scan.data_dir}` for every file):", file=sys.stderr)
             print(summary(warnings_of(scan.findings)).to_string(index=False), file=sys.stderr)
-    for scan in scans:
-        raise_on_errors(scan)  # before anything is written
+    raise_on_errors(*scans)  # every folder's errors, before anything is written
     images, masks, index = assemble_sources(scans, settings)
     save_processed(images, masks, index, settings, paths.PROCESSED_DIR)
     folders = ", ".join(data.dirs)

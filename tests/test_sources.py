@@ -16,7 +16,7 @@ from dvc_project import new_project, run, set_params, stages_run
 
 from lungseg import config
 from lungseg.config import PreprocessConfig
-from lungseg.data.layout import DataError, source_names
+from lungseg.data.layout import source_names
 from lungseg.data.preprocess import (
     ID_SEPARATOR,
     assemble,
@@ -27,7 +27,7 @@ from lungseg.data.preprocess import (
     scan_folder,
 )
 from lungseg.data.split import PARTS, part_sizes, split_ids
-from lungseg.errors import ParamsError
+from lungseg.errors import DataError, ParamsError
 
 SETTINGS = PreprocessConfig(image_size=16, workers=1)
 
@@ -159,6 +159,18 @@ def test_check_reads_several_folders_and_fails_when_one_has_errors(tmp_path, wri
     assert both.returncode == 1
     assert f"{good.root}: plain layout, 2 usable pairs, 0 error(s)" in both.stdout
     assert f"{bad.root}: plain layout, 1 usable pairs, 1 error(s)" in both.stdout
+
+
+def test_errors_of_every_folder_are_reported_together(tmp_path, write_pair_folder):
+    first = write_pair_folder(tmp_path / "first", layout="plain", n=2)
+    second = write_pair_folder(tmp_path / "second", layout="plain", n=2)
+    for folder in (first, second):
+        folder.mask_paths[folder.ids[0]].unlink()
+    with pytest.raises(DataError) as raised:
+        raise_on_errors(*(scan_folder(folder.root, SETTINGS) for folder in (first, second)))
+    message = str(raised.value)
+    assert message.startswith("2 problem(s)") and str(first.root) in message and str(second.root) in message
+    assert len(raised.value.problems) == 2
 
 
 def _folder_digest(folder: Path) -> dict[str, str]:

@@ -175,12 +175,15 @@ def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple
     return assemble(scan, settings)
 
 
-def raise_on_errors(scan: Scan) -> None:
-    problems = errors(scan.findings)
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) with the data under {scan.data_dir} ({scan.n_pairs} image/mask pairs "
-                        "found); nothing was written:",
-                        [f"{p.kind}: {p.detail}" for p in problems])
+def raise_on_errors(*scans: Scan) -> None:
+    """Raise one DataError listing the errors of every scan (each data folder), if any has one."""
+    faulty = [(scan, errors(scan.findings)) for scan in scans if errors(scan.findings)]
+    if not faulty:
+        return
+    where = ", ".join(f"{scan.data_dir} ({scan.n_pairs} image/mask pairs found)" for scan, _ in faulty)
+    raise DataError(f"{sum(len(problems) for _, problems in faulty)} problem(s) with the data under {where}; "
+                    "nothing was written:",
+                    [f"{p.kind}: {p.detail}" for _, problems in faulty for p in problems])
 
 
 def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
