@@ -10,6 +10,7 @@ from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import EvaluateConfig
 from lungseg.errors import DataError
 from lungseg.evaluate import (
+    NOT_GIVEN,
     dice_histogram,
     evaluate_folder,
     headline,
@@ -56,6 +57,15 @@ def test_subgroup_means_per_value_and_unfilled_columns_skipped():
     assert groups["county"]["A"] == {"dice": pytest.approx(0.8), "iou": pytest.approx(0.7), "n_images": 2}
     assert "dice_native" not in groups["county"]["A"]  # only model-size scores were given
     assert groups["county"]["B"]["n_images"] == 1
+
+
+def test_images_without_a_value_form_a_named_subgroup():
+    """A second data folder without MetaData.csv: its images are a group of their own, named."""
+    scores = pd.DataFrame({"id": ["1", "2", "3"], "dice": [0.9, 0.7, 0.5], "iou": [0.8, 0.6, 0.4]})
+    metadata = pd.DataFrame({"id": ["1", "2", "3"], "county": ["A", None, ""]})
+    groups = subgroup_means(scores, metadata, ["county"])["county"]
+    assert set(groups) == {"A", NOT_GIVEN}
+    assert groups[NOT_GIVEN]["n_images"] == 2 and groups[NOT_GIVEN]["dice"] == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize("n, expected_labels", [(1, ["best"]), (2, ["best", "worst"]), (3, ["best", "median", "worst"])])

@@ -144,6 +144,9 @@ def native_summary(scores: pd.DataFrame, config: EvaluateConfig) -> dict:
     return out
 
 
+NOT_GIVEN = "(not given)"  # the subgroup of images whose metadata lacks the column's value
+
+
 def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config: EvaluateConfig | None = None) -> dict:
     """{column: {value: {"n_images", "dice", "iou", ... and, when native scores exist, the native
     Dice with its interval and HD95}}} for each metadata column that is filled in."""
@@ -151,9 +154,14 @@ def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config
     table = scores.merge(metadata, on="id", how="left", suffixes=("", "_meta"))
     result = {}
     for column in columns:
-        if column not in table.columns or not (table[column].astype(str).str.len() > 0).any():
+        if column not in table.columns:
             continue
-        result[column] = {value: _group_scores(group, config) for value, group in table.groupby(table[column].astype(str))}
+        values = table[column].fillna("").astype(str)
+        if not (values.str.len() > 0).any():
+            continue
+        # rows without the value (e.g. from a data folder with no MetaData.csv) get a named group
+        values = values.mask(values == "", NOT_GIVEN)
+        result[column] = {value: _group_scores(group, config) for value, group in table.groupby(values)}
     return result
 
 
