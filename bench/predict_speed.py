@@ -38,12 +38,11 @@ from lungseg import predict, quality
 from lungseg.config import EvaluateConfig, PreprocessConfig
 from lungseg.data.images import ImageReadError, pixel_spacing
 from lungseg.data.preprocess import prepare_image
-from lungseg.data.synthetic import generate_dataset, make_phantom
+from lungseg.data.synthetic import SITES, generate_dataset, make_phantom
 from lungseg.evaluate import evaluate_folder
 from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
 from lungseg.viz import overlay
 
-SITES = ("PhantomA", "PhantomB")
 MODEL = ROOT / "results" / "best_unet.pth"
 
 
@@ -161,7 +160,7 @@ def measure_set(name: str, sources: list[str], model: Path, scratch: Path, batch
     """The four runs on one set of images; a row for each overlay setting."""
     predictor = load_predictor(model, "cpu")
     jobs = [predict.Job(source, stem) for source, stem in zip(sources, predict.unique_names(sources))]
-    normalize = predictor.preprocess.get("normalize", "minmax")
+    normalize = predictor.preprocess["normalize"]
     rows = []
     for overlays in (True, False):
         def baseline(out: Path, overlays: bool = overlays) -> list[dict]:

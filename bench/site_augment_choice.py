@@ -96,8 +96,6 @@ def main() -> None:
             write_results(args.name, rows, quiet=True, variants={v: VARIANTS[v] for v in args.variants},
                           epochs=args.epochs, dev_set=str(DEV_SET.name), complete=len(rows) == len(args.variants))
     print_table(f"augmentation variants, {args.epochs} epochs, one seed (val: the split's val part; dev: covid-cxr-sample)", rows)
-    write_results(args.name, rows, variants={v: VARIANTS[v] for v in args.variants}, epochs=args.epochs,
-                  dev_set=str(DEV_SET.name), complete=True)
 
 
 if __name__ == "__main__":

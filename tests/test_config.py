@@ -373,3 +373,15 @@ def test_direct_construction_and_replace_check_the_values_too():
         config.InferConfig(threshold=math.nan)
     with pytest.raises(ValueError):
         config.ModelConfig(colour="red")
+
+
+@pytest.mark.parametrize("size, expected", [
+    (128, "train.low_res_size=128: must be smaller than the preprocessed images (128 px"),
+    (72, "train.low_res_size=72: must be divisible by 2**model.depth = 16 (model.depth=4); e.g. 64"),
+])
+def test_a_low_res_size_the_model_cannot_train_at_stops_the_params_check(size, expected):
+    """check_params catches it, so `dvc repro` stops before any stage removes its outputs."""
+    with pytest.raises(ParamsError) as caught:
+        validate({"train": {"low_res_epochs": 2, "low_res_size": size}})
+    assert any(problem.startswith(expected) for problem in _problems(caught.value))
+    validate({"train": {"low_res_epochs": 0, "low_res_size": size}})  # unused while low_res_epochs is 0

@@ -98,7 +98,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from lungseg.evaluate import evaluate_folder, headline, montage_rows, score_lines
     from lungseg.inference import default_workers, load_predictor, torch_threads
     from lungseg.io import write_csv, write_json
-    from lungseg.outdir import OutputNames, check_out, remove_stale
+    from lungseg.outdir import OutputNames, check_out
     from lungseg.provenance import synthetic_warning
 
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
@@ -122,8 +122,6 @@ def evaluate(args: argparse.Namespace) -> int:
     # the best, median and worst images, drawn as the visualize stage draws the test split's
     rows = montage_rows(result.scores, result.images, result.truths, result.masks, 3)
     viz.save_montage(rows, out / "montage.png", pictures.dpi, pictures.overlay_alpha)
-    if args.overwrite:
-        remove_stale(out, names, [out / name for name in files])
     print(score_lines(result.metrics))
     return 0
 

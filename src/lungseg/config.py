@@ -28,7 +28,7 @@ from lungseg.errors import ParamsError  # re-exported: config.ParamsError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]
-DEVICES, PRECISIONS = typing.get_args(Device), typing.get_args(Precision)
+DEVICES = typing.get_args(Device)
 
 
 def _integer(value):
@@ -182,7 +182,7 @@ class TrainConfig:
     compile: Annotated[Literal["auto", "always", "never"], BeforeValidator(_text)] = "auto"  # torch.compile: auto (CUDA only), always or never
     nproc: Int = Field(1, ge=1)  # training processes on this machine (one per GPU), with torchrun and DDP
     low_res_epochs: Int = Field(0, ge=0)  # the first epochs train at low_res_size px (progressive resizing); 0: none
-    low_res_size: Int = Field(64, ge=8)  # below preprocess.image_size and divisible by 2**model.depth (checked by training)
+    low_res_size: Int = Field(64, ge=8)  # below preprocess.image_size and divisible by 2**model.depth (low_res_problems)
 
     @model_validator(mode="after")
     def _some_loss(self):
@@ -254,11 +254,28 @@ SECTIONS = {
 
 def _cross_problems(configs: dict) -> list[str]:
     """The rules that tie two sections together (checked when both are loaded)."""
-    preprocess, model = configs.get("preprocess"), configs.get("model")
-    if preprocess and model and preprocess.image_size % 2**model.depth:
+    preprocess, model, train = configs.get("preprocess"), configs.get("model"), configs.get("train")
+    if not (preprocess and model):
+        return []
+    if preprocess.image_size % 2**model.depth:
         step = 2**model.depth
         return [f"preprocess.image_size={preprocess.image_size}: must be divisible by 2**model.depth = {step} "
                 f"(model.depth={model.depth}); e.g. {preprocess.image_size // step * step or step}"]
+    return low_res_problems(train, preprocess.image_size, model.depth) if train else []
+
+
+def low_res_problems(train: TrainConfig, image_size: int, depth: int) -> list[str]:
+    """What keeps the U-Net from training at train.low_res_size on images of image_size px with
+    `depth` poolings (nothing when train.low_res_epochs is 0)."""
+    size, step = train.low_res_size, 2**depth
+    if not train.low_res_epochs:
+        return []
+    if size >= image_size:
+        return [f"train.low_res_size={size}: must be smaller than the preprocessed images ({image_size} px, "
+                f"preprocess.image_size), or set train.low_res_epochs to 0"]
+    if size % step:
+        return [f"train.low_res_size={size}: must be divisible by 2**model.depth = {step} "
+                f"(model.depth={depth}); e.g. {max(size // step * step, step)}"]
     return []
 
 

@@ -85,11 +85,8 @@ def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_thresho
     items = list(zip(probabilities, mask_paths, image_paths))
     score = partial(_native_row, predictor, mask_threshold)
     progress = partial(tqdm, total=len(items), desc="native resolution", unit="image", disable=not show_progress, mininterval=1.0)
-    if workers <= 1:
-        rows = [score(item) for item in progress(items)]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            rows = list(progress(pool.map(score, items)))
+    with ThreadPoolExecutor(workers) as pool:
+        rows = list(progress(pool.map(score, items)))
     return pd.DataFrame(rows, columns=[*NATIVE_COLUMNS, "hd95_native_mm"])
 
 

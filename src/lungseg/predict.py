@@ -66,6 +66,7 @@ from lungseg.data.images import (
     IMAGE_SUFFIXES,
     WIDE_MODES,
     ImageReadError,
+    as_8bit_gray,
     is_image_file,
     open_image,
     pixel_spacing,
@@ -297,7 +298,7 @@ def grey_for_display(image: Image.Image, normalize: str) -> np.ndarray:
     """
     stretch = normalize != "none"
     if image.mode not in WIDE_MODES:
-        grey = np.asarray(_as_grey_8bit(image))
+        grey = np.asarray(as_8bit_gray(image))
         return _stretch_8bit(grey) if stretch else grey
     values = to_float_gray(image)  # float32 in [0, 1]
     low, high = (float(values.min()), float(values.max())) if stretch else (0.0, 1.0)
@@ -305,14 +306,6 @@ def grey_for_display(image: Image.Image, normalize: str) -> np.ndarray:
     for start in range(0, len(values), ROWS_PER_BLOCK):
         grey[start:start + ROWS_PER_BLOCK] = stretch_to_uint8(values[start:start + ROWS_PER_BLOCK], low, high)
     return grey
-
-
-def _as_grey_8bit(image: Image.Image) -> Image.Image:
-    """An 8-bit image of any mode as 'L', converted as lungseg.data.images reads 8-bit data
-    (palettes through RGBA, colours by ITU-R 601 luma), but kept in uint8."""
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
-    return image if image.mode == "L" else image.convert("L")
 
 
 def _stretch_8bit(grey: np.ndarray) -> np.ndarray:
@@ -453,11 +446,11 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     folders, files = split_inputs(inputs)
     out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])
     predictor = load_predictor(model, device, threshold)
-    check_available(predictor.preprocess.get("normalize", "minmax"))  # e.g. clahe without OpenCV: stop before any output
+    check_available(predictor.preprocess["normalize"])  # e.g. clahe without OpenCV: stop before any output
     if warning := synthetic_warning(model, predictor.info):
         print(warning, file=sys.stderr)
     jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
-    outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess.get("normalize", "minmax"))
+    outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"])
     rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
     write_table(rows, out_dir / TABLE)
     if overwrite:

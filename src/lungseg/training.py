@@ -19,6 +19,7 @@ import torch
 
 from lungseg import distributed, postprocess
 from lungseg.augment import Augmenter
+from lungseg.config import low_res_problems
 from lungseg.data.preprocess import ProcessedSet
 from lungseg.data.split import ids_in
 from lungseg.engine import TensorPair, TrainingError, fit, is_out_of_memory, out_of_memory_advice, predicted_masks
@@ -145,18 +146,10 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
 
 
 def check_low_res(train_config, image_size: int, depth: int) -> None:
-    """Refuse a train.low_res_size the U-Net cannot train at, or one no smaller than the images
-    (checked here: params.yaml's train section does not know preprocess.image_size)."""
-    if not train_config.low_res_epochs:
-        return
-    size = train_config.low_res_size
-    if size >= image_size:
-        raise ParamsError(f"train.low_res_size={size}: must be smaller than the preprocessed images ({image_size} px, "
-                          f"preprocess.image_size), or set train.low_res_epochs to 0")
-    if size % 2**depth:
-        step = 2**depth
-        raise ParamsError(f"train.low_res_size={size}: must be divisible by 2**model.depth = {step} "
-                          f"(model.depth={depth}); e.g. {max(size // step * step, step)}")
+    """Refuse a train.low_res_size the U-Net cannot train at on these images (the rule check_params
+    applies to params.yaml, here on the arrays actually given)."""
+    if problems := low_res_problems(train_config, image_size, depth):
+        raise ParamsError(problems[0])
 
 
 def shard_tensors(processed: ProcessedSet, ids: list[str], rank: int, world: int, runtime: Runtime) -> TensorPair:

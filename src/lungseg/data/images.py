@@ -156,7 +156,10 @@ def _open(path: str | Path, draft_size: int | None = None, is_mask: bool = False
         _check_pixels(path, *size)
         drafted = False
         if draft_size and image.format == "JPEG":
-            drafted = image.draft(None if is_mask else "L", (draft_size, draft_size)) is not None
+            before = (image.mode, image.size)
+            image.draft(None if is_mask else "L", (draft_size, draft_size))
+            # draft() answers for any single-tile JPEG; only a change of scale or mode counts
+            drafted = (image.mode, image.size) != before
         image.load()
         return Opened(ImageOps.exif_transpose(image) if orientation != 1 else image, size, orientation, drafted)
 
@@ -179,10 +182,11 @@ def to_float_gray(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.float32) / 65535.0
     if image.mode in ("I", "F"):
         return _scale_wide(np.asarray(image, dtype=np.float64))
-    return np.asarray(_as_8bit_gray(image), dtype=np.float32) / 255.0
+    return np.asarray(as_8bit_gray(image), dtype=np.float32) / 255.0
 
 
-def _as_8bit_gray(image: Image.Image) -> Image.Image:
+def as_8bit_gray(image: Image.Image) -> Image.Image:
+    """An 8-bit image of any mode as 'L': palettes through RGBA, colours by luma."""
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     # ITU-R 601 luma; alpha is dropped (X-rays carry no meaningful transparency)
@@ -212,7 +216,7 @@ def _resizable(image: Image.Image) -> Image.Image:
     """An X-ray in a mode Pillow resizes well: 8-bit data as 'L' (0..255), wider data as 'F' in [0, 1]."""
     if image.mode in WIDE_MODES:
         return Image.fromarray(to_float_gray(image))
-    return _as_8bit_gray(image)
+    return as_8bit_gray(image)
 
 
 def _mask_resizable(image: Image.Image) -> tuple[Image.Image, int]:

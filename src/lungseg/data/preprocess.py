@@ -177,7 +177,7 @@ def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple
 
 def raise_on_errors(*scans: Scan) -> None:
     """Raise one DataError listing the errors of every scan (each data folder), if any has one."""
-    faulty = [(scan, errors(scan.findings)) for scan in scans if errors(scan.findings)]
+    faulty = [(scan, problems) for scan in scans if (problems := errors(scan.findings))]
     if not faulty:
         return
     where = ", ".join(f"{scan.data_dir} ({scan.n_pairs} image/mask pairs found)" for scan, _ in faulty)

@@ -82,8 +82,7 @@ class HardCases:
     @classmethod
     def of(cls, config) -> HardCases:
         """The fractions of a SyntheticConfig (params.yaml's synthetic section)."""
-        return cls(config.text_fraction, config.low_contrast_fraction, config.dense_opacity_fraction,
-                   config.rotated_fraction, config.cropped_fraction)
+        return cls(**{case: getattr(config, f"{case}_fraction") for case in vars(cls())})
 
     def draw(self, rng: np.random.Generator) -> frozenset[str]:
         """Which hard cases one image gets. A fraction of 0 draws nothing, so data made without
