@@ -69,9 +69,10 @@ def declared_outputs() -> set[str]:
 
 
 def written_paths() -> set[str]:
-    """Every path paths.py names, with the dvclive folder as the two outputs dvclive writes in it."""
+    """Every path paths.py names, with the dvclive folder as the two outputs dvclive writes in it;
+    the hash cache is a temporary, not an output."""
     named = {str(value) for name, value in vars(paths).items() if isinstance(value, Path) and name.isupper()}
-    named -= {str(paths.RESULTS), str(paths.LIVE_DIR)}
+    named -= {str(paths.RESULTS), str(paths.LIVE_DIR), str(paths.HASH_CACHE)}
     return named | {str(paths.LIVE_DIR / "metrics.json"), str(paths.LIVE_DIR / "plots")}
 
 

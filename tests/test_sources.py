@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from dvc_project import new_project, run, set_params, stages_run
+from PIL import Image
 
 from lungseg import config
 from lungseg.config import PreprocessConfig
@@ -212,3 +214,28 @@ def test_dvc_pipeline_on_real_data_skips_the_phantoms_and_brings_them_back(tmp_p
     set_params(project, {"data": {"dir": "data/raw/synthetic"}})
     run(project, "dvc", "repro", "synthesize")
     assert _folder_digest(project / "data" / "raw" / "synthetic") == phantoms
+
+
+@pytest.mark.slow
+def test_dvc_repro_takes_a_list_of_folders_and_reruns_when_one_changes(tmp_path, write_pair_folder):
+    """data.dir as a list through real `dvc repro`: each folder is a source in the evaluation; a
+    repro with nothing changed runs only the fingerprint; a changed mask in the second folder
+    reruns preprocessing and what follows."""
+    tiny = {"preprocess": {"image_size": 32, "workers": 1}, "model": {"depth": 2, "base_width": 4},
+            "split": {"stratify_by": ""}, "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+            "infer": {"device": "cpu"}, "evaluate": {"subgroups": [], "baseline_steps": 8, "bootstrap_samples": 100},
+            "visualize": {"n_examples": 2, "dpi": 30}}
+    first = write_pair_folder(tmp_path / "kaggle", layout="kaggle", n=20, size=(48, 40))
+    second = write_pair_folder(tmp_path / "plain", layout="plain", n=20, size=(40, 48), metadata=False)
+    project = new_project(tmp_path, {**tiny, "data": {"dir": [str(first.root), "../plain"]}})
+    run(project, "dvc", "repro")
+    report = yaml.safe_load((project / "results" / "evaluation_report.json").read_text())
+    assert set(report["subgroups"]["source"]) == {"kaggle", "plain"}
+    fingerprints = yaml.safe_load((project / "data" / "sources.json").read_text())
+    assert [(entry["source"], entry["files"]) for entry in fingerprints] == [("kaggle", 41), ("plain", 40)]
+
+    assert stages_run(run(project, "dvc", "repro")) == {"sources"}
+    redrawn = np.zeros((40, 48), np.uint8)
+    redrawn[8:32, 6:20] = redrawn[8:32, 28:42] = 255
+    Image.fromarray(redrawn).save(second.mask_paths["3"])
+    assert {"preprocess", "split", "train", "evaluate"} <= stages_run(run(project, "dvc", "repro"))

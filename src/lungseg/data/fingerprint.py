@@ -1,0 +1,114 @@
+"""A content fingerprint of the data folders, standing in for them as one DVC dependency.
+
+DVC's templating cannot put a list of folders into a stage's `deps` (treeverse/dvc#8171), so a
+`sources` stage runs on every `dvc repro` and writes one digest per folder of data.dir; the stages
+that read the folders depend on that file and rerun exactly when a file they read changes.
+
+The digest covers what lungseg reads: every visible file in the folder's image/ and mask/ folders
+(names and bytes) and its MetaData.csv. Hashing a real data set takes seconds, so each file's
+digest is kept in a cache keyed by its size, modification time and inode, as DVC keeps its own
+hashes: a `dvc repro` that changes nothing reads no image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lungseg.data.layout import find_layout
+from lungseg.io import write_json
+
+HASH_THREADS = 4  # hashlib releases the GIL on large buffers: files hash in parallel
+
+
+def data_files(folder: str | Path) -> list[Path]:
+    """The files lungseg reads from a data folder, in a fixed order: the visible files of its
+    image/ and mask/ folders, then its MetaData.csv if it has one.
+
+    folder: a data folder in either layout (lungseg.data.layout). Raises DataError if it is not one.
+    """
+    layout = find_layout(folder)
+    files = [path for directory in (layout.image_dir, layout.mask_dir) for path in sorted(directory.iterdir())
+             if path.is_file() and not path.name.startswith(".")]
+    return files + ([layout.metadata_path] if layout.metadata_path else [])
+
+
+def stat_key(path: Path) -> list[int]:
+    """What says a file is unchanged without reading it: size, modification time (ns), inode."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def file_md5(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
+
+
+class HashCache:
+    """File digests remembered by stat_key, in a JSON file that may be deleted at any time.
+
+    path: the cache file, or None to hash every file every time.
+    """
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.known = self._read()
+        self.seen: dict[str, list] = {}
+
+    def _read(self) -> dict:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            known = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # a damaged cache only costs a rehash
+        return known if isinstance(known, dict) else {}
+
+    def digests(self, files: list[Path]) -> list[str]:
+        """The md5 of each file, read only where its stat_key differs from the cached one."""
+        keys = [stat_key(path) for path in files]
+        names = [str(path.resolve()) for path in files]
+        cached = [self.known.get(name) for name in names]
+        stale = [i for i, (key, entry) in enumerate(zip(keys, cached)) if not entry or entry[:3] != key]
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            fresh = dict(zip(stale, pool.map(file_md5, [files[i] for i in stale])))
+        result = [fresh[i] if i in fresh else cached[i][3] for i in range(len(files))]
+        self.seen.update({name: [*key, md5] for name, key, md5 in zip(names, keys, result)})
+        return result
+
+    def save(self) -> None:
+        """Write the entries of the files seen since this cache was opened, and keep the earlier
+        ones of files that still exist (switching data.dir back and forth rehashes nothing)."""
+        if self.path is not None:
+            kept = {name: entry for name, entry in self.known.items() if name not in self.seen and Path(name).is_file()}
+            write_json({**kept, **self.seen}, self.path)
+
+
+def folder_fingerprint(folder: str | Path, cache: HashCache) -> dict:
+    """The number of files lungseg reads from `folder` and one md5 over their relative names and
+    contents.
+
+    folder: a data folder. cache: where file digests are remembered between runs.
+    """
+    folder = Path(folder)
+    files = data_files(folder)
+    digest = hashlib.md5()
+    for path, md5 in zip(files, cache.digests(files)):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{md5}\n".encode())
+    return {"files": len(files), "md5": digest.hexdigest()}
+
+
+def fingerprint_sources(folders, names, cache_path: str | Path | None) -> list[dict]:
+    """One entry per data folder: its source name, the folder as given, file count and md5.
+
+    folders: data.dir as a list. names: their source names (lungseg.data.layout.source_names).
+    cache_path: the HashCache file, or None.
+    """
+    cache = HashCache(cache_path)
+    entries = [{"source": name, "dir": os.fspath(folder), **folder_fingerprint(folder, cache)}
+               for name, folder in zip(names, folders)]
+    cache.save()
+    return entries
