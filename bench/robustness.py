@@ -8,7 +8,9 @@ is made on validation; the development set only measures.
 
 Reported per variant: the sample's test Dice, and on the development set the mean Dice, the
 worst image, the images below 0.8, and how well `flag` finds the images below 0.85 Dice
-(recall, and the share of images flagged).
+(recall, and the share of images flagged); and the share of the sample's own validation images
+flagged (mostly good masks: flags a user reads for nothing). --keep-scores saves the per-image
+quality columns for bench/flag_choice.py.
 
     python bench/robustness.py                        # seeds 1 2 3, both variants
     python bench/robustness.py --seeds 1 --jobs 1     # a quick check
@@ -60,17 +62,36 @@ def run(command: list[str], cwd: Path, threads: int) -> str:
     return done.stdout
 
 
+QUALITY = ["lung_fraction", "right_lung_px", "left_lung_px", "n_components", "balance", "uncertainty", "flag"]
+
+
+def predictions(project: Path, model: str, inputs: list[str], out: str, threads: int) -> pd.DataFrame:
+    """`lungseg predict` on `inputs`: the quality columns and flag per image, by id (file stem)."""
+    command = [sys.executable, "-m", "lungseg.cli", "predict", model, *inputs, "--out", out, "--no-overlays", "--quiet"]
+    run(command, project, threads)
+    table = pd.read_csv(project / out / "predictions.csv", keep_default_na=False)
+    return table.assign(id=table["input"].map(lambda path: Path(path).stem))[["id", *QUALITY]]
+
+
 def dev_set_scores(project: Path, threads: int) -> pd.DataFrame:
-    """Per image of the development set: Dice (lungseg evaluate) and flag (lungseg predict)."""
-    cli = [sys.executable, "-m", "lungseg.cli"]
+    """Per image of the development set: Dice (lungseg evaluate), quality columns and flag (lungseg predict)."""
     model = str(project / "results" / "best_unet.pth")
-    run([*cli, "evaluate", "--model", model, "--data", str(DEV_SET), "--out", "dev_eval", "--quiet"], project, threads)
-    run([*cli, "predict", model, str(DEV_SET / "image"), "--out", "dev_pred", "--no-overlays", "--quiet"], project, threads)
+    run([sys.executable, "-m", "lungseg.cli", "evaluate", "--model", model, "--data", str(DEV_SET), "--out", "dev_eval",
+         "--quiet"], project, threads)
     scores = pd.read_csv(project / "dev_eval" / "per_image.csv", dtype={"id": str})
-    flags = pd.read_csv(project / "dev_pred" / "predictions.csv", keep_default_na=False)
-    flags["id"] = flags["input"].map(lambda path: Path(path).stem)
     dice_column = "dice_native" if "dice_native" in scores else "dice"
-    return scores[["id", dice_column]].rename(columns={dice_column: "dice"}).merge(flags[["id", "flag"]], on="id")
+    flags = predictions(project, model, [str(DEV_SET / "image")], "dev_pred", threads)
+    return scores[["id", dice_column]].rename(columns={dice_column: "dice"}).merge(flags, on="id")
+
+
+def validation_flags(project: Path, threads: int) -> pd.DataFrame:
+    """The quality columns and flag of the sample's own validation images: X-rays like the
+    training set, mostly segmented well, so every flag there is one a user reads for nothing."""
+    index = pd.read_csv(project / "data" / "processed" / "index.csv", dtype=str, keep_default_na=False)
+    split = pd.read_csv(project / "data" / "split.csv", dtype=str)
+    val = index[index["id"].isin(split.loc[split["split"] == "val", "id"])]
+    inputs = [str(REAL_SAMPLE / name) for name in val["image_file"]]
+    return predictions(project, str(project / "results" / "best_unet.pth"), inputs, "val_pred", threads)
 
 
 def run_job(variant: str, seed: int, threads: int, keep: Path | None) -> dict:
@@ -82,15 +103,16 @@ def run_job(variant: str, seed: int, threads: int, keep: Path | None) -> dict:
         run([sys.executable, f"stages/{name}.py"], project, threads)
     seconds = time.perf_counter() - started
     metrics = yaml.safe_load((project / "results" / "metrics.json").read_text())["test"]
-    dev = dev_set_scores(project, threads)
+    dev, val = dev_set_scores(project, threads), validation_flags(project, threads)
     low, flagged = dev["dice"] < LOW_DICE, dev["flag"].astype(str).str.len() > 0
     row = {"variant": variant, "seed": seed, "test_dice": metrics["dice"], "test_worst": metrics["dice_min"],
            "dev_mean": dev["dice"].mean(), "dev_worst": dev["dice"].min(), "dev_below_0.8": int((dev["dice"] < 0.8).sum()),
            "dev_below_0.5": int((dev["dice"] < 0.5).sum()), "dev_low": int(low.sum()),
            "flag_recall": (flagged & low).sum() / low.sum() if low.any() else float("nan"),
-           "flag_rate": flagged.mean(), "pipeline_seconds": seconds}
+           "flag_rate": flagged.mean(), "val_flag_rate": (val["flag"].str.len() > 0).mean(), "pipeline_seconds": seconds}
     if keep:
         dev.assign(variant=variant, seed=seed).to_csv(keep / f"dev_{variant}_{seed}.csv", index=False)
+        val.assign(variant=variant, seed=seed).to_csv(keep / f"val_{variant}_{seed}.csv", index=False)
     shutil.rmtree(folder)
     return row
 

@@ -1,11 +1,11 @@
 """Do the site augmentations (issue 14) help on X-rays from other hospitals? A choice made on
 validation and on the external development set, never on a test split.
 
-    python bench/site_augment_choice.py [--epochs 20] [--variants off today site]
+    python bench/site_augment_choice.py [--epochs 20] [--low-res-epochs 10] [--seeds 1 2 3] [--variants off today site]
 
 The real pipeline stages (preprocess, split, train) run as subprocesses in a scratch copy of
 the project, with data.dir pointed at ../shared/data/lungs-kaggle-layout-sample and the
-documented CPU recipe (default params, train.epochs=20). Each variant changes only the augment
+documented CPU recipe (default params, train.epochs=20, train.low_res_epochs=10), once per split seed. Each variant changes only the augment
 section; the train stage's own validation Dice (the split's val part) is read from its report,
 then `lungseg evaluate` scores its model on ../shared/data/covid-cxr-sample (other hospitals,
 COVID-19 X-rays): mean Dice, worst image, and the number of images below 0.8.
@@ -37,18 +37,20 @@ VARIANTS = {
     "today": {"enabled": True, "contrast": 0.2, "gamma": 0.2, "blur": 0.0, "sharpen": 0.0,
               "border_probability": 0.0, "text_probability": 0.0},
     "site": {"enabled": True, **SITE},
+    "opacity": {"enabled": True, **SITE, "opacity_probability": 0.3},  # and a dense opacity in a lung
 }
 GOOD_DICE = 0.8
 
 
-def prepare(workdir: Path, epochs: int) -> dict:
+def prepare(workdir: Path, epochs: int, low_res_epochs: int, seed: int) -> dict:
     """Copy the project into workdir, point it at the real sample, run preprocess and split once."""
     for name in PROJECT_FILES:
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, workdir / name)
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["data"]["dir"] = str(require_real_sample())
-    params["train"]["epochs"] = epochs
+    params["train"]["epochs"], params["train"]["low_res_epochs"] = epochs, low_res_epochs
+    params["split"]["seed"] = seed
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("preprocess", "split"):
         run([sys.executable, f"stages/{stage}.py"], workdir)
@@ -60,7 +62,7 @@ def run(command: list[str], workdir: Path) -> str:
     return subprocess.run(command, cwd=workdir, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
-def score_variant(name: str, params: dict, workdir: Path) -> dict:
+def score_variant(name: str, params: dict, workdir: Path, seed: int) -> dict:
     """Train with the variant's augment keys; its validation Dice and its scores on the dev set."""
     augment = {**params["augment"], **VARIANTS[name]}
     (workdir / "params.yaml").write_text(yaml.safe_dump({**params, "augment": augment}, sort_keys=False))
@@ -72,7 +74,7 @@ def score_variant(name: str, params: dict, workdir: Path) -> dict:
     run([sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data", str(DEV_SET),
          "--out", str(out), "--quiet"], workdir)
     dev = pd.read_csv(out / "per_image.csv")["dice"]
-    return {"variant": name, "val_dice": report["val_dice_postprocessed"], "postprocess": report["postprocess"],
+    return {"variant": name, "seed": seed, "val_dice": report["val_dice_postprocessed"], "postprocess": report["postprocess"],
             "dev_dice_mean": float(dev.mean()), "dev_dice_worst": float(dev.min()),
             f"dev_below_{GOOD_DICE}": int((dev < GOOD_DICE).sum()), "dev_images": len(dev),
             "best_epoch": report["best_epoch"], "train_seconds": seconds}
@@ -82,20 +84,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20, help="train.epochs (20: the documented CPU recipe)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--low-res-epochs", type=int, default=10, help="train.low_res_epochs (10: the CPU recipe)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="split seeds, one run of each variant per seed")
     parser.add_argument("--name", default="site_augment_choice")
     args = parser.parse_args()
     if not DEV_SET.is_dir():
         sys.exit(f"the development set {DEV_SET} is missing: it sits in shared/data beside the project checkout")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="site_augment_") as scratch:
-        workdir = Path(scratch)
-        params = prepare(workdir, args.epochs)
-        for name in args.variants:
-            rows.append(score_variant(name, params, workdir))
-            print(f"{name}: val {rows[-1]['val_dice']:.4f}  dev {rows[-1]['dev_dice_mean']:.4f}", flush=True)
-            write_results(args.name, rows, quiet=True, variants={v: VARIANTS[v] for v in args.variants},
-                          epochs=args.epochs, dev_set=str(DEV_SET.name), complete=len(rows) == len(args.variants))
-    print_table(f"augmentation variants, {args.epochs} epochs, one seed (val: the split's val part; dev: covid-cxr-sample)", rows)
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory(prefix="site_augment_") as scratch:
+            workdir = Path(scratch)
+            params = prepare(workdir, args.epochs, args.low_res_epochs, seed)
+            for name in args.variants:
+                rows.append(score_variant(name, params, workdir, seed))
+                print(f"seed {seed} {name}: val {rows[-1]['val_dice']:.4f}  dev {rows[-1]['dev_dice_mean']:.4f}", flush=True)
+    numeric = [key for key in rows[0] if key not in ("variant", "seed", "postprocess")]
+    summary = pd.DataFrame(rows).groupby("variant", sort=False)[numeric].mean().reset_index().to_dict("records")
+    write_results(args.name, rows, summary=summary, variants={v: VARIANTS[v] for v in args.variants},
+                  epochs=args.epochs, low_res_epochs=args.low_res_epochs, dev_set=str(DEV_SET.name))
+    print_table(f"augmentation variants, {args.epochs} epochs (val: the split's val part; dev: covid-cxr-sample)", rows)
+    print_table(f"mean over split seeds {args.seeds}", summary)
 
 
 if __name__ == "__main__":

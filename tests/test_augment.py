@@ -86,7 +86,7 @@ def test_config_rejects_out_of_range_values():
 # ----------------------------------------------------------------------------- site appearance
 
 SITE_OPS = {"blur": {"blur": 1.5, "sharpen": 1.0}, "border": {"border_probability": 1.0, "border_width": 0.3},
-            "text": {"text_probability": 1.0, "text_size": 0.2}}
+            "text": {"text_probability": 1.0, "text_size": 0.2}, "opacity": {"opacity_probability": 1.0}}
 
 
 def edge_batch(n: int = 16, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +152,26 @@ def test_burned_in_marks_are_bright_and_small():
     assert (bright > 0).all()  # every image got a mark
     assert (bright < 2 * 0.2 * 0.2 * 2).all()  # at most 2 marks, each at most 0.2 tall and 0.29 wide
     assert out.max() >= 0.85 and torch.equal(out_masks, masks)
+
+
+def test_an_opacity_lightens_part_of_the_lung_and_only_near_it():
+    images, masks = batch(16, 40)  # a 0.2 'lung' square in a 0.8 frame
+    images[..., 4:36, 4:36] = 0.2  # dark all around the lung too, so any lightening shows
+    config = replace(NOTHING, opacity_probability=1.0, opacity_size=0.2)
+    out, out_masks = Augmenter(config, 0, CPU)(images, masks)
+    lighter = out > images + 1e-4
+    assert torch.equal(out_masks, masks) and lighter.flatten(1).any(1).all()  # every image, mask untouched
+    centres = [torch.nonzero(image[0]).float().mean(0) for image in lighter]
+    assert all(6 <= float(c) <= 33 for centre in centres for c in centre)  # centred on the lung (8..23) within a radius
+    assert (lighter.flatten(1).float().mean(1) <= 3.15 * 0.2 ** 2 + 1e-6).all()  # at most a disc of radius 0.2
+    assert out.max() <= 0.9 + 1e-6  # lightened toward a grey, never past it
+
+
+def test_an_opacity_needs_a_lung():
+    images, masks = batch(4)
+    masks.zero_()
+    out, _ = Augmenter(replace(NOTHING, opacity_probability=1.0), 0, CPU)(images, masks)
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
 
 
 def test_site_config_rejects_out_of_range_values():

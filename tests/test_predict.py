@@ -504,7 +504,7 @@ def test_only_the_two_largest_components_are_lungs():
     blob(mask, 0, 0, 2, 2)  # a speck in the far left corner: not a lung, though furthest left
     right = blob(mask, 5, 10, 30, 10)
     left = blob(mask, 5, 40, 30, 8)
-    assert lung_pixels(mask) == type(lung_pixels(mask))(right, left, 3)
+    assert lung_pixels(mask) == type(lung_pixels(mask))(right, left, 3, 2)  # the speck is no piece
 
 
 @pytest.mark.parametrize("left_edge, expect_right", [(2, True), (45, False)])

@@ -54,12 +54,16 @@ def test_two_balanced_lungs_with_a_confident_map_are_not_flagged():
     assert report.uncertainty == pytest.approx(0.04)
 
 
-def test_three_blobs_are_flagged():
-    mask = two_lungs()
-    blob(mask, 36, 28, 2, 2)
+def test_a_third_piece_is_flagged_but_a_speck_is_not():
+    mask = two_lungs()  # 720 lung pixels
+    blob(mask, 37, 28, 2, 3)  # 6 px: below MIN_PIECE of the lung
+    speck = assess(mask)
+    assert speck.flag == "" and speck.n_components == 3  # counted in the column, not flagged
+    blob(mask, 0, 26, 2, 5)  # 10 px: a piece
+    assert 10 >= quality.MIN_PIECE * mask.sum() > 6
     report = assess(mask)
     assert report.flag == "3+ components"
-    assert report.n_components == 3
+    assert report.n_components == 4
 
 
 def test_very_unequal_lungs_are_flagged_with_their_balance():

@@ -10,6 +10,10 @@ sharpening (detector and post-processing), collimation bands at the borders (a d
 frame, an off-centre field) and burned-in text and markers (bright letters such as L/R, label
 boxes). These change only the image: the lungs are where they were, so the mask is untouched.
 
+Disease (off at 0): a dense opacity over part of a lung (consolidation, effusion, the white lung
+of ARDS). It too changes only the image: an opaque lung is still lung, which a model that has
+seen only clear lungs gets wrong.
+
 Everything is drawn from one seeded generator on the data's device, so a run is repeatable
 and no batch waits for the CPU. An op whose keys are 0 draws nothing, so turning it off leaves
 the random stream, and so the run, exactly as without it.
@@ -35,6 +39,9 @@ _GLYPHS = (
 )
 MARK_VALUE = (0.85, 1.0)  # burned-in marks are near white
 BAND_DARK, BAND_BRIGHT = (0.0, 0.1), (0.9, 1.0)  # collimated edges: unexposed (dark) or shuttered (bright)
+OPACITY_VALUE = (0.6, 0.9)  # the grey an opacity lightens toward: soft tissue to dense consolidation
+OPACITY_STRENGTH = (0.5, 1.0)  # how far toward it (1: the lung is no longer seen there)
+OPACITY_EDGE = 0.4  # share of the radius over which an opacity fades out
 
 
 class Augmenter:
@@ -50,6 +57,7 @@ class Augmenter:
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = self.uniform(len(images), 0, 1) < self.config.probability  # which images change at all
         images, masks = self.warp(images, masks, chosen)
+        images = self.opacify(images, masks, chosen)  # anatomy first: exposure and detector act on it
         images = self.adjust_intensity(images, chosen)
         images = self.change_detail(images, chosen)
         images = self.collimate(images, chosen)
@@ -79,6 +87,27 @@ class Augmenter:
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).to(masks.dtype)
         return images, masks
+
+    def opacify(self, images, masks, chosen):
+        """With probability opacity_probability, a dense opacity on an image with lung: a soft disc
+        centred on a random lung pixel, radius in [opacity_size / 3, opacity_size] of the side,
+        lightens the image toward a grey of OPACITY_VALUE. The disc may overrun the lung's edge,
+        so that edge is no cue to where the lung ends."""
+        c, (n, _, height, width) = self.config, images.shape
+        if c.opacity_probability == 0:
+            return images
+        lung = masks.flatten(1)
+        on = self.coin(n, c.opacity_probability, chosen) & (lung.sum(1) > 0)
+        centre = torch.multinomial(lung.float() + 1e-12, 1, generator=self.generator)[:, 0]  # a lung pixel
+        cy, cx = (centre // width + 0.5) / height, (centre % width + 0.5) / width
+        radius = self.uniform(n, c.opacity_size / 3, c.opacity_size)
+        y = _centres(height, images).view(1, height, 1)
+        x = _centres(width, images).view(1, 1, width)
+        distance = ((y - cy.view(n, 1, 1)) ** 2 + (x - cx.view(n, 1, 1)) ** 2).sqrt() / radius.view(n, 1, 1)
+        fade = ((1 - distance) / OPACITY_EDGE).clamp(0, 1)  # 1 inside, falling to 0 at the radius
+        alpha = (fade * (self.uniform(n, *OPACITY_STRENGTH) * on).view(n, 1, 1)).unsqueeze(1).to(images.dtype)
+        value = self.uniform(n, *OPACITY_VALUE).view(n, 1, 1, 1).to(images.dtype)
+        return images + alpha * (value - images)
 
     def adjust_intensity(self, images, chosen):
         """Contrast around each image's mean, brightness, gamma, then Gaussian noise; clamped to [0, 1]."""

@@ -43,7 +43,12 @@ def largest_labels(labels: np.ndarray, count: int, keep: int) -> tuple[np.ndarra
 
     labels: label_components' image. count: the number of components. keep: how many to rank.
     """
-    sizes = component_sizes(labels, count)
+    return rank_components(component_sizes(labels, count), keep)
+
+
+def rank_components(sizes: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """largest_labels from component_sizes' counts: the labels of the `keep` largest, largest
+    first (ties: the later label first), and their sizes."""
     ranked = np.argsort(sizes, kind="stable")[::-1][:keep]
     return ranked + 1, sizes[ranked]
 

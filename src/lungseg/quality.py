@@ -22,12 +22,15 @@ from scipy import ndimage
 
 from lungseg import postprocess
 
-# Starting values, NOT tuned: to be chosen on a development set of real predictions (look at the
-# flagged and unflagged images there) before anyone relies on them. Do not tune on test data.
-LUNG_FRACTION_RANGE = (0.10, 0.55)  # share of the image covered by lung, both lungs together
+# Chosen on real data, never on a test split (BENCHMARKS.md, "Quality flags"): the lung fraction
+# range spans the true masks of the Kaggle-layout sample and of the COVID-19 development set with
+# a margin; the uncertainty limit trades recall of poor masks on the development set against
+# flags on validation images, which are mostly good.
+LUNG_FRACTION_RANGE = (0.07, 0.60)  # share of the image covered by lung, both lungs together
 BALANCE_MIN = 0.5  # smaller lung / larger lung; the right lung is usually ~10-20% larger than the left
 UNCERTAINTY_MAX = 0.4  # mean of min(p, 1 - p) * 2 over the model-size boundary band
 MAX_COMPONENTS = 2  # two lungs; more pieces are flagged "3+ components"
+MIN_PIECE = 0.01  # a component below this share of the lung is a speck, not a piece: not counted for the flag
 BOUNDARY_PX = 1  # the band is the pixels within this many pixels of the edge, on either side
 
 COLUMNS = ("right_share", "left_share", "balance", "uncertainty", "flag")  # appended to predictions.csv
@@ -38,6 +41,7 @@ class LungSides(NamedTuple):
     right_px: int  # the patient's right lung: the image's left side
     left_px: int
     n_components: int
+    n_pieces: int  # components of at least MIN_PIECE of the lung (what "3+ components" counts)
 
 
 @dataclass(frozen=True)
@@ -78,33 +82,38 @@ def assess(mask: np.ndarray, probability: np.ndarray | None = None, threshold: f
         from, or None to skip the boundary check.
     threshold: the probability above which the model calls a pixel lung (the predictor's).
     """
-    right_px, left_px, count = lung_pixels(mask)
+    right_px, left_px, count, pieces = lung_pixels(mask)
     total = mask.shape[0] * mask.shape[1]
     lung_fraction = int(np.count_nonzero(mask)) / total if total else 0.0
     larger, smaller = max(right_px, left_px), min(right_px, left_px)
     balance = smaller / larger if smaller else 0.0
     uncertainty = boundary_uncertainty(probability, threshold) if probability is not None else None
-    flag = "; ".join(reasons(count, right_px, left_px, lung_fraction, balance, uncertainty))
+    flag = "; ".join(reasons(count, right_px, left_px, lung_fraction, balance, uncertainty, pieces))
     return QualityReport(count, lung_fraction, right_px, left_px, right_px / total if total else 0.0,
                          left_px / total if total else 0.0, balance, uncertainty, flag)
 
 
 def reasons(count: int, right_px: int, left_px: int, lung_fraction: float, balance: float,
-            uncertainty: float | None) -> list[str]:
-    """The flag's reasons, in a fixed order. No lung and one lung are always flagged."""
+            uncertainty: float | None, pieces: int | None = None,
+            fraction_range: tuple[float, float] = LUNG_FRACTION_RANGE, uncertainty_max: float = UNCERTAINTY_MAX) -> list[str]:
+    """The flag's reasons, in a fixed order. No lung and one lung are always flagged.
+
+    pieces: components of at least MIN_PIECE of the lung (LungSides.n_pieces); None counts all.
+    fraction_range, uncertainty_max: the limits (bench/flag_choice.py tries others).
+    """
     if count == 0:
         return ["no lung found"]
     found = []
     if right_px == 0 or left_px == 0:
         found.append("one lung only")  # a single component: one lung, or both lungs run together
-    if count > MAX_COMPONENTS:
+    if (count if pieces is None else pieces) > MAX_COMPONENTS:
         found.append(f"{MAX_COMPONENTS + 1}+ components")
-    low, high = LUNG_FRACTION_RANGE
+    low, high = fraction_range
     if not low <= lung_fraction <= high:
         found.append(f"lung fraction {lung_fraction:.2f} outside {low:.2f}-{high:.2f}")
     if right_px and left_px and balance < BALANCE_MIN:
         found.append(f"left/right balance {balance:.2f}")
-    if uncertainty is not None and uncertainty > UNCERTAINTY_MAX:
+    if uncertainty is not None and uncertainty > uncertainty_max:
         found.append(f"uncertain boundary {uncertainty:.2f}")
     return found
 
@@ -116,16 +125,18 @@ def lung_pixels(mask: np.ndarray) -> LungSides:
     half, else the left lung."""
     labels, count = postprocess.label_components(mask)
     if count == 0:
-        return LungSides(0, 0, 0)
-    largest, sizes = postprocess.largest_labels(labels, count, keep=2)
+        return LungSides(0, 0, 0, 0)
+    all_sizes = postprocess.component_sizes(labels, count)
+    pieces = int(np.count_nonzero(all_sizes >= MIN_PIECE * all_sizes.sum()))
+    largest, sizes = postprocess.rank_components(all_sizes, keep=2)
     columns = [centre_column(labels == label) for label in largest]
     del labels  # int32, 4 bytes a pixel: the largest array of this step
     pixels = [int(size) for size in sizes]
     if len(largest) == 2:
         right, left = (0, 1) if columns[0] < columns[1] else (1, 0)
-        return LungSides(pixels[right], pixels[left], count)
+        return LungSides(pixels[right], pixels[left], count, pieces)
     on_image_left = columns[0] < (mask.shape[1] - 1) / 2
-    return LungSides(pixels[0], 0, count) if on_image_left else LungSides(0, pixels[0], count)
+    return LungSides(pixels[0], 0, count, pieces) if on_image_left else LungSides(0, pixels[0], count, pieces)
 
 
 def centre_column(region: np.ndarray) -> float:
