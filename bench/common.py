@@ -11,6 +11,8 @@ import os
 import platform
 import re
 import resource
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from lungseg.config import PreprocessConfig
 from lungseg.data.preprocess import preprocess_folder
@@ -27,6 +30,47 @@ from lungseg.tracking import read_history
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 REAL_SAMPLE = ROOT.parent / "shared" / "data" / "lungs-kaggle-layout-sample"
+DEV_SET = ROOT.parent / "shared" / "data" / "covid-cxr-sample"  # the external development set
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src")  # what the stage scripts need to run
+
+
+def scratch_project(folder: Path, changes: dict | None = None) -> Path:
+    """A copy of the project's code and params in `folder`, with `changes` set (set_params)."""
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / name)
+    set_params(folder, changes or {})
+    return folder
+
+
+def set_params(folder: Path, changes: dict) -> None:
+    """Write folder/params.yaml: the project's own params with `changes` ('section.key' -> value)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        params[section][key] = value
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_in(folder: Path, command: list[str], threads: int | None = None) -> str:
+    """Run `command` in a scratch project as dvc runs a stage (PYTHONPATH: its src) with torch on
+    `threads` cores (None: all); its stdout. A failure raises with the end of its output."""
+    env = {**os.environ, "PYTHONPATH": str(folder / "src")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed in {folder}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def require_dev_set() -> Path:
+    if not DEV_SET.is_dir():
+        sys.exit(f"the development set {DEV_SET} is missing: it sits in shared/data beside the project checkout")
+    return DEV_SET
 
 
 def machine() -> dict:

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from common import REAL_SAMPLE, ROOT, print_table, stage_history, write_results
+from common import REAL_SAMPLE, print_table, scratch_project, set_params, stage_history, write_results
 from recipe_ablation import tiled_train
 
 from lungseg.io import write_csv
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src"]
 # today's documented CPU recipe (docs/accuracy.md) and the new one; every other key is params.yaml's
 RECIPES = {
     "today": {"train.epochs": 20},
@@ -51,21 +49,6 @@ def parse_changes(text: str) -> dict:
     if not pairs or any(len(pair) != 2 for pair in pairs):
         sys.exit(f"--try: expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
     return {key: yaml.safe_load(value) for key, value in pairs}
-
-
-def scratch_project(workdir: Path) -> None:
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, workdir / name)
-
-
-def set_params(workdir: Path, changes: dict) -> None:
-    """Write params.yaml of the scratch copy: the project's own, with `changes` (section.key -> value)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        section, key = dotted.split(".", 1)
-        params[section][key] = value
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def run_stage(workdir: Path, stage: str) -> tuple[str, float, float]:

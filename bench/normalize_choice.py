@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,32 +25,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from common import ROOT, print_table, require_real_sample, write_results
+from common import DEV_SET, print_table, require_dev_set, require_real_sample, run_in, scratch_project, write_results
 
-DEV_SET = ROOT.parent / "shared" / "data" / "covid-cxr-sample"
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src"]
 METHODS = ["minmax", "percentile", "equalize", "clahe"]
 GOOD = 0.8  # a development image below this Dice counts as a failure
-
-
-def make_project(workdir: Path, overrides: dict[str, dict]) -> None:
-    """A copy of the project in `workdir` whose params.yaml has `overrides` ({section: {key: value}})."""
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, workdir / name)
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    for section, values in overrides.items():
-        params[section].update(values)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(command: list[str], workdir: Path, threads: int) -> str:
-    env = {**os.environ, "PYTHONPATH": str(workdir / "src"), "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed in {workdir}:\n{done.stderr[-2000:]}")
-    return done.stdout
 
 
 def train_and_score(method: str, seed: int, epochs: int, threads: int, data: Path) -> dict:
@@ -64,15 +40,15 @@ def train_and_score(method: str, seed: int, epochs: int, threads: int, data: Pat
 
 
 def _train_and_score(method: str, seed: int, epochs: int, threads: int, data: Path, workdir: Path) -> dict:
-    make_project(workdir, {"data": {"dir": str(data)}, "preprocess": {"normalize": method},
-                           "split": {"seed": seed}, "train": {"epochs": epochs}})
+    scratch_project(workdir, {"data.dir": str(data), "preprocess.normalize": method, "split.seed": seed,
+                              "train.epochs": epochs})
     started = time.perf_counter()
     for stage in ("preprocess", "split", "train"):
-        run([sys.executable, f"stages/{stage}.py"], workdir, threads)
+        run_in(workdir, [sys.executable, f"stages/{stage}.py"], threads)
     train_seconds = time.perf_counter() - started
     report = json.loads((workdir / "results" / "training_report.json").read_text())
-    run([sys.executable, "-c", "import sys; from lungseg.cli import main; sys.exit(main())", "evaluate", "--model",
-         "results/best_unet.pth", "--data", str(DEV_SET), "--out", "dev", "--quiet"], workdir, threads)
+    run_in(workdir, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data",
+                     str(DEV_SET), "--out", "dev", "--quiet"], threads)
     scores = pd.read_csv(workdir / "dev" / "per_image.csv")
     dice = scores["dice_native"]
     return {"method": method, "seed": seed, "epochs": epochs, "val_dice": report["val_dice_postprocessed"],
@@ -103,8 +79,7 @@ def main() -> None:
     parser.add_argument("--name", default="normalize_choice")
     args = parser.parse_args()
     data = require_real_sample()
-    if not DEV_SET.is_dir():
-        sys.exit(f"the development set {DEV_SET} is missing: it sits in shared/data beside the project checkout")
+    require_dev_set()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = [(m, s) for s in args.seeds for m in args.methods]  # seeds outside: the first results cover every method
     rows, started = [], time.perf_counter()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +29,17 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from common import REAL_SAMPLE, ROOT, print_table, require_real_sample, write_results
+from common import (
+    DEV_SET,
+    REAL_SAMPLE,
+    print_table,
+    require_dev_set,
+    require_real_sample,
+    run_in,
+    scratch_project,
+    write_results,
+)
 
-DEV_SET = ROOT.parent / "shared" / "data" / "covid-cxr-sample"
 RECIPE = {"train.epochs": 20, "train.low_res_epochs": 10}  # docs/accuracy.md: the CPU recipe
 # the recipe before issue 14: min-max stretch, the original augmentations only
 BEFORE = {**RECIPE, "preprocess.normalize": "minmax", "augment.contrast": 0.2, "augment.gamma": 0.2,
@@ -42,33 +49,13 @@ STAGES = ("preprocess", "split", "train", "evaluate")
 LOW_DICE = 0.85  # what the flag should find (issue 14)
 
 
-def make_project(folder: Path, overrides: dict) -> Path:
-    """A copy of the project's code and params in `folder`, with `overrides` (dotted keys) set."""
-    for name in ("src", "stages"):
-        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        params[section][name] = value
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return folder
-
-
-def run(command: list[str], cwd: Path, threads: int) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed in {cwd}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return done.stdout
-
-
 QUALITY = ["lung_fraction", "right_lung_px", "left_lung_px", "n_components", "balance", "uncertainty", "flag"]
 
 
 def predictions(project: Path, model: str, inputs: list[str], out: str, threads: int) -> pd.DataFrame:
     """`lungseg predict` on `inputs`: the quality columns and flag per image, by id (file stem)."""
     command = [sys.executable, "-m", "lungseg.cli", "predict", model, *inputs, "--out", out, "--no-overlays", "--quiet"]
-    run(command, project, threads)
+    run_in(project, command, threads)
     table = pd.read_csv(project / out / "predictions.csv", keep_default_na=False)
     return table.assign(id=table["input"].map(lambda path: Path(path).stem))[["id", *QUALITY]]
 
@@ -76,8 +63,8 @@ def predictions(project: Path, model: str, inputs: list[str], out: str, threads:
 def dev_set_scores(project: Path, threads: int) -> pd.DataFrame:
     """Per image of the development set: Dice (lungseg evaluate), quality columns and flag (lungseg predict)."""
     model = str(project / "results" / "best_unet.pth")
-    run([sys.executable, "-m", "lungseg.cli", "evaluate", "--model", model, "--data", str(DEV_SET), "--out", "dev_eval",
-         "--quiet"], project, threads)
+    run_in(project, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", model, "--data", str(DEV_SET),
+                     "--out", "dev_eval", "--quiet"], threads)
     scores = pd.read_csv(project / "dev_eval" / "per_image.csv", dtype={"id": str})
     dice_column = "dice_native" if "dice_native" in scores else "dice"
     flags = predictions(project, model, [str(DEV_SET / "image")], "dev_pred", threads)
@@ -97,10 +84,10 @@ def validation_flags(project: Path, threads: int) -> pd.DataFrame:
 def run_job(variant: str, seed: int, threads: int, keep: Path | None) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"robust-{variant}-{seed}-"))
     overrides = {**VARIANTS[variant], "data.dir": str(REAL_SAMPLE), "split.seed": seed}
-    project = make_project(folder, overrides)
+    project = scratch_project(folder, overrides)
     started = time.perf_counter()
     for name in STAGES:
-        run([sys.executable, f"stages/{name}.py"], project, threads)
+        run_in(project, [sys.executable, f"stages/{name}.py"], threads)
     seconds = time.perf_counter() - started
     metrics = yaml.safe_load((project / "results" / "metrics.json").read_text())["test"]
     dev, val = dev_set_scores(project, threads), validation_flags(project, threads)
@@ -131,9 +118,7 @@ def main() -> None:
     parser.add_argument("--keep-scores", help="write each run's per-image development-set scores here (outside git)")
     parser.add_argument("--name", default="robustness")
     args = parser.parse_args()
-    require_real_sample()
-    if not DEV_SET.is_dir():
-        sys.exit(f"the development set {DEV_SET} is missing: it sits in shared/data beside the project checkout")
+    require_real_sample(), require_dev_set()
     keep = Path(args.keep_scores) if args.keep_scores else None
     if keep:
         keep.mkdir(parents=True, exist_ok=True)

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from common import ROOT, print_table, require_real_sample, write_results
+from common import (
+    DEV_SET,
+    print_table,
+    require_dev_set,
+    require_real_sample,
+    run_in,
+    scratch_project,
+    set_params,
+    write_results,
+)
 
-DEV_SET = ROOT.parent / "shared" / "data" / "covid-cxr-sample"
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src"]
 # the augment keys each variant sets; everything else stays as params.yaml has it
 SITE = {"contrast": 0.4, "gamma": 0.4, "blur": 1.0, "sharpen": 1.0, "border_probability": 0.3,
         "text_probability": 0.3}
@@ -43,36 +46,26 @@ GOOD_DICE = 0.8
 
 
 def prepare(workdir: Path, epochs: int, low_res_epochs: int, seed: int) -> dict:
-    """Copy the project into workdir, point it at the real sample, run preprocess and split once."""
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, workdir / name)
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["data"]["dir"] = str(require_real_sample())
-    params["train"]["epochs"], params["train"]["low_res_epochs"] = epochs, low_res_epochs
-    params["split"]["seed"] = seed
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    """Copy the project into workdir, point it at the real sample, run preprocess and split once;
+    the params changes every variant shares."""
+    changes = {"data.dir": str(require_real_sample()), "train.epochs": epochs, "train.low_res_epochs": low_res_epochs,
+               "split.seed": seed}
+    scratch_project(workdir, changes)
     for stage in ("preprocess", "split"):
-        run([sys.executable, f"stages/{stage}.py"], workdir)
-    return params
+        run_in(workdir, [sys.executable, f"stages/{stage}.py"])
+    return changes
 
 
-def run(command: list[str], workdir: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(workdir / "src")}
-    return subprocess.run(command, cwd=workdir, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
-
-
-def score_variant(name: str, params: dict, workdir: Path, seed: int) -> dict:
+def score_variant(name: str, changes: dict, workdir: Path, seed: int) -> dict:
     """Train with the variant's augment keys; its validation Dice and its scores on the dev set."""
-    augment = {**params["augment"], **VARIANTS[name]}
-    (workdir / "params.yaml").write_text(yaml.safe_dump({**params, "augment": augment}, sort_keys=False))
+    set_params(workdir, {**changes, **{f"augment.{key}": value for key, value in VARIANTS[name].items()}})
     started = time.perf_counter()
-    run([sys.executable, "stages/train.py"], workdir)
+    run_in(workdir, [sys.executable, "stages/train.py"])
     seconds = time.perf_counter() - started
     report = json.loads((workdir / "results" / "training_report.json").read_text())
     out = workdir / f"dev_{name}"
-    run([sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data", str(DEV_SET),
-         "--out", str(out), "--quiet"], workdir)
+    run_in(workdir, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data",
+                     str(DEV_SET), "--out", str(out), "--quiet"])
     dev = pd.read_csv(out / "per_image.csv")["dice"]
     return {"variant": name, "seed": seed, "val_dice": report["val_dice_postprocessed"], "postprocess": report["postprocess"],
             "dev_dice_mean": float(dev.mean()), "dev_dice_worst": float(dev.min()),
@@ -88,15 +81,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="split seeds, one run of each variant per seed")
     parser.add_argument("--name", default="site_augment_choice")
     args = parser.parse_args()
-    if not DEV_SET.is_dir():
-        sys.exit(f"the development set {DEV_SET} is missing: it sits in shared/data beside the project checkout")
+    require_dev_set()
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="site_augment_") as scratch:
             workdir = Path(scratch)
-            params = prepare(workdir, args.epochs, args.low_res_epochs, seed)
+            changes = prepare(workdir, args.epochs, args.low_res_epochs, seed)
             for name in args.variants:
-                rows.append(score_variant(name, params, workdir, seed))
+                rows.append(score_variant(name, changes, workdir, seed))
                 print(f"seed {seed} {name}: val {rows[-1]['val_dice']:.4f}  dev {rows[-1]['dev_dice_mean']:.4f}", flush=True)
     numeric = [key for key in rows[0] if key not in ("variant", "seed", "postprocess")]
     summary = pd.DataFrame(rows).groupby("variant", sort=False)[numeric].mean().reset_index().to_dict("records")
