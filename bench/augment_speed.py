@@ -21,10 +21,13 @@ from lungseg.augment import Augmenter
 from lungseg.config import AugmentConfig
 
 # the ops before issue 14, as the baseline
-TODAY = replace(AugmentConfig(), probability=1.0, contrast=0.2, gamma=0.2, blur=0.0, border_probability=0.0, text_probability=0.0)
+TODAY = replace(AugmentConfig(), probability=1.0, contrast=0.2, gamma=0.2, blur=0.0, border_probability=0.0, text_probability=0.0,
+                opacity_probability=0.0)
 SITE = replace(TODAY, contrast=0.4, gamma=0.4, blur=1.0, sharpen=1.0, border_probability=0.3, text_probability=0.3)
 ALL_SITE = replace(SITE, border_probability=1.0, text_probability=1.0)
-CONFIGS = {"previous ops": TODAY, "site (the default)": SITE, "site, every op on every image": ALL_SITE}
+DEFAULT = replace(SITE, opacity_probability=0.3)
+CONFIGS = {"previous ops": TODAY, "site": SITE, "site + opacity (the default)": DEFAULT,
+           "site, every op on every image": ALL_SITE}
 
 
 def images_per_second(config: AugmentConfig, batch: int, size: int, seconds: float, rounds: int = 5) -> float:

@@ -41,10 +41,12 @@ from common import (
 )
 
 RECIPE = {"train.epochs": 20, "train.low_res_epochs": 10}  # docs/accuracy.md: the CPU recipe
+NO_OPACITY = {"augment.opacity_probability": 0.0}
 # the recipe before issue 14: min-max stretch, the original augmentations only
-BEFORE = {**RECIPE, "preprocess.normalize": "minmax", "augment.contrast": 0.2, "augment.gamma": 0.2,
+BEFORE = {**RECIPE, **NO_OPACITY, "preprocess.normalize": "minmax", "augment.contrast": 0.2, "augment.gamma": 0.2,
           "augment.blur": 0.0, "augment.sharpen": 0.0, "augment.border_probability": 0.0, "augment.text_probability": 0.0}
-VARIANTS = {"before": BEFORE, "after": RECIPE}
+# "site": percentile stretch and site augmentations, no opacities; "after": today's defaults
+VARIANTS = {"before": BEFORE, "site": {**RECIPE, **NO_OPACITY}, "after": RECIPE}
 STAGES = ("preprocess", "split", "train", "evaluate")
 LOW_DICE = 0.85  # what the flag should find (issue 14)
 

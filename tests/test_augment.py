@@ -8,7 +8,7 @@ from lungseg.config import AugmentConfig, ParamsError, load
 
 CPU = torch.device("cpu")
 NOTHING = AugmentConfig(probability=1.0, rotate_degrees=0, scale=0, shift=0, brightness=0, contrast=0, gamma=0, noise=0,
-                        blur=0, sharpen=0, border_probability=0, text_probability=0)
+                        blur=0, sharpen=0, border_probability=0, text_probability=0, opacity_probability=0)
 
 
 def batch(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

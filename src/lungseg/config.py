@@ -219,7 +219,7 @@ class AugmentConfig:
     text_probability: Number = Field(0.3, ge=0, le=1)  # share of changed images given burned-in text/markers
     text_count: Int = Field(3, ge=1, le=10)  # up to this many marks on an image
     text_size: Number = Field(0.1, gt=0, le=0.5)  # mark height up to this fraction of the side
-    opacity_probability: Number = Field(0.0, ge=0, le=1)  # share of changed images given a dense opacity in a lung
+    opacity_probability: Number = Field(0.3, ge=0, le=1)  # share of changed images given a dense opacity in a lung
     opacity_size: Number = Field(0.25, gt=0, le=0.5)  # its radius up to this fraction of the side
 
 
