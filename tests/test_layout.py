@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from PIL import Image
 
@@ -50,6 +52,12 @@ def test_missing_folder_raises_data_error_naming_it(tmp_path):
     message = str(caught.value)
     assert str(missing) in message
     assert "does not exist" in message
+
+
+def test_a_missing_relative_folder_is_also_named_as_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"data folder data/raw/own \(" + re.escape(str(tmp_path)) + r"/data/raw/own\) does not exist"):
+        find_layout("data/raw/own")
 
 
 def test_wrong_folder_raises_data_error_saying_what_was_expected(tmp_path):

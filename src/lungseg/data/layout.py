@@ -35,7 +35,9 @@ def find_layout(data_dir: str | Path) -> Layout:
     """Detect which layout `data_dir` uses, or explain what was expected and where we looked."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data folder {data_dir} does not exist (set data.dir in params.yaml)")
+        # a relative path also as resolved: a queued experiment resolves it in its own copy of the project
+        where = "" if data_dir.is_absolute() else f" ({data_dir.resolve()})"
+        raise DataError(f"data folder {data_dir}{where} does not exist (set data.dir in params.yaml)")
     for kind, root in PAIR_ROOTS.items():
         image_dir, mask_dir = data_dir / root / "image", data_dir / root / "mask"
         if image_dir.is_dir() and mask_dir.is_dir():
