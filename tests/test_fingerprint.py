@@ -71,7 +71,11 @@ def test_a_damaged_cache_only_costs_a_rehash(tmp_path, write_pair_folder):
     cache_path = tmp_path / "hashes.json"
     cache_path.write_text("{not json")
     assert fingerprint(folder.root, cache_path) == fingerprint(folder.root)
-    assert json.loads(cache_path.read_text())  # rewritten whole
+    entries = json.loads(cache_path.read_text())  # rewritten whole
+    image, mask = (str(path.resolve()) for path in (folder.image_paths["1"], folder.mask_paths["1"]))
+    entries[image], entries[mask] = entries[image][:3], "garbled"  # valid JSON, entries of no use
+    cache_path.write_text(json.dumps(entries))
+    assert fingerprint(folder.root, cache_path) == fingerprint(folder.root)
 
 
 def test_cache_keeps_other_folders_and_forgets_deleted_files(tmp_path, write_pair_folder):

@@ -72,7 +72,7 @@ class HashCache:
         keys = [stat_key(path) for path in files]
         names = [str(path.resolve()) for path in files]
         cached = [self.known.get(name) for name in names]
-        stale = [i for i, (key, entry) in enumerate(zip(keys, cached)) if not entry or entry[:3] != key]
+        stale = [i for i, (key, entry) in enumerate(zip(keys, cached)) if not _matches(entry, key)]
         with ThreadPoolExecutor(HASH_THREADS) as pool:
             fresh = dict(zip(stale, pool.map(file_md5, [files[i] for i in stale])))
         result = [fresh[i] if i in fresh else cached[i][3] for i in range(len(files))]
@@ -85,6 +85,11 @@ class HashCache:
         if self.path is not None:
             kept = {name: entry for name, entry in self.known.items() if name not in self.seen and Path(name).is_file()}
             write_json({**kept, **self.seen}, self.path)
+
+
+def _matches(entry, key: list[int]) -> bool:
+    """Whether a cache entry ([size, mtime_ns, inode, md5]) holds the digest of a file with `key`."""
+    return isinstance(entry, list) and len(entry) == 4 and entry[:3] == key and isinstance(entry[3], str)
 
 
 def folder_fingerprint(folder: str | Path, cache: HashCache) -> dict:
