@@ -1,6 +1,7 @@
 """Cost of the training-batch augmentations on the CPU: images per second of lungseg.augment's
-Augmenter at batch 2 (the default) and 16, today's ops (the baseline, measured in the same run)
-against today's plus the site-appearance ops (blur/sharpen, collimation bands, burned-in text).
+Augmenter at batch 2 (the default) and 16: the ops before issue 14 (the baseline, measured in
+the same run) against those plus the site-appearance ops (blur/sharpen, collimation bands,
+burned-in text), plus the opacity too (the default), and every site op on every image.
 
     python bench/augment_speed.py [--size 128] [--seconds 2] [--threads 1]
 

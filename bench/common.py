@@ -1,7 +1,8 @@
 """Shared helpers for the benchmark scripts: machine facts, tables, JSON, the real sample.
 
-Benchmarks are scripts, not tests: each prints a table and writes bench/results/<name>.json,
-always measuring lungseg against a baseline in the same run, on the same machine.
+Benchmarks are scripts, not tests: each prints a table and writes bench/results/<name>.json.
+Speed benchmarks measure lungseg against a baseline in the same run, on the same machine; the
+choice benchmarks (robustness, *_choice) compare variants trained in the same run.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ def run_in(folder: Path, command: list[str], threads: int | None = None) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed in {folder}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return done.stdout
+
+
+def score_dev_set(folder: Path, out: str, threads: int | None = None) -> pd.DataFrame:
+    """`lungseg evaluate` of a scratch project's model on the development set, into folder/out:
+    its per_image.csv (ids as text; `dice` at 128 px, `dice_native` at each image's own size)."""
+    run_in(folder, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data",
+                    str(require_dev_set()), "--out", out, "--quiet"], threads)
+    return pd.read_csv(folder / out / "per_image.csv", dtype={"id": str})
 
 
 def require_dev_set() -> Path:

@@ -25,7 +25,16 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
-from common import DEV_SET, print_table, require_dev_set, require_real_sample, run_in, scratch_project, write_results
+from common import (
+    DEV_SET,
+    print_table,
+    require_dev_set,
+    require_real_sample,
+    run_in,
+    score_dev_set,
+    scratch_project,
+    write_results,
+)
 
 METHODS = ["minmax", "percentile", "equalize", "clahe"]
 GOOD = 0.8  # a development image below this Dice counts as a failure
@@ -47,9 +56,7 @@ def _train_and_score(method: str, seed: int, epochs: int, threads: int, data: Pa
         run_in(workdir, [sys.executable, f"stages/{stage}.py"], threads)
     train_seconds = time.perf_counter() - started
     report = json.loads((workdir / "results" / "training_report.json").read_text())
-    run_in(workdir, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data",
-                     str(DEV_SET), "--out", "dev", "--quiet"], threads)
-    scores = pd.read_csv(workdir / "dev" / "per_image.csv")
+    scores = score_dev_set(workdir, "dev", threads)
     dice = scores["dice_native"]
     return {"method": method, "seed": seed, "epochs": epochs, "val_dice": report["val_dice_postprocessed"],
             "best_epoch": report["best_epoch"], "postprocess": report["postprocess"],

@@ -1,4 +1,5 @@
-"""Robustness on X-rays unlike the training set: today's recipe against the new defaults.
+"""Robustness on X-rays unlike the training set: the recipe before issue 14 (`before`), with
+the site augmentations but no opacities (`site`), and today's defaults (`after`).
 
 For each variant and split seed, a copy of the project trains on the real Kaggle-layout sample
 with the documented CPU recipe (the stages as subprocesses, as `dvc repro` runs them), scores its
@@ -12,7 +13,7 @@ worst image, the images below 0.8, and how well `flag` finds the images below 0.
 flagged (mostly good masks: flags a user reads for nothing). --keep-scores saves the per-image
 quality columns for bench/flag_choice.py.
 
-    python bench/robustness.py                        # seeds 1 2 3, both variants
+    python bench/robustness.py                        # seeds 1 2 3, every variant
     python bench/robustness.py --seeds 1 --jobs 1     # a quick check
 """
 
@@ -36,6 +37,7 @@ from common import (
     require_dev_set,
     require_real_sample,
     run_in,
+    score_dev_set,
     scratch_project,
     write_results,
 )
@@ -65,9 +67,7 @@ def predictions(project: Path, model: str, inputs: list[str], out: str, threads:
 def dev_set_scores(project: Path, threads: int) -> pd.DataFrame:
     """Per image of the development set: Dice (lungseg evaluate), quality columns and flag (lungseg predict)."""
     model = str(project / "results" / "best_unet.pth")
-    run_in(project, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", model, "--data", str(DEV_SET),
-                     "--out", "dev_eval", "--quiet"], threads)
-    scores = pd.read_csv(project / "dev_eval" / "per_image.csv", dtype={"id": str})
+    scores = score_dev_set(project, "dev_eval", threads)
     dice_column = "dice_native" if "dice_native" in scores else "dice"
     flags = predictions(project, model, [str(DEV_SET / "image")], "dev_pred", threads)
     return scores[["id", dice_column]].rename(columns={dice_column: "dice"}).merge(flags, on="id")

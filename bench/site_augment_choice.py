@@ -1,14 +1,15 @@
 """Do the site augmentations (issue 14) help on X-rays from other hospitals? A choice made on
 validation and on the external development set, never on a test split.
 
-    python bench/site_augment_choice.py [--epochs 20] [--low-res-epochs 10] [--seeds 1 2 3] [--variants off today site]
+    python bench/site_augment_choice.py [--epochs 20] [--low-res-epochs 10] [--seeds 1 2 3] [--variants off today site opacity]
+        [--name NAME]   # bench/results/NAME.json (default site_augment_choice)
 
 The real pipeline stages (preprocess, split, train) run as subprocesses in a scratch copy of
 the project, with data.dir pointed at ../shared/data/lungs-kaggle-layout-sample and the
 documented CPU recipe (default params, train.epochs=20, train.low_res_epochs=10), once per split seed. Each variant changes only the augment
 section; the train stage's own validation Dice (the split's val part) is read from its report,
 then `lungseg evaluate` scores its model on ../shared/data/covid-cxr-sample (other hospitals,
-COVID-19 X-rays): mean Dice, worst image, and the number of images below 0.8.
+COVID-19 X-rays): mean Dice at 128 px, worst image, and the number of images below 0.8.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from common import (
     require_dev_set,
     require_real_sample,
     run_in,
+    score_dev_set,
     scratch_project,
     set_params,
     write_results,
@@ -63,10 +65,7 @@ def score_variant(name: str, changes: dict, workdir: Path, seed: int) -> dict:
     run_in(workdir, [sys.executable, "stages/train.py"])
     seconds = time.perf_counter() - started
     report = json.loads((workdir / "results" / "training_report.json").read_text())
-    out = workdir / f"dev_{name}"
-    run_in(workdir, [sys.executable, "-m", "lungseg.cli", "evaluate", "--model", "results/best_unet.pth", "--data",
-                     str(DEV_SET), "--out", str(out), "--quiet"])
-    dev = pd.read_csv(out / "per_image.csv")["dice"]
+    dev = score_dev_set(workdir, f"dev_{name}")["dice"]  # at 128 px (robustness.py scores at native size)
     return {"variant": name, "seed": seed, "val_dice": report["val_dice_postprocessed"], "postprocess": report["postprocess"],
             "dev_dice_mean": float(dev.mean()), "dev_dice_worst": float(dev.min()),
             f"dev_below_{GOOD_DICE}": int((dev < GOOD_DICE).sum()), "dev_images": len(dev),

@@ -33,7 +33,7 @@ def main(params: dict) -> None:
         trained = train_model(processed, split, model_config, train_config, augment, infer,
                               worker.device if worker else device, worker, on_epoch=epoch_log)
         if rank_0:  # rank 0 writes the outputs
-            save_outputs(trained, processed.settings, infer.threshold, training_data(data.dir, processed.index))
+            save_outputs(trained, processed.settings, infer.threshold, training_data(data.dirs, processed.index))
     finally:
         distributed.cleanup()
 

@@ -15,23 +15,23 @@ def index(counties: list[str]) -> pd.DataFrame:
 
 
 def test_the_record_names_the_folder_not_its_path_and_tells_data_sets_apart():
-    real = training_data("/hospital/xrays/2024", index(["Montgomery", "Shenxhen"]))
+    real = training_data(("/hospital/xrays/2024",), index(["Montgomery", "Shenxhen"]))
     assert real == {"data": "2024", "n_images": 2, "synthetic": False, "fingerprint": real["fingerprint"]}
-    other = training_data("/hospital/xrays/2024", index(["Montgomery", "Shenxhen", "Montgomery"]))
+    other = training_data(("/hospital/xrays/2024",), index(["Montgomery", "Shenxhen", "Montgomery"]))
     assert other["fingerprint"] != real["fingerprint"] and len(real["fingerprint"]) == 16
 
 
 def test_phantoms_are_recognised_by_folder_or_by_their_counties():
-    assert training_data(paths.SYNTHETIC_DIR, index(["A", "B"]))["synthetic"]
-    assert training_data("/elsewhere/copy", index(["PhantomA", "PhantomB"]))["synthetic"]
-    assert not training_data("/elsewhere/copy", index(["PhantomA", "Montgomery"]))["synthetic"]
+    assert training_data((paths.SYNTHETIC_DIR,), index(["A", "B"]))["synthetic"]
+    assert training_data(("/elsewhere/copy",), index(["PhantomA", "PhantomB"]))["synthetic"]
+    assert not training_data(("/elsewhere/copy",), index(["PhantomA", "Montgomery"]))["synthetic"]
 
 
 def test_a_model_trained_on_phantoms_gets_a_warning_naming_it():
-    info = {"training_data": training_data(paths.SYNTHETIC_DIR, index(["PhantomA"] * 3))}
+    info = {"training_data": training_data((paths.SYNTHETIC_DIR,), index(["PhantomA"] * 3))}
     warning = synthetic_warning("results/best_unet.pth", info)
     assert warning.startswith("warning: results/best_unet.pth was trained on synthetic phantoms (synthetic, 3 images)")
-    assert synthetic_warning("m.pth", {"training_data": training_data("/x", index(["Montgomery"]))}) is None
+    assert synthetic_warning("m.pth", {"training_data": training_data(("/x",), index(["Montgomery"]))}) is None
     assert synthetic_warning("old.pth", {}) is None  # checkpoints from before the record say nothing
 
 
@@ -44,7 +44,7 @@ def test_predict_and_evaluate_warn_when_the_model_was_trained_on_phantoms(tmp_pa
 
     torch.manual_seed(0)
     model_args = {"depth": 2, "base_width": 4}
-    on_phantoms = training_data(paths.SYNTHETIC_DIR, index(["PhantomA"] * 4))
+    on_phantoms = training_data((paths.SYNTHETIC_DIR,), index(["PhantomA"] * 4))
     model = tmp_path / "phantom.pth"
     save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32, "normalize": "minmax"}, 0.5,
                                     training_data=on_phantoms), model)
@@ -62,7 +62,7 @@ def test_the_record_survives_a_checkpoint_round_trip(tmp_path):
     from lungseg.model import UNet
 
     for data_dir, counties in (("/hospital/xrays", ["Montgomery", "Shenxhen"]), ("/copy", ["PhantomA"])):
-        record = training_data(data_dir, index(counties))
+        record = training_data((data_dir,), index(counties))
         model_args = {"depth": 2, "base_width": 4}
         save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32}, 0.5, training_data=record),
                         tmp_path / "m.pth")

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 
 class PixelBudget:
     """How many image pixels the worker threads may hold at once. A blocking take lets an image
-    larger than the whole budget through when nothing else is held, so every image gets its turn
-    and the largest runs alone; a non-blocking take (for a display copy kept until its write)
-    never goes over."""
+    larger than the whole budget through when nothing else is held, so the largest runs alone; a
+    non-blocking take (for a display copy kept until its write) never goes over. Takes are not
+    queued: a large one gets its turn because the caller (lungseg.predict) submits only a few
+    batches ahead, not because of the budget."""
 
     def __init__(self, limit: int):
         """limit: pixels, counted by each image's full size."""

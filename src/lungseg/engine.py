@@ -212,6 +212,8 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             data = low_res if epoch <= config.low_res_epochs else train
+            if epoch == config.low_res_epochs:
+                low_res = None  # its last epoch: the copy need not outlive it
             train_loss, bad_step = train_epoch(network, loss_fn, optimizer, scheduler, data, batch_size, generator, dtype, progress,
                                                augment, steps if worker else None, worker)
             if bad_step:

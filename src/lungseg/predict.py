@@ -16,7 +16,9 @@ order given; the CSV's mask_file and overlay_file columns say which file belongs
 A file that cannot be read gets a row with `error` filled and its other fields empty, and the
 run goes on; the command then exits 1.
 
-Speed: each file is decoded once for both the model's input and the overlay's grey. Worker
+Speed: each file is decoded once for both the model's input and the overlay's grey, except a
+JPEG that the model's input decodes at a reduced scale (Pillow's draft mode), and a grey that
+does not fit the kept budget (below), which are read again for the overlay. Worker
 threads (--workers, default one per core) read the next batches and write the finished ones
 while the model runs on the current batch; the batches, and so every output, are the same for
 any number of workers, and rows and error lines come in input order (bench/predict_speed.py).
@@ -70,12 +72,13 @@ from lungseg.data.images import (
     is_image_file,
     open_image,
     pixel_spacing,
+    read_resized,
     read_resized_and_full,
     read_size,
     to_float_gray,
 )
 from lungseg.data.normalize import check_available, stretch_to_uint8
-from lungseg.data.preprocess import finish_image, prepare_image
+from lungseg.data.preprocess import finish_image
 from lungseg.errors import DataError
 from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
 from lungseg.io import atomic_path, sweep_folder, write_csv
@@ -230,7 +233,7 @@ class Prepared:
 
 
 def read_job(job: Job, settings: PreprocessConfig, outputs: Outputs, budgets: Budgets) -> Prepared:
-    """Read one X-ray once: the model's input (exactly as prepare_image makes it), its pixel
+    """Read one X-ray once: the model's input (exactly as lungseg.data.preprocess.prepare_image makes it), its pixel
     spacing and, with overlays and room in budgets.kept, its display grey. Without that room the
     grey is read again when the overlay is written, as one full-size image at a time allows."""
     pixels = header_pixels(job.source)
@@ -248,13 +251,14 @@ def read_job(job: Job, settings: PreprocessConfig, outputs: Outputs, budgets: Bu
 
 
 def _read(job: Job, settings: PreprocessConfig, normalize: str | None) -> Prepared:
-    """Prepared for one job; the display grey too when `normalize` is given."""
+    """Prepared for one job; the display grey too when `normalize` (the overlays' stretch) is given."""
+    grey = None
     if normalize is None:
-        image, size = prepare_image(job.source, settings)
-        return Prepared(job, image, size, pixel_spacing(job.source))
-    resized, full = read_resized_and_full(job.source, settings.image_size)
-    grey = grey_for_display(full, normalize)
-    del full
+        resized = read_resized(job.source, settings.image_size)
+    else:
+        resized, full = read_resized_and_full(job.source, settings.image_size)
+        grey = grey_for_display(full, normalize)
+        del full
     return Prepared(job, finish_image(resized.values, settings), resized.original_size, pixel_spacing(job.source), grey)
 
 
@@ -314,17 +318,15 @@ def _stretch_8bit(grey: np.ndarray) -> np.ndarray:
     return table[grey]  # indexing by the uint8 array itself: np.take would copy it as int64 first
 
 
-def save_rgb_png(picture: np.ndarray | Image.Image, path: Path) -> None:
-    """Write an RGB picture (HxWx3 uint8 or a Pillow image) as a PNG at OVERLAY_PNG_LEVEL, atomically."""
-    if isinstance(picture, np.ndarray):
-        picture = Image.fromarray(picture)
-    with atomic_path(path, sweep=False) as tmp:  # run() swept the folder once
+def save_rgb_png(picture: Image.Image, path: Path, sweep: bool = True) -> None:
+    """Write an RGB Pillow image as a PNG at OVERLAY_PNG_LEVEL, atomically. sweep: as in
+    lungseg.io.atomic_path (False when the caller swept the folder once)."""
+    with atomic_path(path, sweep=sweep) as tmp:
         picture.save(tmp, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
 
 
-def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.ndarray | None = None,
-                 threshold: float = 0.5, grey: np.ndarray | None = None,
-                 spacing: tuple[float, float] | None = None) -> dict:
+def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.ndarray | None,
+                 threshold: float, grey: np.ndarray | None, spacing: tuple[float, float] | None) -> dict:
     """Write one image's mask (and overlay) and return its CSV row. Without a kept `grey` the X-ray
     is read for the overlay before anything is written, so a file that fails now leaves no outputs.
 
@@ -336,11 +338,11 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.n
     if outputs.overlays and grey is None:
         grey = display_grey(job.source, outputs.normalize)
     mask_file = Path("masks") / f"{job.name}.png"
-    save_mask_png(mask, outputs.folder / mask_file, sweep=False)  # run() swept the folder once
+    save_mask_png(mask, outputs.folder / mask_file, sweep=False)  # predict_all swept the folder once
     overlay_file = ""
     if grey is not None:
         overlay_file = str(Path("overlays") / f"{job.name}.png")
-        save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file)
+        save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file, sweep=False)
         del grey  # before quality labels the mask: one full-size picture at a time
     report = quality.assess(mask, probability, threshold)  # labels the mask once, for the sides too
     right_cm2, left_cm2 = areas_cm2(report, spacing)

@@ -14,18 +14,17 @@ from lungseg import paths
 SYNTHETIC_COUNTIES = ("PhantomA", "PhantomB")  # what the synthesize stage writes in MetaData.csv
 
 
-def training_data(data_dir: str | Path, index: pd.DataFrame) -> dict:
+def training_data(folders, index: pd.DataFrame) -> dict:
     """The record kept in the checkpoint: the data folder's name (not its full path), the number
     of images, whether they are the synthetic phantoms, and a fingerprint of the index (ids, files
     and sizes) that tells two data sets apart.
 
     Args:
-        data_dir: params.yaml's data.dir (one folder, or a list of them: their names joined).
+        folders: the data folders (DataConfig.dirs; several: their names joined).
         index: the preprocessed index (lungseg.data.preprocess.ProcessedSet.index).
     """
     rows = index[["id", "image_file", "mask_file", "height", "width"]].astype(str)
     fingerprint = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
-    folders = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     return {"data": ", ".join(Path(folder).name for folder in folders), "n_images": len(index),
             "synthetic": all(is_synthetic(folder, index) for folder in folders),
             "fingerprint": fingerprint}

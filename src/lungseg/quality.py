@@ -94,11 +94,11 @@ def assess(mask: np.ndarray, probability: np.ndarray | None = None, threshold: f
 
 
 def reasons(count: int, right_px: int, left_px: int, lung_fraction: float, balance: float,
-            uncertainty: float | None, pieces: int | None = None,
+            uncertainty: float | None, pieces: int,
             fraction_range: tuple[float, float] = LUNG_FRACTION_RANGE, uncertainty_max: float = UNCERTAINTY_MAX) -> list[str]:
     """The flag's reasons, in a fixed order. No lung and one lung are always flagged.
 
-    pieces: components of at least MIN_PIECE of the lung (LungSides.n_pieces); None counts all.
+    pieces: components of at least MIN_PIECE of the lung (LungSides.n_pieces).
     fraction_range, uncertainty_max: the limits (bench/flag_choice.py tries others).
     """
     if count == 0:
@@ -106,7 +106,7 @@ def reasons(count: int, right_px: int, left_px: int, lung_fraction: float, balan
     found = []
     if right_px == 0 or left_px == 0:
         found.append("one lung only")  # a single component: one lung, or both lungs run together
-    if (count if pieces is None else pieces) > MAX_COMPONENTS:
+    if pieces > MAX_COMPONENTS:
         found.append(f"{MAX_COMPONENTS + 1}+ components")
     low, high = fraction_range
     if not low <= lung_fraction <= high:

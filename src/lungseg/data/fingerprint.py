@@ -4,8 +4,9 @@ DVC's templating cannot put a list of folders into a stage's `deps` (treeverse/d
 `sources` stage runs on every `dvc repro` and writes one digest per folder of data.dir; the stages
 that read the folders depend on that file and rerun exactly when a file they read changes.
 
-The digest covers what lungseg reads: every visible file in the folder's image/ and mask/ folders
-(names and bytes) and its MetaData.csv. Hashing a real data set takes seconds, so each file's
+The digest covers what lungseg may read: every visible file in the folder's image/ and mask/
+folders (names and bytes), a superset of the images it pairs, and its MetaData.csv; so a stray
+file there reruns preprocessing, while a changed image never goes unnoticed. Hashing a real data set takes seconds, so each file's
 digest is kept in a cache keyed by its size, modification time and inode, as DVC keeps its own
 hashes: a `dvc repro` that changes nothing reads no image.
 """
@@ -25,8 +26,8 @@ HASH_THREADS = 4  # hashlib releases the GIL on large buffers: files hash in par
 
 
 def data_files(folder: str | Path) -> list[Path]:
-    """The files lungseg reads from a data folder, in a fixed order: the visible files of its
-    image/ and mask/ folders, then its MetaData.csv if it has one.
+    """The files lungseg may read from a data folder, in a fixed order: every visible file of its
+    image/ and mask/ folders (not only those lungseg.data.layout pairs), then its MetaData.csv.
 
     folder: a data folder in either layout (lungseg.data.layout). Raises DataError if it is not one.
     """

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from lungseg.glyphs import bitmap
 from lungseg.io import atomic_path
 
 METADATA_COLUMNS = ["id", "gender", "age", "county", "ptb", "remarks"]
@@ -358,11 +359,10 @@ def _add_dense_opacity(rng: np.random.Generator, density: np.ndarray, mask: np.n
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return
-    lower = np.flatnonzero(mask[(rows[0] + rows[-1]) // 2:])
-    if lower.size == 0:
-        return
+    middle = (rows[0] + rows[-1]) // 2
+    lower = np.flatnonzero(mask[middle:])  # never empty: the last lung row lies below the middle
     row, col = divmod(int(lower[rng.integers(lower.size)]), grid.width)
-    cy, cx = (row + (rows[0] + rows[-1]) // 2 + 0.5) / grid.height, (col + 0.5) / grid.width
+    cy, cx = (row + middle + 0.5) / grid.height, (col + 0.5) / grid.width
     radius = rng.uniform(0.07, 0.12)
     window = grid.window(cx - 1.6 * radius, cx + 1.6 * radius, cy - 1.6 * radius, cy + 1.6 * radius)
     u, v = _ellipse_coords(grid, *window, (cx, cy), (radius, radius * rng.uniform(0.8, 1.4)), rng.uniform(0, np.pi))
@@ -474,7 +474,7 @@ def _burn_in_text(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     image = image.copy()
     height, width = image.shape
     side = max(4, round(min(height, width) * rng.uniform(0.05, 0.09)))  # glyph height in pixels
-    marker = _GLYPH_L if rng.random() < 0.5 else _GLYPH_R
+    marker = np.array(bitmap("L" if rng.random() < 0.5 else "R"))
     _stamp(rng, image, marker, side, rng.uniform(0.02, 0.85), rng.uniform(0.02, 0.35))
     for _ in range(int(rng.integers(1, 3))):
         letters = rng.random((7, 6 * int(rng.integers(3, 9)))) < 0.45  # random 6-wide letter cells
@@ -493,9 +493,6 @@ def _stamp(rng: np.random.Generator, image: np.ndarray, glyph: np.ndarray, tall:
     region = image[row:row + bitmap.shape[0], col:col + bitmap.shape[1]]
     region[bitmap] = np.uint8(rng.integers(*MARK_LEVELS, endpoint=True))
 
-
-_GLYPH_L = np.array([[c == "#" for c in r] for r in ("#....", "#....", "#....", "#....", "#....", "#....", "#####")])
-_GLYPH_R = np.array([[c == "#" for c in r] for r in ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#")])
 
 
 def make_phantom(
