@@ -27,8 +27,18 @@ import torch
 import torch.nn.functional as F
 
 from lungseg.config import AugmentConfig
-from lungseg.glyphs import GLYPHS, bitmap
 
+# 5 x 7 bitmaps of what is burned into radiographs: side markers, letters of labels, a label box
+# (lungseg.data.synthetic draws the L and R too: a shared module would be one more dependency
+# column in `dvc exp show`, which is at the edge of a 160-column terminal)
+_GLYPHS = (
+    ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),  # L
+    ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),  # R
+    (".###.", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),  # A
+    ("####.", "#...#", "#...#", "####.", "#....", "#....", "#...."),  # P
+    ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),  # 1
+    ("#####", "#####", "#####", "#####", "#####", "#####", "#####"),  # box
+)
 MARK_VALUE = (0.85, 1.0)  # burned-in marks are near white
 BAND_DARK, BAND_BRIGHT = (0.0, 0.1), (0.9, 1.0)  # collimated edges: unexposed (dark) or shuttered (bright)
 OPACITY_VALUE = (0.6, 0.9)  # the grey an opacity lightens toward: soft tissue to dense consolidation
@@ -43,8 +53,8 @@ class Augmenter:
         """config: the augment section; seed: of this augmenter's generator; device: where batches live."""
         self.config = config
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        glyphs = [bitmap(name) for name in GLYPHS]
-        self.glyphs = torch.tensor(glyphs, dtype=torch.float32, device=device)[:, None]  # G x 1 x 7 x 5
+        glyphs = [[[float(c == "#") for c in row] for row in glyph] for glyph in _GLYPHS]
+        self.glyphs = torch.tensor(glyphs, device=device)[:, None]  # G x 1 x 7 x 5
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = self.uniform(len(images), 0, 1) < self.config.probability  # which images change at all

@@ -50,7 +50,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lungseg.glyphs import bitmap
 from lungseg.io import atomic_path
 
 METADATA_COLUMNS = ["id", "gender", "age", "county", "ptb", "remarks"]
@@ -474,7 +473,7 @@ def _burn_in_text(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     image = image.copy()
     height, width = image.shape
     side = max(4, round(min(height, width) * rng.uniform(0.05, 0.09)))  # glyph height in pixels
-    marker = np.array(bitmap("L" if rng.random() < 0.5 else "R"))
+    marker = _GLYPH_L if rng.random() < 0.5 else _GLYPH_R
     _stamp(rng, image, marker, side, rng.uniform(0.02, 0.85), rng.uniform(0.02, 0.35))
     for _ in range(int(rng.integers(1, 3))):
         letters = rng.random((7, 6 * int(rng.integers(3, 9)))) < 0.45  # random 6-wide letter cells
@@ -658,3 +657,8 @@ def generate_dataset(
     workers = min(workers or os.cpu_count() or 1, n_images)
     with atomic_path(out_dir) as staging:  # the old set stays whole until the new one is complete
         return _write_all(staging, n_images, seed, min_size, max_size, workers, hard)
+
+
+# the L and R of lungseg.augment's glyphs (kept in both: see the note there)
+_GLYPH_L = np.array([[c == "#" for c in r] for r in ("#....", "#....", "#....", "#....", "#....", "#....", "#####")])
+_GLYPH_R = np.array([[c == "#" for c in r] for r in ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#")])
