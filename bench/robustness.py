@@ -11,7 +11,7 @@ Reported per variant: the sample's test Dice, and on the development set the mea
 worst image, the images below 0.8, and how well `flag` finds the images below 0.85 Dice
 (recall, and the share of images flagged); and the share of the sample's own validation images
 flagged (mostly good masks: flags a user reads for nothing). --keep-scores saves the per-image
-quality columns for bench/flag_choice.py.
+quality columns. How good the estimated Dice behind the flag is: bench/dice_estimate.py.
 
     python bench/robustness.py                        # seeds 1 2 3, every variant
     python bench/robustness.py --seeds 1 --jobs 1     # a quick check
@@ -53,7 +53,7 @@ STAGES = ("preprocess", "split", "train", "evaluate")
 LOW_DICE = 0.85  # what the flag should find (issue 14)
 
 
-QUALITY = ["lung_fraction", "right_lung_px", "left_lung_px", "n_components", "balance", "uncertainty", "flag"]
+QUALITY = ["lung_fraction", "right_lung_px", "left_lung_px", "n_components", "balance", "dice_estimate", "flag"]
 
 
 def predictions(project: Path, model: str, inputs: list[str], out: str, threads: int) -> pd.DataFrame:

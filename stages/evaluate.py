@@ -1,15 +1,24 @@
 """Stage evaluate: the best model on the test split (never used for any choice), at model size
 and at each image's original resolution, with bootstrap intervals, per subgroup, and against a
-tuned intensity-threshold baseline."""
+tuned intensity-threshold baseline; and how well each image's estimated Dice followed its true
+Dice (results/dice_estimate.csv, drawn by `dvc plots show`)."""
 
 import numpy as np
 
-from lungseg import config, paths, stage
-from lungseg.baseline import fit_threshold, threshold_masks
+from lungseg import config, paths, quality, stage
 from lungseg.data.images import set_max_pixels
 from lungseg.data.preprocess import index_root, load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.evaluate import evaluate_set, headline, per_image_scores, score_lines, summary
+from lungseg.evaluate import (
+    estimate_table,
+    evaluate_set,
+    fit_threshold,
+    headline,
+    per_image_scores,
+    score_lines,
+    summary,
+    threshold_masks,
+)
 from lungseg.inference import Predictor
 from lungseg.io import atomic_path, write_csv, write_json
 
@@ -24,21 +33,25 @@ def baseline_scores(processed, split, test, steps: int, settings) -> tuple[dict,
 
 
 def main(params: dict) -> None:
-    data, infer, settings, preprocess = config.load(params, "data", "infer", "evaluate", "preprocess")
+    data, infer, settings, preprocess, flags = config.load(params, "data", "infer", "evaluate", "preprocess", "quality")
     set_max_pixels(preprocess.max_pixels)  # the original masks are read for native-resolution scores
     processed, split = load_processed(paths.PROCESSED_DIR), read_split(paths.SPLIT_CSV)
     test = processed.subset(ids_in(split, "test"))
     predictor = Predictor.from_checkpoint(paths.MODEL, infer.device, infer.threshold)
     # each data folder is a subgroup of its own when there are several (the index's source column)
     subgroups = (*settings.subgroups, "source") if len(data.dirs) > 1 else settings.subgroups
+    if predictor.estimator is None:
+        print(quality.NO_ESTIMATOR.format(model=paths.MODEL))
+    limits = quality.Limits(flags.min_dice, flags.min_piece)
     result = evaluate_set(predictor, test.images, test.masks, test.index, index_root(data.dirs), settings,
-                          processed.settings["mask_threshold"], infer.batch_size, subgroups)
+                          processed.settings["mask_threshold"], infer.batch_size, subgroups, limits=limits)
     result.metrics["baseline"], result.scores["baseline_dice"] = baseline_scores(
         processed, split, test, settings.baseline_steps, settings)
 
     with atomic_path(paths.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=result.masks)
     write_csv(result.histogram(), paths.DICE_HISTOGRAM)
+    write_csv(estimate_table(result.scores), paths.DICE_ESTIMATE)
     write_csv(result.scores, paths.PER_IMAGE)
     write_json(result.metrics, paths.EVALUATION_REPORT)
     write_json(headline(result.metrics), paths.METRICS)

@@ -8,18 +8,18 @@ commands: src/lungseg/distributed.py.
 """
 
 from lungseg import config, distributed, paths, stage
-from lungseg.checkpoint import make_checkpoint, save_checkpoint
+from lungseg.checkpoint import make_checkpoint, save_checkpoint, training_data
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import read_split
 from lungseg.io import write_json
-from lungseg.provenance import training_data
 from lungseg.runtime import resolve_device
 from lungseg.tracking import EpochLog
 from lungseg.training import Trained, train_model
 
 
 def main(params: dict) -> None:
-    data, model_config, train_config, augment, infer = config.load(params, "data", "model", "train", "augment", "infer")
+    data, model_config, train_config, augment, infer, quality = config.load(
+        params, "data", "model", "train", "augment", "infer", "quality")
     device = resolve_device(train_config.device)
     if train_config.nproc > 1 and not distributed.launched():
         distributed.check_launch(train_config.nproc, train_config.batch_size, device)  # before any process starts
@@ -31,7 +31,7 @@ def main(params: dict) -> None:
         # rank 0 records each epoch as it ends (dvclive files, one printed line per epoch)
         epoch_log = EpochLog(paths.LIVE_DIR, train_config.epochs) if rank_0 else None
         trained = train_model(processed, split, model_config, train_config, augment, infer,
-                              worker.device if worker else device, worker, on_epoch=epoch_log)
+                              worker.device if worker else device, worker, on_epoch=epoch_log, quality_config=quality)
         if rank_0:  # rank 0 writes the outputs
             save_outputs(trained, processed.settings, infer.threshold, training_data(data.dirs, processed.index))
     finally:
@@ -42,12 +42,15 @@ def save_outputs(trained: Trained, preprocessing: dict, threshold: float, traine
     """Write the checkpoint (with what it was trained on) and the training report (the per-epoch
     metrics are already on disk: EpochLog wrote them as each epoch ended)."""
     chosen, scores = trained.postprocess, trained.postprocess_scores
-    checkpoint = make_checkpoint(trained.model, trained.model_args, preprocessing, threshold, chosen,
+    estimator = trained.dice_estimator.to_dict() if trained.dice_estimator else None
+    checkpoint = make_checkpoint(trained.model, trained.model_args, preprocessing, threshold, chosen, estimator,
                                  epoch=trained.best_epoch, val_dice=trained.best_dice, training_data=trained_on)
     save_checkpoint(checkpoint, paths.MODEL)
     write_json({"epochs": len(trained.history), "best_epoch": trained.best_epoch, "val_dice": trained.best_dice,
                 "postprocess": chosen, "val_dice_postprocessed": scores[chosen],
-                "val_dice_by_postprocess": scores}, paths.TRAINING_REPORT)
+                "val_dice_by_postprocess": scores,
+                "dice_estimate_calibration": trained.dice_estimator.calibration if trained.dice_estimator else None},
+               paths.TRAINING_REPORT)
     print(f"best epoch {trained.best_epoch}: val Dice {trained.best_dice:.4f}; post-processing '{chosen}' "
           f"(val Dice {scores[chosen]:.4f}) -> {paths.MODEL}")
 

@@ -27,9 +27,12 @@ ENTRY_POINT = Path(sys.executable).parent / "lungseg"  # the console script inst
 
 
 def tiny_checkpoint(path: Path) -> Path:
+    from tiny_models import tiny_estimator
+
     torch.manual_seed(0)
     model_args = {"depth": 2, "base_width": 4}
-    save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32, "normalize": "minmax"}, 0.5), path)
+    save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32, "normalize": "minmax"}, 0.5,
+                                    dice_estimator=tiny_estimator(32).to_dict()), path)
     return path
 
 
@@ -149,14 +152,15 @@ def test_export_then_predict_from_the_onnx_file(write_pair_folder, tmp_path, cap
 
 def _perturbed_checkpoint(path: Path, size: int = 32) -> Path:
     """A tiny checkpoint whose masks are neither empty nor full: moved weights (tiny_models) and
-    the threshold at the median probability over random images."""
-    from tiny_models import perturbed_unet
+    the threshold at the median probability over random images; with a Dice calibration."""
+    from tiny_models import perturbed_unet, tiny_estimator
 
     model_args = {"depth": 2, "base_width": 4}
     model = perturbed_unet(model_args, size, seed=0)
     with torch.no_grad():
         threshold = float(torch.sigmoid(model(torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0)))).median())
-    save_checkpoint(make_checkpoint(model, model_args, {"image_size": size, "normalize": "minmax"}, threshold), path)
+    save_checkpoint(make_checkpoint(model, model_args, {"image_size": size, "normalize": "minmax"}, threshold,
+                                    dice_estimator=tiny_estimator(size).to_dict()), path)
     return path
 
 
@@ -301,8 +305,10 @@ def test_evaluate_overwrites_an_earlier_report_only_when_asked(write_pair_folder
     assert main([*argv, "--overwrite"]) == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["n_images"] == 3
     assert (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in out.iterdir()) == ["dice_histogram.csv", "evaluation_report.json", "metrics.json",
-                                                      "montage.png", "notes.txt", "per_image.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["dice_estimate.png", "dice_histogram.csv", "evaluation_report.json",
+                                                      "metrics.json", "montage.png", "notes.txt", "per_image.csv"]
+    report = json.loads((out / "evaluation_report.json").read_text())
+    assert report["dice_estimate"]["n_images"] == 3 and report["dice_estimate"]["against"] == "dice_native"
 
 
 def test_evaluate_max_pixels_refuses_larger_images(write_pair_folder, tmp_path, capsys):
@@ -349,3 +355,47 @@ def test_export_overwrite_replaces_its_files_and_drops_a_format_not_exported_aga
     assert main(["export", str(model), "--out", str(out), "--format", "torchscript", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["other.onnx", "tiny.ts"]
     assert (out / "other.onnx").read_bytes() == b"someone else's model"
+
+
+def _old_checkpoint(path: Path) -> Path:
+    """A tiny checkpoint saved without a Dice calibration, as models were before estimates."""
+    torch.manual_seed(0)
+    model_args = {"depth": 2, "base_width": 4}
+    save_checkpoint(make_checkpoint(UNet(**model_args), model_args, {"image_size": 32, "normalize": "minmax"}, 0.5), path)
+    return path
+
+
+def test_calibrate_writes_a_calibrated_copy_and_leaves_the_model_alone(write_pair_folder, tmp_path, capsys):
+    from lungseg.inference import load_predictor
+
+    data = write_pair_folder(tmp_path / "site", layout="plain", n=4, metadata=False)
+    model = _old_checkpoint(tmp_path / "old.pth")
+    before = model.read_bytes()
+    assert main(["calibrate", str(model), "--data", str(data.root), "--out", str(tmp_path / "calibrated"),
+                 "--draws", "2"]) == 0
+    assert model.read_bytes() == before
+    written = tmp_path / "calibrated" / "old.pth"
+    predictor = load_predictor(written, "cpu")
+    assert predictor.estimator is not None
+    assert predictor.estimator.calibration | {"fit_mae": 0} == {"images": 4, "draws": 2, "seed": 0, "n_masks": 12,
+                                                                 "data": "site", "fit_mae": 0}
+    out = capsys.readouterr()
+    assert f"{written}: Dice estimate fitted on 4 image(s)" in out.out and "few for a calibration" in out.err
+    assert main(["predict", str(written), str(data.image_dir), "--out", str(tmp_path / "pred"), "--device", "cpu", "-q"]) == 0
+    assert "carries no Dice calibration" not in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert table["dice_estimate"].between(0, 1).all()
+
+
+def test_calibrate_refuses_an_export_and_an_out_inside_the_data_writing_nothing(write_pair_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+    data = write_pair_folder(tmp_path / "site", layout="plain", n=3, metadata=False)
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    assert main(["export", str(model), "--out", str(tmp_path / "exported"), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", str(tmp_path / "exported" / "tiny.onnx"), "--data", str(data.root),
+                 "--out", str(tmp_path / "calibrated")]) == 2
+    assert "calibrate the checkpoint it came from" in capsys.readouterr().err
+    assert not (tmp_path / "calibrated").exists() or not any((tmp_path / "calibrated").iterdir())
+    assert main(["calibrate", str(model), "--data", str(data.root), "--out", str(data.root / "calibrated")]) == 2
+    assert not (data.root / "calibrated").exists()

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from lungseg import training
-from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import PreprocessConfig, TrainConfig
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.synthetic import generate_dataset
 from lungseg.engine import TensorPair, downsampled, fit, is_out_of_memory, out_of_memory_advice
 from lungseg.errors import TrainingError
+from lungseg.evaluate import fit_threshold, threshold_masks
 from lungseg.metrics import dice_per_image
 from lungseg.model import UNet
 from lungseg.runtime import images_to_tensor

@@ -6,18 +6,19 @@ import pytest
 import torch
 from PIL import Image
 
-from lungseg.baseline import fit_threshold, threshold_masks
 from lungseg.config import EvaluateConfig
 from lungseg.errors import DataError
 from lungseg.evaluate import (
     NOT_GIVEN,
     dice_histogram,
     evaluate_folder,
+    fit_threshold,
     headline,
     per_image_scores,
     pick_examples,
     subgroup_means,
     summary,
+    threshold_masks,
 )
 from lungseg.inference import Predictor
 
@@ -223,7 +224,37 @@ def test_quality_columns_flag_an_empty_and_a_one_lung_prediction_like_predict():
     one_lung[:, 16:] = 0
     predictions = np.stack([two_lungs, np.zeros_like(two_lungs), one_lung])
     probabilities = predictions.astype(np.float32) * 0.98 + 0.01
-    table = quality_columns(predictions, probabilities, 0.5)
+    predictor = rectangle_predictor()
+    table = quality_columns(predictor, predictions, probabilities)
     assert list(table.columns) == list(quality.COLUMNS)
-    assert table["flag"].tolist() == [quality.assess(mask, p, 0.5).flag for mask, p in zip(predictions, probabilities)]
+    assert table["flag"].tolist() == [quality.assess(mask).flag for mask in predictions]  # no estimator: hard rules
     assert table["flag"][0] == "" and "no lung" in table["flag"][1] and "one lung" in table["flag"][2]
+    assert table["dice_estimate"].isna().all()
+
+
+def test_montage_titles_give_the_estimate_beside_the_true_dice_on_a_second_line():
+    from lungseg.evaluate import montage_rows
+
+    scores = pd.DataFrame({"id": ["a", "b", "c"], "dice": [0.9, 0.8, 0.7], "dice_estimate": [0.91, None, 0.65]})
+    images = np.zeros((3, 8, 8), np.uint8)
+    rows = montage_rows(scores, images, images, images, 3)
+    titles = {row["name"]: row["title"] for row in rows}
+    assert titles["best_a"] == "best · id a\nDice 0.900 · est. 0.910"
+    assert titles["median_b"] == "median · id b\nDice 0.800"  # no estimate: nothing made up
+    assert titles["worst_c"].endswith("Dice 0.700 · est. 0.650")
+
+
+def test_estimate_agreement_scores_the_estimate_against_the_native_dice():
+    from lungseg.evaluate import estimate_agreement, estimate_table
+
+    scores = pd.DataFrame({"id": list("abcd"), "dice": [0.5] * 4, "dice_native": [0.9, 0.8, 0.7, 0.95],
+                           "dice_estimate": [0.92, 0.78, 0.75, 0.93]})
+    agreement = estimate_agreement(scores)
+    assert agreement["against"] == "dice_native" and agreement["n_images"] == 4
+    assert agreement["spearman_rho"] == pytest.approx(1.0)
+    assert agreement["mae"] == pytest.approx((0.02 + 0.02 + 0.05 + 0.02) / 4)
+    assert agreement["bias"] == pytest.approx((0.02 - 0.02 + 0.05 - 0.02) / 4)
+    assert estimate_table(scores)["dice"].tolist() == [0.9, 0.8, 0.7, 0.95]
+    assert estimate_agreement(scores.assign(dice_estimate=None)) is None  # a model without a calibration
+    constant = estimate_agreement(scores.assign(dice_estimate=0.9))
+    assert constant["spearman_rho"] is None and constant["mae"] == pytest.approx((0 + 0.1 + 0.2 + 0.05) / 4)

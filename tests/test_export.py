@@ -1,5 +1,5 @@
 """Tests for lungseg.export (TorchScript and ONNX export with a parity check), lungseg.exported
-(the formats' metadata and loaders), lungseg.onnx_model (the onnxruntime wrapper) and
+(the formats' metadata and loaders), its onnxruntime wrapper and
 lungseg.inference's loaders of exports (from_onnx, from_torchscript, load_predictor)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny_models import perturbed_unet
+from tiny_models import perturbed_unet, tiny_estimator
 
 from lungseg.checkpoint import NOT_A_MODEL, load_checkpoint, make_checkpoint, save_checkpoint
 from lungseg.errors import CheckpointError, ExportError, LungsegError
@@ -20,10 +20,9 @@ from lungseg.export import (
     export_onnx,
     export_torchscript,
 )
-from lungseg.exported import is_exported, is_torchscript, load_onnx, load_torchscript, metadata, parse_metadata
+from lungseg.exported import is_exported, is_torchscript, load_onnx, load_torchscript, metadata, parse_metadata, require
 from lungseg.inference import Predictor, load_predictor
 from lungseg.model import UNet
-from lungseg.onnx_model import require
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 32
@@ -39,7 +38,8 @@ def _write_checkpoint(path, seed: int = 0) -> None:
     with torch.no_grad():  # threshold at the median probability, so masks are neither empty nor full
         probabilities = torch.sigmoid(model(torch.rand(4, 1, SIZE, SIZE)))
     checkpoint = make_checkpoint(model, MODEL_ARGS, {"image_size": SIZE, "normalize": "minmax"},
-                                 float(probabilities.median()), epoch=2, val_dice=0.75)
+                                 float(probabilities.median()), dice_estimator=tiny_estimator(SIZE).to_dict(),
+                                 epoch=2, val_dice=0.75)
     checkpoint["postprocess"] = POSTPROCESS
     save_checkpoint(checkpoint, path)
 
@@ -238,7 +238,7 @@ def test_onnx_predictor_threshold_can_be_overridden(onnx_path):
 
 
 def test_load_predictor_picks_the_loader_from_the_file(checkpoint_path, torchscript_path, onnx_path, tmp_path):
-    from lungseg.onnx_model import OnnxModel
+    from lungseg.exported import OnnxModel
 
     reference = Predictor.from_checkpoint(checkpoint_path, device="cpu", precision="fp32")
     torchscript_as_pt = tmp_path / "exported.pt"  # TorchScript is recognised by content, not suffix
@@ -297,3 +297,13 @@ def test_a_checkpoint_or_an_export_is_told_apart(checkpoint_path, torchscript_pa
 def test_metadata_that_inference_cannot_use_is_refused_naming_the_file(text, problem):
     with pytest.raises(CheckpointError, match=f"model.ts: the 'lungseg' metadata {problem}"):
         parse_metadata(text, "model.ts")
+
+
+def test_the_dice_calibration_travels_into_both_exports(checkpoint_path, torchscript_path, onnx_path):
+    reference = Predictor.from_checkpoint(checkpoint_path, device="cpu", precision="fp32")
+    probability = reference.probabilities(_random_images(1, seed=4))[0]
+    expected = reference.dice_estimate(probability)
+    assert expected is not None
+    for predictor in (Predictor.from_torchscript(torchscript_path, device="cpu"), Predictor.from_onnx(onnx_path)):
+        assert predictor.estimator is not None
+        assert predictor.dice_estimate(probability) == pytest.approx(expected, abs=1e-6)

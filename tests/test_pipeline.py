@@ -127,10 +127,17 @@ def test_metrics_diff_against_main_fits_on_one_screen(project):
     assert 3 <= len(rows) <= 20, rows
 
 
-def test_plots_show_draws_the_curves_the_histogram_and_the_montage_and_git_ignores_them(project):
+def test_plots_show_draws_the_curves_the_histogram_the_estimate_and_the_montage_and_git_ignores_them(project):
     plots = json.loads(run(project, "dvc", "plots", "show", "--json"))["data"]
-    assert set(plots) == {"Loss", "Validation Dice and IoU", "results/dice_histogram.csv", "results/montage/montage.png"}
+    assert set(plots) == {"Loss", "Validation Dice and IoU", "results/dice_histogram.csv", "results/dice_estimate.csv",
+                          "results/montage/montage.png"}
     assert "seconds" not in json.dumps(plots)
+    scatter = plots["results/dice_estimate.csv"][0]["content"]
+    assert scatter["mark"]["type"] == "point"  # one dot per test image
+    assert (scatter["encoding"]["x"]["field"], scatter["encoding"]["y"]["field"]) == ("dice", "dice_estimate")
+    estimates, per_image = pd.read_csv(project / "results/dice_estimate.csv"), pd.read_csv(project / "results/per_image.csv")
+    assert estimates["id"].tolist() == per_image["id"].tolist()  # one dot per test image
+    assert estimates["dice_estimate"].between(0, 1).all()
     assert plots["results/dice_histogram.csv"][0]["content"]["encoding"]["x"]["scale"] == {"zero": True}  # bars from 0
     histogram = pd.read_csv(project / "results/dice_histogram.csv")
     assert 1 <= len(histogram) <= 10

@@ -12,6 +12,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from scipy import ndimage
+from tiny_models import tiny_estimator
 
 from lungseg import quality
 from lungseg.budget import PixelBudget
@@ -47,7 +48,8 @@ def model_path(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pth"
     preprocess = {"image_size": SIZE, "normalize": "minmax", "mask_threshold": 127}
-    save_checkpoint(make_checkpoint(UNet(**MODEL_ARGS), MODEL_ARGS, preprocess, 0.5), path)
+    estimator = tiny_estimator(SIZE).to_dict()
+    save_checkpoint(make_checkpoint(UNet(**MODEL_ARGS), MODEL_ARGS, preprocess, 0.5, dice_estimator=estimator), path)
     return path
 
 
@@ -147,17 +149,18 @@ def test_the_table_ends_with_the_quality_columns_and_the_summary_counts_the_flag
     table = read_table(tmp_path / "out")
     earlier = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction", "right_lung_px",
                "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error"]
-    assert list(table.columns) == earlier + ["right_share", "left_share", "balance", "uncertainty", "flag"]
+    assert list(table.columns) == earlier + ["right_share", "left_share", "balance", "dice_estimate", "flag"]
     predictor = load_predictor(model_path, "cpu", threshold)
     settings = PreprocessConfig(**predictor.preprocess)
     for row, source in zip(table.itertuples(), sources):
         mask = (np.asarray(Image.open(tmp_path / "out" / row.mask_file)) > 0).astype(np.uint8)
         probability = predictor.probabilities(prepare_image(source, settings)[0][None])[0]
-        expected = quality.assess(mask, probability, threshold)
+        expected = quality.assess(mask, predictor.dice_estimate(probability))
+        assert 0 <= expected.dice_estimate <= 1
         assert float(row.right_share) == pytest.approx(expected.right_share, abs=1e-4)
         assert float(row.left_share) == pytest.approx(expected.left_share, abs=1e-4)
         assert float(row.balance) == pytest.approx(expected.balance, abs=1e-4)
-        assert float(row.uncertainty) == pytest.approx(expected.uncertainty, abs=1e-3)
+        assert float(row.dice_estimate) == pytest.approx(expected.dice_estimate, abs=1e-4)
         assert row.flag == expected.flag
     flagged = int((table["flag"] != "").sum())
     assert f"{flagged} of 3 flagged: see the flag column of predictions.csv" in capsys.readouterr().out
@@ -636,3 +639,32 @@ def test_the_working_budget_is_never_overdrawn_during_a_run(model_path, tmp_path
     assert len(rows) == len(jobs)
     assert 0 < budgets.working.peak <= 4000 and 0 < budgets.kept.peak <= 5000
     assert (budgets.working.used, budgets.kept.used) == (0, 0)
+
+
+def test_a_model_saved_without_a_calibration_runs_with_an_empty_estimate_and_says_why(tmp_path, capsys):
+    old = tmp_path / "old.pth"
+    preprocess = {"image_size": SIZE, "normalize": "minmax", "mask_threshold": 127}
+    torch.manual_seed(0)
+    save_checkpoint(make_checkpoint(UNet(**MODEL_ARGS), MODEL_ARGS, preprocess, 0.5), old)
+    write_inputs(tmp_path / "in")
+    assert predict(old, [tmp_path / "in"], tmp_path / "out") == 0  # an estimate is never a reason to fail
+    table = read_table(tmp_path / "out")
+    assert (table["dice_estimate"] == "").all()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Dice calibration" in line]
+    assert len(lines) == 1 and str(old) in lines[0] and "retrain" in lines[0]
+
+
+def test_no_estimate_leaves_the_column_empty_and_says_nothing_about_calibration(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "out", "--no-estimate") == 0
+    assert (read_table(tmp_path / "out")["dice_estimate"] == "").all()
+    assert "calibration" not in capsys.readouterr().err
+
+
+def test_min_dice_decides_which_estimates_flag(model_path, tmp_path):
+    write_inputs(tmp_path / "in")
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "all", "--min-dice", "1") == 0
+    everything = read_table(tmp_path / "all")
+    assert everything["flag"].str.contains("estimated Dice").all()
+    assert predict(model_path, [tmp_path / "in"], tmp_path / "none", "--min-dice", "0") == 0
+    assert not read_table(tmp_path / "none")["flag"].str.contains("estimated Dice").any()

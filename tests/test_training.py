@@ -20,7 +20,8 @@ from lungseg.data.synthetic import make_phantom
 from lungseg.engine import predicted_masks, validate
 from lungseg.errors import ParamsError
 from lungseg.losses import BceDiceLoss
-from lungseg.training import tensors, train_model
+from lungseg.model import UNet
+from lungseg.training import calibrate, degraded_views, tensors, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -94,6 +95,20 @@ def test_post_processing_is_one_of_the_options_chosen_by_its_validation_score(tr
     val = val_set(data)
     masks = predicted_masks(trained.model, val.images, INFER.threshold, 4)
     assert postprocess.choose(masks, val.masks[:, 0].numpy()) == (trained.postprocess, trained.postprocess_scores)
+
+
+def test_the_dice_estimate_is_fitted_on_the_validation_images_clean_and_degraded(trained, data):
+    estimator = trained.dice_estimator
+    assert estimator is not None
+    assert estimator.calibration["images"] == PARTS["val"]
+    assert estimator.calibration["n_masks"] == PARTS["val"] * (1 + estimator.calibration["draws"])
+    processed, split = data
+    val = processed.subset(split.loc[split["split"] == "val", "id"])
+    with torch.no_grad():
+        probabilities = torch.sigmoid(trained.model(tensors(val.images, val.masks).images))[:, 0].numpy()
+    masks = postprocess.apply(probabilities > INFER.threshold, trained.postprocess)
+    estimates = [estimator(p, m, INFER.threshold) for p, m in zip(probabilities, masks)]
+    assert all(0 <= e <= 1 for e in estimates)
 
 
 def test_tensors_turn_uint8_arrays_into_model_inputs():
@@ -200,3 +215,48 @@ def test_running_out_of_memory_says_what_to_lower():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ran out of cpu memory while training: lower train.batch_size (now 24) or model.base_width (now 64)" in done.stdout, \
         done.stdout + done.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- calibrating the Dice estimate
+
+CAL_SIZE = 32
+
+
+def validation_set(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = np.mgrid[:CAL_SIZE, :CAL_SIZE]
+    masks = np.zeros((n, CAL_SIZE, CAL_SIZE), np.float32)
+    for i in range(n):
+        for centre in (9, 23):
+            masks[i][((rows - 16) / (10 + i % 2)) ** 2 + ((cols - centre) / 5) ** 2 <= 1] = 1
+    images = 0.2 + 0.6 * masks + np.random.default_rng(0).uniform(0, 0.1, masks.shape)
+    return torch.from_numpy(images.astype(np.float32))[:, None], torch.from_numpy(masks)[:, None]
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return UNet(1, 1, depth=2, base_width=4).eval()
+
+
+def test_degraded_views_start_with_the_clean_set_and_change_the_rest_reproducibly():
+    images, masks = validation_set()
+    views = list(degraded_views(images, masks, draws=2, seed=3))
+    assert len(views) == 3
+    assert torch.equal(views[0][0], images) and torch.equal(views[0][1], masks)
+    assert not torch.equal(views[1][0], images)
+    again = list(degraded_views(images, masks, draws=2, seed=3))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(views, again))
+
+
+def test_calibrate_fits_on_every_view_and_is_the_same_for_the_same_seed():
+    images, masks = validation_set()
+    train_masks = masks[:, 0].numpy().astype(np.uint8)
+    first = calibrate(tiny_model(), images, masks, train_masks, 0.5, "none", batch_size=2, draws=3, seed=1)
+    assert first.calibration == {"images": 4, "draws": 3, "seed": 1, "n_masks": 16, "fit_mae": first.calibration["fit_mae"]}
+    second = calibrate(tiny_model(), images, masks, train_masks, 0.5, "none", batch_size=2, draws=3, seed=1)
+    assert np.array_equal(first.weights, second.weights)
+
+
+def test_calibrate_without_validation_images_gives_no_estimator():
+    images, masks = validation_set()
+    train_masks = masks[:, 0].numpy().astype(np.uint8)
+    assert calibrate(tiny_model(), images[:0], masks[:0], train_masks, 0.5, "none", batch_size=2) is None

@@ -512,3 +512,14 @@ def traced_peak(function, *args) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_estimate_scatter_draws_a_picture_and_names_missing_columns(tmp_path):
+    table = pd.DataFrame({"dice": [0.95, 0.8, 0.6], "dice_estimate": [0.94, 0.85, None]})  # no estimate: left out
+    viz.save_estimate_scatter(table, tmp_path / "scatter.png", dpi=50, min_dice=0.9)
+    with Image.open(tmp_path / "scatter.png") as picture:
+        assert picture.size == (225, 225)  # 4.5 in at 50 dpi
+        assert np.asarray(picture.convert("L")).std() > 0
+    with pytest.raises(ValueError, match="dice_estimate"):
+        viz.save_estimate_scatter(table[["dice"]], tmp_path / "other.png")
+    assert not (tmp_path / "other.png").exists()

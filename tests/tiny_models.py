@@ -21,3 +21,21 @@ def perturbed_unet(model_args: dict, size: int, seed: int = 0) -> UNet:
         for _ in range(2):
             model(torch.rand(4, 1, size, size) * 2 + 0.5)
     return model.eval()
+
+
+def tiny_estimator(size: int = 16, seed: int = 0):
+    """A DiceEstimator fitted on made-up measures of two-blob masks (size x size), whose Dice
+    falls as the soft Dice does: enough for the plumbing that stores and applies one."""
+    import numpy as np
+
+    from lungseg.quality import FEATURES, DiceEstimator, ShapeModel
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((6, size, size), np.uint8)
+    for i, mask in enumerate(masks):
+        mask[2:size - 2 - i % 3, 1:size // 2 - 1] = 1
+        mask[2 + i % 2:size - 2, size // 2 + 1:size - 1] = 1
+    values = rng.uniform(0.05, 0.95, (40, len(FEATURES)))
+    values[:, 0] = rng.uniform(0.7, 0.999, 40)  # soft Dice
+    dice = np.clip(values[:, 0] - 0.02, 0, 1)
+    return DiceEstimator.fit(values, dice, ShapeModel.fit(masks, components=3), {"images": 5, "draws": 7})

@@ -2,16 +2,23 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 torch.load(weights_only=True): a downloaded file cannot run code when opened.
+
+Its `info` records what the model was trained on (`training_data`), so that `synthetic_warning`
+can warn a user when a model trained on the synthetic phantoms meets real X-rays (its masks
+look plausible and are wrong).
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from lungseg import paths
 from lungseg.errors import CheckpointError
 from lungseg.io import atomic_path
 from lungseg.model import UNet
@@ -60,12 +67,15 @@ def is_torch_archive(path: str | Path) -> bool:
     return f"{root}/data.pkl" in names and all(name.startswith(f"{root}/") for name in names)
 
 
-def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none", **info) -> dict:
-    """Bundle the weights (copied to CPU) with the architecture and preprocessing they need, and
-    the threshold and post-processing (lungseg.postprocess) that turn their output into a mask."""
+def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none",
+                    dice_estimator: dict | None = None, **info) -> dict:
+    """Bundle the weights (copied to CPU) with the architecture and preprocessing they need, the
+    threshold and post-processing (lungseg.postprocess) that turn their output into a mask, and
+    the calibration of its Dice estimate (lungseg.quality.DiceEstimator.to_dict; None: none)."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return {"format": FORMAT, "version": VERSION, "model": dict(model_args), "preprocess": dict(preprocess),
-            "threshold": float(threshold), "postprocess": postprocess, "info": info, "state_dict": state}
+    checkpoint = {"format": FORMAT, "version": VERSION, "model": dict(model_args), "preprocess": dict(preprocess),
+                  "threshold": float(threshold), "postprocess": postprocess, "info": info, "state_dict": state}
+    return checkpoint | ({"dice_estimator": dice_estimator} if dice_estimator else {})
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
@@ -133,3 +143,49 @@ def load_weights(model: UNet, state: dict, described_as: dict | None = None) -> 
 
 def _listed(keys: list[str], most: int = 6) -> str:
     return ", ".join(keys[:most]) + (f" ... and {len(keys) - most} more" if len(keys) > most else "")
+
+
+# --------------------------------------------------------------------------- what a model was trained on
+
+
+SYNTHETIC_COUNTIES = ("PhantomA", "PhantomB")  # what the synthesize stage writes in MetaData.csv
+
+
+def training_data(folders, index: pd.DataFrame) -> dict:
+    """The record kept in the checkpoint: the data folder's name (not its full path), the number
+    of images, whether they are the synthetic phantoms, and a fingerprint of the index (ids, files
+    and sizes) that tells two data sets apart.
+
+    Args:
+        folders: the data folders (DataConfig.dirs; several: their names joined).
+        index: the preprocessed index (lungseg.data.preprocess.ProcessedSet.index).
+    """
+    rows = index[["id", "image_file", "mask_file", "height", "width"]].astype(str)
+    fingerprint = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
+    return {"data": ", ".join(Path(folder).name for folder in folders), "n_images": len(index),
+            "synthetic": all(is_synthetic(folder, index) for folder in folders),
+            "fingerprint": fingerprint}
+
+
+def is_synthetic(data_dir: str | Path, index: pd.DataFrame) -> bool:
+    """True for the synthesize stage's folder, or for phantoms copied elsewhere (their counties)."""
+    if Path(data_dir).resolve() == paths.SYNTHETIC_DIR.resolve():
+        return True
+    counties = index["county"] if "county" in index else pd.Series(dtype=str)
+    # a plain bool: checkpoints are loaded weights_only, which refuses numpy scalars
+    return bool(len(counties) > 0 and counties.isin(SYNTHETIC_COUNTIES).all())
+
+
+def synthetic_warning(model_path: str | Path, info: dict) -> str | None:
+    """The warning for a model trained on phantoms, or None (also for models older than this record).
+
+    Args:
+        model_path: the model file, named in the warning.
+        info: the checkpoint's (or export's) `info`.
+    """
+    trained_on = info.get("training_data") or {}
+    if not trained_on.get("synthetic"):
+        return None
+    return (f"warning: {model_path} was trained on synthetic phantoms ({trained_on.get('data')}, "
+            f"{trained_on.get('n_images')} images), not on X-rays: on real X-rays its masks look plausible "
+            "but are not to be trusted; train on real data first (data.dir in params.yaml)")

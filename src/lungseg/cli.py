@@ -7,6 +7,8 @@ when some files could not be read.
 `lungseg evaluate --model MODEL --data DIR --out OUT` scores a trained model on any folder of
 image/mask pairs it never saw (external validation), exactly as the evaluate stage scores the
 test split.
+`lungseg calibrate MODEL --data DIR --out OUT` fits a checkpoint's Dice estimate on labelled
+X-rays (lungseg.training.recalibrate) and writes the calibrated copy into OUT.
 `lungseg export MODEL --out DIR` writes TorchScript and ONNX copies of a checkpoint (lungseg.export).
 
 Every --out folder follows lungseg.outdir: never where an input is, and an existing folder with
@@ -87,22 +89,24 @@ def predict(args: argparse.Namespace) -> int:
     return predicting.run(args.model, args.inputs, args.out, device=args.device, threshold=args.threshold,
                           batch_size=args.batch_size, alpha=args.alpha, overlays=not args.no_overlays,
                           recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite,
-                          workers=args.workers)
+                          workers=args.workers, estimate=not args.no_estimate,
+                          limits=predicting.quality.Limits(min_dice=args.min_dice))
 
 
-EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json")
+EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json", "dice_estimate.png")
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from lungseg import viz
-    from lungseg.evaluate import evaluate_folder, headline, montage_rows, score_lines
+    from lungseg import quality, viz
+    from lungseg.checkpoint import synthetic_warning
+    from lungseg.evaluate import estimate_table, evaluate_folder, headline, montage_rows, score_lines
     from lungseg.inference import default_workers, load_predictor, torch_threads
     from lungseg.io import write_csv, write_json
     from lungseg.outdir import OutputNames, check_out
-    from lungseg.provenance import synthetic_warning
 
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
-    settings, preprocess, pictures = config.load(params, "evaluate", "preprocess", "visualize", source=args.params)
+    settings, preprocess, pictures, flags = config.load(params, "evaluate", "preprocess", "visualize", "quality",
+                                                        source=args.params)
     files = (*EVALUATE_FILES, "montage.png")  # the best, median and worst image, as the visualize stage draws them
     names = OutputNames(files=files)
     out = check_out(args.out, names, args.overwrite, input_folders=[args.data], input_files=[args.model])
@@ -110,15 +114,22 @@ def evaluate(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.device)
     if warning := synthetic_warning(args.model, predictor.info):
         print(warning, file=sys.stderr)
-    workers = args.workers or default_workers()
+    if predictor.estimator is None:
+        print(quality.NO_ESTIMATOR.format(model=args.model), file=sys.stderr)
+    workers, limits = args.workers or default_workers(), quality.Limits(flags.min_dice, flags.min_piece)
     with torch_threads(1 if workers > 1 else None):  # the worker threads share the cores, not torch's pool
-        result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, not args.quiet, workers)
+        result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, not args.quiet,
+                                 workers, limits)
     result.metrics["data"] = str(Path(args.data).resolve())
-    per_image, histogram, report, metrics = (out / name for name in EVALUATE_FILES)
+    per_image, histogram, report, metrics, scatter = (out / name for name in EVALUATE_FILES)
     write_csv(result.scores, per_image)
     write_csv(result.histogram(), histogram)
     write_json(result.metrics, report)
     write_json(headline(result.metrics), metrics)
+    if result.metrics["dice_estimate"]:
+        viz.save_estimate_scatter(estimate_table(result.scores), scatter, pictures.dpi, limits.min_dice)
+    else:  # a model without a calibration: an earlier run's scatter (--overwrite) would no longer match
+        scatter.unlink(missing_ok=True)
     # the best, median and worst images, drawn as the visualize stage draws the test split's
     rows = montage_rows(result.scores, result.images, result.truths, result.masks, 3)
     viz.save_montage(rows, out / "montage.png", pictures.dpi, pictures.overlay_alpha)
@@ -129,9 +140,13 @@ def evaluate(args: argparse.Namespace) -> int:
 PREDICT_EPILOG = """\
 writes DIR/masks/<stem>.png (0/255, original size), DIR/overlays/<stem>.png (lungs in red)
 and DIR/predictions.csv (one row per input: input, mask_file, overlay_file, height, width,
-lung_fraction, right_lung_px, left_lung_px, right_lung_cm2, left_lung_cm2, n_components, error;
-the cm2 columns are filled for DICOM files with a pixel spacing). Inputs sharing a stem get
-<stem>-2, <stem>-3, ... in the order given.
+lung_fraction, right_lung_px, left_lung_px, right_lung_cm2, left_lung_cm2, n_components, error,
+right_share, left_share, balance, dice_estimate, flag; the cm2 columns are filled for DICOM
+files with a pixel spacing). Inputs sharing a stem get <stem>-2, <stem>-3, ... in the order given.
+
+dice_estimate: the Dice this mask should expect against an expert's mask drawn like the training
+masks, estimated from the model's own output and calibrated on its validation images. flag: why
+a mask deserves a second look (an estimate below --min-dice, no lung, one lung, 3+ pieces).
 
 lung sides: in a standard PA chest X-ray the patient's RIGHT lung appears on the image's LEFT.
 Of the two largest connected components of the mask, the one whose centre lies further left in
@@ -167,6 +182,12 @@ def fraction(exclusive: bool):
 def positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def whole_number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
     return int(text)
 
 
@@ -208,6 +229,11 @@ def add_predict(commands) -> None:
     predictor.add_argument("--alpha", type=fraction(exclusive=False), default=0.4, metavar="A", help="opacity of the red lungs in the overlays (default: 0.4)")
     predictor.add_argument("--no-overlays", action="store_true", help="write masks and the CSV only")
     predictor.add_argument("--recursive", action="store_true", help="also take images from subfolders of INPUT folders")
+    predictor.add_argument("--no-estimate", action="store_true", help="leave dice_estimate empty (a little faster); "
+                           "only the hard rules flag")
+    predictor.add_argument("--min-dice", type=fraction(exclusive=False), default=config.QualityConfig().min_dice,
+                           metavar="D", help="flag masks whose dice_estimate is below D (default: %(default)s, as "
+                           "quality.min_dice in params.yaml)")
     predictor.add_argument("--workers", type=positive_int, default=None, metavar="N",
                            help="threads reading and writing images beside the model (default: one per core; "
                                 "the outputs are the same for any N)")
@@ -249,6 +275,58 @@ def add_export(commands) -> None:
     exporter.set_defaults(handler=export)
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    from lungseg.checkpoint import load_checkpoint, save_checkpoint
+    from lungseg.data.preprocess import preprocess_folder
+    from lungseg.errors import CheckpointError
+    from lungseg.exported import is_exported
+    from lungseg.outdir import OutputNames, check_out
+    from lungseg.training import recalibrate
+
+    name = f"{Path(args.model).stem}.pth"
+    out = check_out(args.out, OutputNames(files=(name,)), args.overwrite, input_folders=[args.data], input_files=[args.model])
+    if Path(args.model).is_file() and is_exported(args.model):
+        raise CheckpointError(f"{args.model}: an exported model; calibrate the checkpoint it came from "
+                              "(results/best_unet.pth), then export that again")
+    limit_pixels(args)
+    checkpoint = load_checkpoint(args.model)
+    settings = config.PreprocessConfig(**checkpoint["preprocess"])
+    images_, masks, _ = preprocess_folder(args.data, settings)  # raises DataError listing every bad file
+    calibrated = recalibrate(checkpoint, images_, masks, args.draws, args.seed, Path(args.data).resolve().name)
+    save_checkpoint(calibrated, out / name)
+    record = calibrated["dice_estimator"]["calibration"]
+    print(f"{out / name}: Dice estimate fitted on {record['images']} image(s) of {args.data} and "
+          f"{record['draws']} degraded copies of each ({record['n_masks']} masks; mean absolute error of the fit "
+          f"{record['fit_mae']:.3f})")
+    if record["images"] < MIN_CALIBRATION_IMAGES:
+        print(f"warning: {record['images']} image(s) are few for a calibration; {MIN_CALIBRATION_IMAGES} or more "
+              "give steadier estimates", file=sys.stderr)
+    return 0
+
+
+MIN_CALIBRATION_IMAGES = 20  # about a validation split of the 240-image sample (24)
+
+
+def add_calibrate(commands) -> None:
+    calibrator = commands.add_parser(
+        "calibrate", help="fit a model's Dice estimate on labelled X-rays of your own (writes a new checkpoint)",
+        description="Fit the Dice estimate of a trained checkpoint (the dice_estimate column of predict and "
+                    "evaluate) on a folder of image/mask pairs, and write the checkpoint with it into --out. "
+                    "The train stage does this on its validation images; use this command for a model saved "
+                    "before estimates existed, or to make the estimate speak of masks drawn as at your site. "
+                    "Use images the model was not trained on.",
+        epilog=OUT_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    calibrator.add_argument("model", help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth (not changed)")
+    calibrator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
+    calibrator.add_argument("--out", required=True, metavar="DIR", help="folder to write the calibrated <model name>.pth into")
+    calibrator.add_argument("--draws", type=whole_number, default=config.QualityConfig().calibration_draws, metavar="N",
+                            help="degraded copies of each image to fit on (default: %(default)s, as quality.calibration_draws)")
+    calibrator.add_argument("--seed", type=int, default=0, help="seed of the degraded copies (default: 0)")
+    add_overwrite(calibrator)
+    add_max_pixels(calibrator)
+    calibrator.set_defaults(handler=calibrate)
+
+
 def add_evaluate(commands) -> None:
     evaluator = commands.add_parser(
         "evaluate", help="score a trained model on another folder of image/mask pairs (external validation)",
@@ -258,7 +336,7 @@ def add_evaluate(commands) -> None:
     evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
     evaluator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
     evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json (headline scores), evaluation_report.json (every interval and "
-                           "subgroup), per_image.csv and dice_histogram.csv")
+                           "subgroup), per_image.csv, dice_histogram.csv, dice_estimate.png (estimated against true Dice) and montage.png")
     evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
     evaluator.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     evaluator.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
@@ -282,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     add_check(commands)
     add_predict(commands)
     add_evaluate(commands)
+    add_calibrate(commands)
     add_export(commands)
     try:
         args = parser.parse_args(argv)

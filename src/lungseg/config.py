@@ -241,6 +241,15 @@ class EvaluateConfig:
 
 
 @_section
+class QualityConfig:
+    """Each prediction's estimated Dice and when it is flagged (lungseg.quality)."""
+
+    min_dice: Number = Field(0.925, ge=0, le=1)  # flag a mask whose estimated Dice is below this
+    min_piece: Number = Field(0.01, ge=0, lt=1)  # a component below this share of the lung is a speck, not a piece
+    calibration_draws: Int = Field(8, ge=0, le=100)  # degraded copies of each validation image the estimate is fitted on
+
+
+@_section
 class VisualizeConfig:
     n_examples: Int = Field(6, ge=1)  # montage rows: best, median, worst, then evenly spaced by Dice
     overlay_alpha: Number = Field(0.4, gt=0, le=1)
@@ -250,7 +259,7 @@ class VisualizeConfig:
 SECTIONS = {
     "data": DataConfig, "synthetic": SyntheticConfig, "preprocess": PreprocessConfig, "split": SplitConfig,
     "model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig, "infer": InferConfig, "evaluate": EvaluateConfig,
-    "visualize": VisualizeConfig,
+    "quality": QualityConfig, "visualize": VisualizeConfig,
 }
 
 

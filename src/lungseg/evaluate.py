@@ -3,6 +3,12 @@ per subgroup, and at each image's original resolution.
 
 `evaluate_set` is the one evaluation used by the evaluate stage (the test split) and by
 `lungseg evaluate` (any other folder of image/mask pairs, for external validation).
+
+The baseline every model is held against is the simplest segmenter worth beating: call a pixel
+lung when it is darker than a threshold. Air-filled lungs are the darkest part of the chest on
+an X-ray, so a global intensity threshold is a fair floor. The threshold is tuned on training
+data (the best it can do), then scored on the test set; a learned model that does not beat it
+clearly has learned nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from tqdm.auto import tqdm
 
 from lungseg import quality
@@ -42,6 +49,18 @@ class Evaluation:
         return dice_histogram(self.scores[column].to_numpy())
 
 
+def threshold_masks(images: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 images -> 0/1 masks of the pixels darker than `threshold` (0..255 scale)."""
+    return (images < threshold).astype(np.uint8)
+
+
+def fit_threshold(images: np.ndarray, masks: np.ndarray, steps: int = 64) -> float:
+    """The threshold (among `steps` evenly spaced in 0..255) with the best mean Dice on these images."""
+    candidates = np.linspace(0, 255, steps)
+    scores = [dice_per_image(threshold_masks(images, t), masks).mean() for t in candidates]
+    return float(candidates[int(np.argmax(scores))])
+
+
 def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=None) -> pd.DataFrame:
     """Table id, dice, iou, hd95, truth and predicted lung fractions, one row per image.
 
@@ -58,15 +77,39 @@ def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=
     })
 
 
-def quality_columns(predictions: np.ndarray, probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
-    """lungseg.quality's columns (lung shares, balance, edge uncertainty, flag) per image, as
+def quality_columns(predictor, predictions: np.ndarray, probabilities: np.ndarray,
+                    limits: quality.Limits = quality.DEFAULT_LIMITS) -> pd.DataFrame:
+    """lungseg.quality's columns (lung shares, balance, estimated Dice, flag) per image, as
     `lungseg predict` writes them, here from the model-size masks.
 
-    predictions: uint8 N x S x S final masks. probabilities: float N x S x S. threshold: the
-    predictor's lung threshold.
+    predictor: the Predictor (its dice_estimate). predictions: uint8 N x S x S final masks.
+    probabilities: float N x S x S. limits: when a mask is flagged.
     """
-    reports = [quality.assess(mask, probability, threshold) for mask, probability in zip(predictions, probabilities)]
+    reports = [quality.assess(mask, predictor.dice_estimate(probability), limits)
+               for mask, probability in zip(predictions, probabilities)]
     return pd.DataFrame([report.columns() for report in reports], columns=list(quality.COLUMNS))
+
+
+def estimate_agreement(scores: pd.DataFrame) -> dict | None:
+    """How well dice_estimate followed the true Dice (at native resolution when scored there):
+    Pearson r, Spearman rho, mean absolute error, the mean signed error (estimate - truth) and
+    the number of images; None without estimates. r and rho are None when either side is constant."""
+    truth_column = "dice_native" if "dice_native" in scores else "dice"
+    pairs = scores[[truth_column, "dice_estimate"]].dropna().astype(float)
+    if pairs.empty:
+        return None
+    truth, estimate = pairs[truth_column].to_numpy(), pairs["dice_estimate"].to_numpy()
+    varies = len(pairs) > 2 and truth.std() > 0 and estimate.std() > 0
+    return {"against": truth_column, "n_images": len(pairs),
+            "pearson_r": float(stats.pearsonr(estimate, truth)[0]) if varies else None,
+            "spearman_rho": float(stats.spearmanr(estimate, truth)[0]) if varies else None,
+            "mae": float(np.mean(np.abs(estimate - truth))), "bias": float(np.mean(estimate - truth))}
+
+
+def estimate_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """id, true Dice and estimated Dice per image: the scatter `dvc plots show` draws."""
+    truth_column = "dice_native" if "dice_native" in scores else "dice"
+    return pd.DataFrame({"id": scores["id"], "dice": scores[truth_column], "dice_estimate": scores["dice_estimate"]})
 
 
 def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
@@ -196,16 +239,17 @@ def _round_width(raw: float) -> float:
 
 def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
                  config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True,
-                 workers: int = 1) -> Evaluation:
+                 workers: int = 1, limits: quality.Limits = quality.DEFAULT_LIMITS) -> Evaluation:
     """Score `predictor` on a preprocessed set (images/masks at model size, index with id, height,
     width and mask_file relative to `data_dir`). With a `data_dir` and `config.native`, also at
-    each image's original resolution, by `workers` threads (native_scores)."""
+    each image's original resolution, by `workers` threads (native_scores). Each image's
+    estimated Dice and flag (limits) are scored against its true Dice (estimate_agreement)."""
     size = images.shape[-1]
     probabilities = predictor.probabilities(images, batch_size)
     predictions = predictor.to_masks(probabilities)
     spacings = zip(index["height"] / size, index["width"] / size)
     scores = per_image_scores(index["id"], predictions, masks, spacings)
-    scores = pd.concat([scores, quality_columns(predictions, probabilities, predictor.threshold)], axis=1)
+    scores = pd.concat([scores, quality_columns(predictor, predictions, probabilities, limits)], axis=1)
     metrics = {"postprocess": predictor.postprocess, "test": summary(scores, predictions, masks, config)}
     if data_dir is not None and config.native:
         mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
@@ -214,18 +258,21 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
         scores = pd.concat([scores, native], axis=1)
         metrics["test_native"] = native_summary(scores, config)
     metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
+    metrics["dice_estimate"] = estimate_agreement(scores)
+    metrics["flagged"] = int((scores["flag"].astype(str).str.len() > 0).sum())
     return Evaluation(scores, metrics, predictions, images, masks)
 
 
 def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
-                    subgroups=(), show_progress: bool = True, workers: int = 1) -> Evaluation:
+                    subgroups=(), show_progress: bool = True, workers: int = 1,
+                    limits: quality.Limits = quality.DEFAULT_LIMITS) -> Evaluation:
     """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
     prepared exactly as the model's training data was, scored like the test split.
     workers: threads for the native-resolution scores (see native_scores); same scores for any number."""
     settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
     images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
     return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
-                        subgroups, show_progress, workers)
+                        subgroups, show_progress, workers, limits)
 
 
 def headline(metrics: dict) -> dict:
@@ -251,6 +298,11 @@ def score_lines(metrics: dict) -> str:
             m = metrics[name]
             lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
                          f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
+    agreement = metrics.get("dice_estimate")
+    if agreement:
+        rho = "n/a" if agreement["spearman_rho"] is None else f"{agreement['spearman_rho']:.2f}"
+        lines.append(f"estimated Dice: mean absolute error {agreement['mae']:.3f}, Spearman {rho}; "
+                     f"{metrics.get('flagged', 0)} of {agreement['n_images']} flagged")
     return "\n".join(lines + [f"post-processing: {metrics['postprocess']}"])
 
 
@@ -279,7 +331,9 @@ def montage_rows(scores: pd.DataFrame, images: np.ndarray, truths: np.ndarray, p
     rows = []
     for label, row in pick_examples(scores, n):
         i = position[str(row["id"])]
-        rows.append({"image": images[i], "truth": truths[i], "pred": predictions[i],
-                     "title": f"{label} · id {row['id']} · Dice {row['dice']:.3f}", "name": f"{label}_{row['id']}"})
+        estimate = row.get("dice_estimate")
+        estimated = "" if estimate is None or pd.isna(estimate) else f" · est. {float(estimate):.3f}"
+        rows.append({"image": images[i], "truth": truths[i], "pred": predictions[i],  # two lines: fits a row's height
+                     "title": f"{label} · id {row['id']}\nDice {row['dice']:.3f}{estimated}", "name": f"{label}_{row['id']}"})
     return rows
 

@@ -20,9 +20,8 @@ import torch
 
 from lungseg.checkpoint import build_model, load_checkpoint
 from lungseg.errors import ExportError
-from lungseg.exported import is_exported, load_exported, onnx_properties, torchscript_extra_files
+from lungseg.exported import is_exported, load_exported, onnx_properties, require, torchscript_extra_files
 from lungseg.io import atomic_path
-from lungseg.onnx_model import require
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference|; fp32 re-orderings give ~1e-8 here, a wrong graph gives >1e-2
 ONNX_OPSET = 18  # the dynamo exporter's native opset (no version conversion); onnxruntime >= 1.14 runs it

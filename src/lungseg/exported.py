@@ -8,19 +8,25 @@ METADATA_KEY. The writer (lungseg.export) puts it there with `torchscript_extra_
 `onnx_properties`; the reader (lungseg.inference) gets it back, checked, from
 `load_torchscript` and `load_onnx`. An ONNX export is recognised by its suffix, a TorchScript
 export by its content (`is_torchscript`), so a .pt TorchScript file still loads.
+
+An ONNX model runs as if it were the PyTorch one (`OnnxModel`: a module that takes and returns
+torch tensors), so `lungseg.inference.Predictor` and `runtime.forward_in_batches` use it
+unchanged. onnx, onnxruntime and onnxscript are optional (the `onnx` extra); they are imported
+only when needed, and their absence is a clear ExportError instead of an ImportError deep in a call.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lungseg.checkpoint import not_a_model, with_normalize, zip_names
-from lungseg.errors import CheckpointError
-from lungseg.onnx_model import OnnxModel
+from lungseg.errors import CheckpointError, ExportError
 
 FORMAT = "lungseg-export"
 VERSION = 1
@@ -41,6 +47,7 @@ def metadata(checkpoint: dict) -> dict:
     return {"format": FORMAT, "version": VERSION, "model": dict(checkpoint["model"]),
             "preprocess": dict(checkpoint["preprocess"]), "threshold": float(checkpoint["threshold"]),
             "postprocess": checkpoint.get("postprocess", "none"), "info": _jsonable(checkpoint.get("info", {})),
+            "dice_estimator": checkpoint.get("dice_estimator"),
             "input": {"shape": ["batch", 1, size, size], "dtype": "float32", "range": [0.0, 1.0]},
             "output": "logits", "torch": torch.__version__}
 
@@ -122,7 +129,7 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tu
 def load_onnx(path: str | Path, device: str = "cpu") -> tuple[OnnxModel, dict]:
     """An exported ONNX model run by onnxruntime, and its metadata.
 
-    path: the .onnx file. device: 'cpu', 'cuda' or 'auto' (lungseg.onnx_model.providers).
+    path: the .onnx file. device: 'cpu', 'cuda' or 'auto' (providers).
     Raises CheckpointError for a missing or unloadable file and for one without lungseg's
     metadata; RuntimeError when 'cuda' is asked for and this onnxruntime has none.
     """
@@ -152,3 +159,78 @@ def _jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+# --------------------------------------------------------------------------- onnxruntime behind nn.Module
+
+
+INSTALL_HINT = "install the onnx extra: pip install -e '.[onnx]'"
+
+
+def require(*packages: str) -> None:
+    """Import each optional package or raise one ExportError naming all that are missing."""
+    missing = []
+    for name in packages:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ExportError(f"ONNX support needs the package(s) {', '.join(missing)}, which are not installed; {INSTALL_HINT}")
+
+
+def providers(device: str = "cpu") -> list[str]:
+    """onnxruntime execution providers for a device name: 'cpu', 'cuda', or 'auto' (CUDA when
+    this onnxruntime build has it). The CPU provider always comes last as the fallback.
+    RuntimeError for a device this onnxruntime cannot use (lungseg.inference.load_predictor
+    reports it as a LungsegError naming the model and the device)."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError(f"device 'cuda' was asked for but this onnxruntime has no CUDAExecutionProvider "
+                           f"(available: {', '.join(available)}); install onnxruntime-gpu or use device cpu")
+    if device not in ("auto", "cpu", "cuda"):  # e.g. 'mps', which torch has and onnxruntime lacks
+        raise RuntimeError(f"ONNX models run on device 'auto', 'cpu' or 'cuda', got {device!r}")
+    use_cuda = device == "cuda" or (device == "auto" and has_cuda)
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+
+
+class OnnxModel(torch.nn.Module):
+    """An onnxruntime session behind the nn.Module interface: N x 1 x S x S float tensor in,
+    N x 1 x S x S logits out, on the input's device.
+
+    It has no parameters, so eval()/train()/to() (which forward_in_batches and prepare_model
+    call) are harmless no-ops; the session itself always runs in inference mode.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        """path: the .onnx file. device: 'cpu', 'cuda' or 'auto' (see providers).
+        Raises CheckpointError for a missing file or one onnxruntime cannot load."""
+        super().__init__()
+        require("onnxruntime")
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: ONNX model not found (write one with lungseg export)")
+        chosen = providers(device)
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=chosen)
+        except Exception as error:
+            # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) that derive from Exception only
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({type(error).__name__}: {error})") from error
+        self.path = path
+        self.input_name = self.session.get_inputs()[0].name
+
+    def properties(self) -> dict[str, str]:
+        """The model's metadata_props as {key: value} (where an exporter keeps its own notes)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # onnxruntime reads host memory: one contiguous float32 copy, whatever the torch layout
+        array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(logits).to(images.device)
+

@@ -21,6 +21,7 @@ from lungseg import postprocess
 from lungseg.checkpoint import build_model, load_checkpoint, not_a_model
 from lungseg.errors import CheckpointError, LungsegError
 from lungseg.exported import is_onnx, is_torchscript, load_onnx, load_torchscript
+from lungseg.quality import DiceEstimator
 from lungseg.runtime import (
     autocast_dtype,
     configure,
@@ -43,7 +44,8 @@ class Predictor:
     layout: torch.memory_format = torch.contiguous_format
     postprocess: str = "none"  # chosen on validation data by the train stage (lungseg.postprocess)
     preprocess: dict | None = None  # the settings the training images were prepared with
-    info: dict = field(default_factory=dict)  # what the checkpoint records of its training (lungseg.provenance)
+    info: dict = field(default_factory=dict)  # what the checkpoint records of its training (checkpoint.training_data)
+    estimator: DiceEstimator | None = None  # fitted on validation by the train stage; None in older models
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> "Predictor":
@@ -61,7 +63,8 @@ class Predictor:
         model = prepare_model(build_model(checkpoint), torch_device, layout).eval()
         chosen = checkpoint["threshold"] if threshold is None else threshold
         return cls(model, torch_device, chosen, int(checkpoint["preprocess"]["image_size"]), dtype, layout,
-                   checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]), dict(checkpoint.get("info", {})))
+                   checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]), dict(checkpoint.get("info", {})),
+                   DiceEstimator.from_dict(checkpoint.get("dice_estimator")))
 
     @classmethod
     def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
@@ -97,6 +100,13 @@ class Predictor:
     def masks(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Binary masks (uint8 0/1, N x S x S) at the model's threshold, post-processed."""
         return self.to_masks(self.probabilities(images, batch_size))
+
+    def dice_estimate(self, probability: np.ndarray) -> float | None:
+        """The expected Dice of the mask made from one S x S probability map (lungseg.quality),
+        measured at model size as it was calibrated; None for a model without a calibration."""
+        if self.estimator is None:
+            return None
+        return self.estimator(probability, self.to_masks(probability), self.threshold)
 
     def native_mask(self, probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The mask at an image's original (height, width): the S x S probabilities are resized
@@ -140,7 +150,7 @@ def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: 
     chosen = metadata["threshold"] if threshold is None else threshold
     return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
                      torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]),
-                     dict(metadata.get("info", {})))
+                     dict(metadata.get("info", {})), DiceEstimator.from_dict(metadata.get("dice_estimator")))
 
 
 def resize_probability(probability: np.ndarray, size: tuple[int, int], device: torch.device | str = "cpu") -> np.ndarray:

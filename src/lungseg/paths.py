@@ -19,6 +19,7 @@ EVALUATION_REPORT = RESULTS / "evaluation_report.json"
 PER_IMAGE = RESULTS / "per_image.csv"
 PREDICTIONS = RESULTS / "test_predictions.npz"
 DICE_HISTOGRAM = RESULTS / "dice_histogram.csv"
+DICE_ESTIMATE = RESULTS / "dice_estimate.csv"  # true and estimated Dice per test image
 MONTAGE_DIR = RESULTS / "montage"
 PREDS_DIR = RESULTS / "preds"
 LOSS_CURVES = RESULTS / "loss_curves.png"

@@ -39,10 +39,13 @@ and the other count is 0. AP or mirrored images swap the two. right_lung_cm2 and
 give the same areas in cm2 for images whose file carries a pixel spacing (DICOM PixelSpacing or
 ImagerPixelSpacing) and are empty for the others.
 
-Quality (lungseg.quality): right_share and left_share are each lung's share of the image,
-balance the smaller lung over the larger, uncertainty how unsure the model is along the edge it
-draws (from the model-size probabilities), and flag says why a mask deserves a second look
-("no lung found", "one lung only", ...; empty when none). The summary line counts the flagged.
+Quality (lungseg.quality): right_share and left_share are each lung's share
+of the image, balance the smaller lung over the larger, dice_estimate the Dice this mask should
+expect against an expert's (from the model's own output, calibrated on its validation images;
+empty with --no-estimate or for a model trained before estimates existed), and flag says why a
+mask deserves a second look ("estimated Dice 0.81", "no lung found", "one lung only", "3+
+components"; empty when none). The summary line counts the flagged. docs/predict.md says what
+the columns mean and how well the estimate did.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from tqdm import tqdm
 
 from lungseg import quality
 from lungseg.budget import PixelBudget
+from lungseg.checkpoint import synthetic_warning
 from lungseg.config import PreprocessConfig
 from lungseg.data.images import (
     IMAGE_SUFFIXES,
@@ -83,7 +87,6 @@ from lungseg.errors import DataError
 from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
 from lungseg.io import atomic_path, sweep_folder, write_csv
 from lungseg.outdir import OutputNames, check_out, remove_stale
-from lungseg.provenance import synthetic_warning
 from lungseg.viz import overlay_image, save_mask_png
 
 COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction",
@@ -120,6 +123,8 @@ class Outputs:
     alpha: float = 0.4
     overlays: bool = True
     normalize: str = "minmax"  # how the overlay's grey is stretched: as the model saw the image
+    estimate: bool = True  # the dice_estimate column (off: --no-estimate)
+    limits: quality.Limits = quality.DEFAULT_LIMITS  # when a mask is flagged
 
 
 # --------------------------------------------------------------------------- inputs
@@ -325,13 +330,12 @@ def save_rgb_png(picture: Image.Image, path: Path, sweep: bool = True) -> None:
         picture.save(tmp, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
 
 
-def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.ndarray | None,
-                 threshold: float, grey: np.ndarray | None, spacing: tuple[float, float] | None) -> dict:
+def write_result(job: Job, mask: np.ndarray, outputs: Outputs, dice_estimate: float | None,
+                 grey: np.ndarray | None, spacing: tuple[float, float] | None) -> dict:
     """Write one image's mask (and overlay) and return its CSV row. Without a kept `grey` the X-ray
     is read for the overlay before anything is written, so a file that fails now leaves no outputs.
 
-    probability: the model-size probabilities the mask came from, for the quality columns (their
-    uncertainty is left empty without). threshold: the predictor's threshold. grey: the display
+    dice_estimate: the mask's estimated Dice (Predictor.dice_estimate), or None. grey: the display
     grey (grey_for_display) read with the model's input, if kept. spacing: the file's pixel
     spacing in mm, for the cm2 columns.
     """
@@ -344,7 +348,7 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, probability: np.n
         overlay_file = str(Path("overlays") / f"{job.name}.png")
         save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file, sweep=False)
         del grey  # before quality labels the mask: one full-size picture at a time
-    report = quality.assess(mask, probability, threshold)  # labels the mask once, for the sides too
+    report = quality.assess(mask, dice_estimate, outputs.limits)  # labels the mask once, for the sides too
     right_cm2, left_cm2 = areas_cm2(report, spacing)
     return {"input": job.source, "mask_file": str(mask_file), "overlay_file": overlay_file,
             "height": mask.shape[0], "width": mask.shape[1], "lung_fraction": report.lung_fraction,
@@ -362,7 +366,8 @@ def write_job(item: Prepared, probability: np.ndarray | None, predictor: Predict
     try:
         with budgets.working.held(item.size[0] * item.size[1]):
             mask = predictor.native_mask(probability, item.size)
-            return write_result(item.job, mask, outputs, probability, predictor.threshold, item.take_grey(), item.spacing)
+            estimate = predictor.dice_estimate(probability) if outputs.estimate else None
+            return write_result(item.job, mask, outputs, estimate, item.take_grey(), item.spacing)
     except ImageReadError as problem:  # the message already names the file
         return error_row(item.job, problem)
     finally:
@@ -438,12 +443,14 @@ def _collect(writing: deque[Future], rows: list[dict], progress: tqdm, keep: int
 
 def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold: float | None = None,
         batch_size: int = 16, alpha: float = 0.4, overlays: bool = True, recursive: bool = False,
-        quiet: bool = False, overwrite: bool = False, workers: int | None = None) -> int:
+        quiet: bool = False, overwrite: bool = False, workers: int | None = None, estimate: bool = True,
+        limits: quality.Limits = quality.DEFAULT_LIMITS) -> int:
     """The whole command; returns the exit code: 0 all written, 1 some files could not be read.
     Problems with the inputs, --out (lungseg.outdir) or the model raise LungsegError before
     anything is written. With `overwrite`, an earlier run's outputs in `out` may be replaced,
     and those this run did not write are deleted once it is done. workers: reading and writing
-    threads (default: one per core; the results are the same for any number)."""
+    threads (default: one per core; the results are the same for any number). estimate: fill the
+    dice_estimate column (False: --no-estimate). limits: when a mask is flagged."""
     sources = list_inputs(inputs, recursive)
     folders, files = split_inputs(inputs)
     out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])
@@ -451,8 +458,10 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     check_available(predictor.preprocess["normalize"])  # e.g. clahe without OpenCV: stop before any output
     if warning := synthetic_warning(model, predictor.info):
         print(warning, file=sys.stderr)
+    if estimate and predictor.estimator is None:
+        print(quality.NO_ESTIMATOR.format(model=model), file=sys.stderr)
     jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
-    outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"])
+    outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"], estimate, limits)
     rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
     write_table(rows, out_dir / TABLE)
     if overwrite:

@@ -1,9 +1,31 @@
-"""Quality flags for one predicted lung mask: which predictions a user should look at twice.
+"""The quality of one predicted lung mask: the Dice it should expect, and whether to flag it.
 
 A model asked about an X-ray unlike its training images still draws a mask; nothing in the mask
-itself says it is wrong. These checks look for what a chest X-ray's lungs cannot be (none, one,
-three, far too much or too little of the image, one lung a fraction of the other) and for a model
-that is unsure where it draws the edge. They say "look at this one", not "this one is wrong".
+itself says it is wrong. But a model that is unsure shows it in its own output: probabilities
+that hover near the threshold over a wide band, an edge drawn where it is not confident, lungs
+of an unlikely size or balance, or an outline no training mask resembles. `DiceEstimator` turns
+six such measures of one prediction (all at model size, from the one forward pass) into the
+Dice it should expect against an expert's mask:
+
+    soft_dice         Dice between the probabilities and their own mask (1: every pixel sure)
+    ambiguous         pixels with 0.1 < p < 0.9, per lung pixel of the mask
+    edge_uncertainty  mean of min(p, 1 - p) * 2 along the mask's edge (boundary_uncertainty)
+    lung_fraction     share of the image that is lung
+    balance           smaller lung / larger lung
+    shape_error       1 - Dice between the mask and its nearest plausible lung shape: the mask,
+                      cropped to its lungs and resized to SHAPE_SIZE px, projected on the
+                      principal shapes of the training masks (a light "reverse classification")
+
+How far each measure moves the Dice differs from model to model (a 704-image model is surer of
+its edges than a 240-image one), so the weights are fitted for each model on its own validation
+images, clean and degraded the way other hospitals' X-rays differ (lungseg.training.calibrate),
+and stored with it. The fit is a ridge regression of log(1 - Dice) on the standardised
+measures: errors are multiplicative (a mask twice as unsure loses about twice as much), and the
+log keeps a few ruined images from pulling the estimate of good ones down.
+
+The flag (`assess`) names the masks to look at twice: an estimated Dice below `min_dice`
+(params.yaml: quality.min_dice), and what a chest X-ray's lungs cannot be, whatever the model:
+none, one, or three or more pieces. It says "look at this one", not "this one is wrong".
 
 Lung sides follow the PA convention of lungseg.predict: the patient's RIGHT lung is the one on
 the image's LEFT, counted over the two largest 8-connected components of the final mask.
@@ -18,30 +40,37 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from lungseg import postprocess
+from lungseg.config import QualityConfig
 
-# Chosen on real data, never on a test split (BENCHMARKS.md, "Quality flags"): the lung fraction
-# range spans the true masks of the Kaggle-layout sample and of the COVID-19 development set with
-# a margin; the uncertainty limit trades recall of poor masks on the development set against
-# flags on validation images, which are mostly good.
-LUNG_FRACTION_RANGE = (0.07, 0.60)  # share of the image covered by lung, both lungs together
-BALANCE_MIN = 0.5  # smaller lung / larger lung; the right lung is usually ~10-20% larger than the left
-UNCERTAINTY_MAX = 0.4  # mean of min(p, 1 - p) * 2 over the model-size boundary band
 MAX_COMPONENTS = 2  # two lungs; more pieces are flagged "3+ components"
-MIN_PIECE = 0.01  # a component below this share of the lung is a speck, not a piece: not counted for the flag
-BOUNDARY_PX = 1  # the band is the pixels within this many pixels of the edge, on either side
+MIN_DICE, MIN_PIECE = QualityConfig().min_dice, QualityConfig().min_piece  # params.yaml's defaults
+BOUNDARY_PX = 1  # the edge band is the pixels within this many pixels of the edge, on either side
 
-COLUMNS = ("right_share", "left_share", "balance", "uncertainty", "flag")  # appended to predictions.csv
+COLUMNS = ("right_share", "left_share", "balance", "dice_estimate", "flag")  # appended to predictions.csv
 DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a mask is flagged. min_dice: an estimated Dice below it flags; min_piece: components
+    below this share of the lung are specks, not counted as pieces (quality.* in params.yaml)."""
+
+    min_dice: float = MIN_DICE
+    min_piece: float = MIN_PIECE
+
+
+DEFAULT_LIMITS = Limits()  # params.yaml's defaults
 
 
 class LungSides(NamedTuple):
     right_px: int  # the patient's right lung: the image's left side
     left_px: int
     n_components: int
-    n_pieces: int  # components of at least MIN_PIECE of the lung (what "3+ components" counts)
+    n_pieces: int  # components of at least min_piece of the lung (what "3+ components" counts)
 
 
 @dataclass(frozen=True)
@@ -52,8 +81,8 @@ class QualityReport:
     right_px, left_px: pixels of the patient's right and left lung (PA convention).
     right_share, left_share: each lung's pixels / all pixels of the image.
     balance: smaller lung / larger lung, 0.0 unless both lungs are found.
-    uncertainty: mean of min(p, 1 - p) * 2 near the model-size boundary (0 sure, 1 a coin toss);
-        None without a probability map or without a boundary in it.
+    dice_estimate: the expected Dice against an expert's mask (DiceEstimator); None for a
+        model without a calibration.
     flag: "" when nothing is wrong, else the reasons joined by "; ".
     """
 
@@ -64,7 +93,7 @@ class QualityReport:
     right_share: float
     left_share: float
     balance: float
-    uncertainty: float | None
+    dice_estimate: float | None
     flag: str
 
     def columns(self) -> dict:
@@ -74,32 +103,29 @@ class QualityReport:
                 for name in COLUMNS}
 
 
-def assess(mask: np.ndarray, probability: np.ndarray | None = None, threshold: float = 0.5) -> QualityReport:
+def assess(mask: np.ndarray, dice_estimate: float | None = None, limits: Limits = DEFAULT_LIMITS) -> QualityReport:
     """The quality report of one prediction.
 
     mask: the final native-size binary mask (uint8 0/1 or bool, H x W), as written to masks/.
-    probability: the model-size lung probabilities (float32 S x S in [0, 1]) the mask was made
-        from, or None to skip the boundary check.
-    threshold: the probability above which the model calls a pixel lung (the predictor's).
+    dice_estimate: its estimated Dice (Predictor.dice_estimate), or None when the model has none.
+    limits: when to flag (Limits).
     """
-    right_px, left_px, count, pieces = lung_pixels(mask)
+    right_px, left_px, count, pieces = lung_pixels(mask, limits.min_piece)
     total = mask.shape[0] * mask.shape[1]
     lung_fraction = int(np.count_nonzero(mask)) / total if total else 0.0
     larger, smaller = max(right_px, left_px), min(right_px, left_px)
     balance = smaller / larger if smaller else 0.0
-    uncertainty = boundary_uncertainty(probability, threshold) if probability is not None else None
-    flag = "; ".join(reasons(count, right_px, left_px, lung_fraction, balance, uncertainty, pieces))
+    flag = "; ".join(reasons(count, right_px, left_px, pieces, dice_estimate, limits.min_dice))
     return QualityReport(count, lung_fraction, right_px, left_px, right_px / total if total else 0.0,
-                         left_px / total if total else 0.0, balance, uncertainty, flag)
+                         left_px / total if total else 0.0, balance, dice_estimate, flag)
 
 
-def reasons(count: int, right_px: int, left_px: int, lung_fraction: float, balance: float,
-            uncertainty: float | None, pieces: int,
-            fraction_range: tuple[float, float] = LUNG_FRACTION_RANGE, uncertainty_max: float = UNCERTAINTY_MAX) -> list[str]:
-    """The flag's reasons, in a fixed order. No lung and one lung are always flagged.
+def reasons(count: int, right_px: int, left_px: int, pieces: int, dice_estimate: float | None,
+            min_dice: float = MIN_DICE) -> list[str]:
+    """The flag's reasons, short and in a fixed order: the hard rules (no lung, one lung, 3+
+    pieces), then a low estimated Dice.
 
-    pieces: components of at least MIN_PIECE of the lung (LungSides.n_pieces).
-    fraction_range, uncertainty_max: the limits (bench/flag_choice.py tries others).
+    pieces: components of at least min_piece of the lung (LungSides.n_pieces).
     """
     if count == 0:
         return ["no lung found"]
@@ -108,17 +134,12 @@ def reasons(count: int, right_px: int, left_px: int, lung_fraction: float, balan
         found.append("one lung only")  # a single component: one lung, or both lungs run together
     if pieces > MAX_COMPONENTS:
         found.append(f"{MAX_COMPONENTS + 1}+ components")
-    low, high = fraction_range
-    if not low <= lung_fraction <= high:
-        found.append(f"lung fraction {lung_fraction:.2f} outside {low:.2f}-{high:.2f}")
-    if right_px and left_px and balance < BALANCE_MIN:
-        found.append(f"left/right balance {balance:.2f}")
-    if uncertainty is not None and uncertainty > uncertainty_max:
-        found.append(f"uncertain boundary {uncertainty:.2f}")
+    if dice_estimate is not None and dice_estimate < min_dice:
+        found.append(f"estimated Dice {dice_estimate:.3f}")
     return found
 
 
-def lung_pixels(mask: np.ndarray) -> LungSides:
+def lung_pixels(mask: np.ndarray, min_piece: float = MIN_PIECE) -> LungSides:
     """Right lung pixels, left lung pixels and components of a mask in a PA X-ray: of the two
     largest components, the one whose centroid lies further left in the image is the patient's
     right lung; a single component is the right lung when its centroid lies in the image's left
@@ -127,7 +148,7 @@ def lung_pixels(mask: np.ndarray) -> LungSides:
     if count == 0:
         return LungSides(0, 0, 0, 0)
     all_sizes = postprocess.component_sizes(labels, count)
-    pieces = int(np.count_nonzero(all_sizes >= MIN_PIECE * all_sizes.sum()))
+    pieces = int(np.count_nonzero(all_sizes >= min_piece * all_sizes.sum()))
     largest, sizes = postprocess.rank_components(all_sizes, keep=2)
     columns = [centre_column(labels == label) for label in largest]
     del labels  # int32, 4 bytes a pixel: the largest array of this step
@@ -161,3 +182,151 @@ def boundary_uncertainty(probability: np.ndarray, threshold: float = 0.5) -> flo
         return None
     near = np.asarray(probability, dtype=np.float32)[band]
     return float(np.mean(np.minimum(near, 1 - near) * 2))
+
+
+# --------------------------------------------------------------------------- the Dice estimate
+
+
+FEATURES = ("soft_dice", "ambiguous", "edge_uncertainty", "lung_fraction", "balance", "shape_error")
+LOG_OF_ONE_MINUS = {"soft_dice"}  # near 1 when sure: the regression sees log(1 - x)
+LOG_OF = {"ambiguous", "edge_uncertainty", "shape_error"}  # near 0 when sure: the regression sees log(x)
+AMBIGUOUS = (0.1, 0.9)  # a probability in this open range is counted as ambiguous
+SHAPE_SIZE = 32  # side of the aligned shape the shape model compares (both lungs' bounding box)
+SHAPE_COMPONENTS = 8  # principal shapes kept: enough for lung outlines, too few to copy any one mask
+FLOOR = 1e-3  # logs of measures and of 1 - Dice are taken above this
+RIDGE = 1e-2  # ridge penalty on the standardised weights: 7 numbers fitted on a few hundred masks
+
+
+def measures(probability: np.ndarray, mask: np.ndarray, threshold: float, shapes: ShapeModel) -> np.ndarray:
+    """The six FEATURES of one prediction, as float64.
+
+    probability: float S x S lung probabilities. mask: the model-size final mask (0/1), made
+    from them. threshold: the predictor's. shapes: the model's ShapeModel.
+    """
+    p = np.asarray(probability, dtype=np.float32)
+    lung = np.asarray(mask).astype(bool)
+    area = int(lung.sum())
+    soft = 2 * float(p[lung].sum()) / max(float(p.sum()) + area, 1.0)
+    ambiguous = int(np.count_nonzero((p > AMBIGUOUS[0]) & (p < AMBIGUOUS[1]))) / max(area, 1)
+    edge = boundary_uncertainty(p, threshold)
+    sides = lung_pixels(lung.astype(np.uint8))
+    larger = max(sides.right_px, sides.left_px)
+    balance = min(sides.right_px, sides.left_px) / larger if larger else 0.0
+    return np.array([soft, ambiguous, 0.0 if edge is None else edge, area / lung.size, balance, shapes.error(lung)])
+
+
+def _design(values: np.ndarray) -> np.ndarray:
+    """Measures (N x 6) as the regression sees them: the unsure ones on a log scale."""
+    columns = []
+    for i, name in enumerate(FEATURES):
+        column = values[:, i]
+        if name in LOG_OF_ONE_MINUS:
+            column = np.log(np.maximum(1 - column, FLOOR))
+        elif name in LOG_OF:
+            column = np.log(np.maximum(column, FLOOR))
+        columns.append(column)
+    return np.column_stack(columns)
+
+
+def aligned_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
+    """A mask cropped to the bounding box of its lungs and area-resized to size x size (float32
+    in [0, 1]): position and scale gone, shape kept. Zeros for an empty mask."""
+    rows, columns = np.nonzero(np.asarray(mask))
+    if len(rows) == 0:
+        return np.zeros((size, size), dtype=np.float32)
+    crop = np.asarray(mask)[rows.min():rows.max() + 1, columns.min():columns.max() + 1].astype(np.float32)
+    return np.asarray(Image.fromarray(crop, mode="F").resize((size, size), Image.Resampling.BOX))  # BOX: area average
+
+
+@dataclass
+class ShapeModel:
+    """The principal shapes of a set of lung masks (aligned_shape), for shape_error.
+
+    mean: flattened mean shape (SHAPE_SIZE**2). components: orthonormal rows (k x SHAPE_SIZE**2).
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    @classmethod
+    def fit(cls, masks: np.ndarray, components: int = SHAPE_COMPONENTS) -> ShapeModel:
+        """The mean and the first `components` principal shapes of masks (N x S x S, 0/1)."""
+        shapes = np.stack([aligned_shape(mask).ravel() for mask in masks]).astype(np.float64)
+        mean = shapes.mean(axis=0)
+        _, _, rows = np.linalg.svd(shapes - mean, full_matrices=False)
+        return cls(mean, rows[:components])
+
+    def error(self, mask: np.ndarray) -> float:
+        """1 - Dice between a mask's aligned shape and its projection on the principal shapes,
+        both cut at 0.5: 0 for a lung outline like the training masks', up to 1 for none."""
+        shape = aligned_shape(mask).ravel().astype(np.float64)
+        nearest = self.mean + ((shape - self.mean) @ self.components.T) @ self.components
+        ours, plausible = shape > 0.5, nearest > 0.5
+        total = int(ours.sum() + plausible.sum())
+        return 1.0 - 2 * int((ours & plausible).sum()) / total if total else 1.0
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.round(6).tolist(), "components": self.components.round(6).tolist()}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> ShapeModel:
+        return cls(np.asarray(stored["mean"], dtype=np.float64), np.asarray(stored["components"], dtype=np.float64))
+
+
+@dataclass
+class DiceEstimator:
+    """Expected Dice of a prediction from its measures; fitted per model (fit), stored with it
+    (to_dict / from_dict: plain lists, so TorchScript and ONNX exports carry it as JSON).
+
+    shapes: the training masks' principal shapes. centre, scale: standardisation of the design
+    columns. weights: one per column, then the intercept. calibration: how it was fitted
+    (images, draws, the fit's own error), for the record.
+    """
+
+    shapes: ShapeModel
+    centre: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    calibration: dict
+
+    @classmethod
+    def fit(cls, values: np.ndarray, dice: np.ndarray, shapes: ShapeModel, calibration: dict | None = None) -> DiceEstimator:
+        """Ridge fit of log(1 - dice) on the standardised design of `values` (N x 6 measures)."""
+        design = _design(np.asarray(values, dtype=np.float64))
+        centre, scale = design.mean(axis=0), design.std(axis=0)
+        scale = np.where(scale > 1e-9, scale, 1.0)  # a constant column carries no weight
+        x = np.column_stack([(design - centre) / scale, np.ones(len(design))])
+        y = np.log(np.maximum(1 - np.asarray(dice, dtype=np.float64), FLOOR))
+        penalty = RIDGE * len(x) * np.diag([1.0] * len(FEATURES) + [0.0])  # the intercept is not shrunk
+        weights = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+        estimator = cls(shapes, centre, scale, weights, dict(calibration or {}))
+        fitted = estimator.from_measures(values)
+        estimator.calibration |= {"n_masks": int(len(values)), "fit_mae": round(float(np.mean(np.abs(fitted - dice))), 4)}
+        return estimator
+
+    def from_measures(self, values: np.ndarray) -> np.ndarray:
+        """Expected Dice (N,) for measures (N x 6), in [0, 1]."""
+        design = (_design(np.atleast_2d(np.asarray(values, dtype=np.float64))) - self.centre) / self.scale
+        return np.clip(1 - np.exp(design @ self.weights[:-1] + self.weights[-1]), 0.0, 1.0)
+
+    def __call__(self, probability: np.ndarray, mask: np.ndarray, threshold: float) -> float:
+        """The expected Dice of one model-size prediction (see measures)."""
+        return float(self.from_measures(measures(probability, mask, threshold, self.shapes))[0])
+
+    def to_dict(self) -> dict:
+        return {"features": list(FEATURES), "shapes": self.shapes.to_dict(), "centre": self.centre.tolist(),
+                "scale": self.scale.tolist(), "weights": self.weights.tolist(), "calibration": dict(self.calibration)}
+
+    @classmethod
+    def from_dict(cls, stored: dict | None) -> DiceEstimator | None:
+        """The estimator a model file stores, or None for a model saved without one (or with
+        measures this version does not compute)."""
+        if not stored or list(stored.get("features", [])) != list(FEATURES):
+            return None
+        return cls(ShapeModel.from_dict(stored["shapes"]), np.asarray(stored["centre"]), np.asarray(stored["scale"]),
+                   np.asarray(stored["weights"]), dict(stored.get("calibration", {})))
+
+
+NO_ESTIMATOR = ("{model}: this model carries no Dice calibration (it was trained before lungseg estimated "
+                "Dice), so dice_estimate is left empty and only the hard rules flag; retrain it "
+                "(dvc repro train), or fit one on labelled X-rays: lungseg calibrate MODEL --data DIR --out DIR")

@@ -1,4 +1,5 @@
-"""The training recipe, in one place: preprocessed arrays and configs in, a trained U-Net out.
+"""The training recipe, in one place: preprocessed arrays and configs in, a trained U-Net out,
+with its post-processing chosen and its Dice estimate (lungseg.quality) fitted on validation.
 
 The train stage, the benchmarks and the tests all call `train_model`, so they train exactly
 the same way: the same runtime choices (device, precision, memory layout, compile), the same
@@ -19,15 +20,19 @@ import torch
 
 from lungseg import distributed, postprocess
 from lungseg.augment import Augmenter
-from lungseg.config import low_res_problems
+from lungseg.checkpoint import build_model
+from lungseg.config import AugmentConfig, QualityConfig, low_res_problems
 from lungseg.data.preprocess import ProcessedSet
 from lungseg.data.split import ids_in
 from lungseg.engine import TensorPair, TrainingError, fit, is_out_of_memory, out_of_memory_advice, predicted_masks
 from lungseg.errors import ParamsError
+from lungseg.metrics import dice_per_image
 from lungseg.model import UNet
+from lungseg.quality import DiceEstimator, ShapeModel, measures
 from lungseg.runtime import (
     autocast_dtype,
     configure,
+    forward_in_batches,
     images_to_tensor,
     masks_to_tensor,
     memory_format,
@@ -47,6 +52,7 @@ class Trained:
     best_dice: float  # validation Dice of best_epoch, before post-processing
     postprocess: str | None  # the option chosen on validation (lungseg.postprocess); None on ranks other than 0
     postprocess_scores: dict[str, float]  # mean validation Dice of every option; empty on ranks other than 0
+    dice_estimator: DiceEstimator | None = None  # fitted on validation (calibrate); None on other ranks
 
 
 class Runtime(NamedTuple):
@@ -90,11 +96,76 @@ def choose_postprocessing(model, val_set: TensorPair, threshold: float, batch_si
     return postprocess.choose(masks, val_set.masks[:, 0].cpu().numpy())
 
 
+# Chosen on validation and the external development set over 3 split seeds (BENCHMARKS.md,
+# "Dice estimate"): strong enough to spread the Dice from ~0.98 down to failures, mild enough
+# that most degraded images look like X-rays from elsewhere rather than noise.
+DEGRADE = AugmentConfig(probability=1.0, rotate_degrees=10, scale=0.15, shift=0.08, brightness=0.15, contrast=0.5,
+                        gamma=0.5, noise=0.03, blur=1.5, sharpen=1.0, border_probability=0.4, border_width=0.15,
+                        text_probability=0.4, text_count=3, text_size=0.12, opacity_probability=0.7, opacity_size=0.35)
+
+
+def degraded_views(images: torch.Tensor, masks: torch.Tensor, draws: int, seed: int):
+    """The clean pair, then `draws` degraded copies of it (DEGRADE), as (images, masks) tensors
+    of N x 1 x S x S in [0, 1] / {0, 1} on their device."""
+    yield images, masks
+    augmenter = Augmenter(DEGRADE, seed, images.device)
+    for _ in range(draws):
+        yield augmenter(images, masks)
+
+
+def calibrate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, train_masks: np.ndarray, threshold: float,
+              postprocess_option: str, batch_size: int, dtype=None, draws: int = 8, seed: int = 0) -> DiceEstimator | None:
+    """A DiceEstimator for `model` (lungseg.quality), fitted as CheXmask calibrated its quality
+    estimate: on masks of known Dice over a wide range of quality. Validation masks are mostly
+    good, so the validation images are also seen `draws` more times, each degraded the way other
+    hospitals' X-rays differ (DEGRADE); the truth follows the geometry, and opacities leave it as
+    it is (an opaque lung is still lung). The test set is never seen here.
+
+    images, masks: the validation set (N x 1 x S x S tensors on the model's device).
+    train_masks: the training masks (uint8 N x S x S), for the shape model.
+    threshold, postprocess_option: how the model's probabilities become masks (as the checkpoint says).
+    batch_size, dtype: for the forward passes. draws, seed: the degraded copies (quality.calibration_draws, train.seed).
+    Returns None without validation or training masks (nothing to fit on).
+    """
+    if len(images) == 0 or len(train_masks) == 0:
+        return None
+    shapes = ShapeModel.fit(train_masks)
+    values, dice = [], []
+    with torch.no_grad():
+        for seen, truth in degraded_views(images, masks, draws, seed):
+            probabilities = torch.sigmoid(forward_in_batches(model, seen, batch_size, dtype))[:, 0].cpu().numpy()
+            predicted = postprocess.apply(probabilities > threshold, postprocess_option)
+            truth = truth[:, 0].cpu().numpy().astype(np.uint8)
+            dice.append(dice_per_image(predicted, truth))
+            values += [measures(p, m, threshold, shapes) for p, m in zip(probabilities, predicted)]
+    calibration = {"images": int(len(images)), "draws": int(draws), "seed": int(seed)}
+    return DiceEstimator.fit(np.stack(values), np.concatenate(dice), shapes, calibration)
+
+
+def recalibrate(checkpoint: dict, images: np.ndarray, masks: np.ndarray, draws: int = 8, seed: int = 0,
+                source: str = "") -> dict:
+    """A copy of `checkpoint` whose Dice estimate is fitted on other labelled images: for a model
+    saved before estimates existed, or to make the estimate speak of masks drawn as at your site.
+
+    checkpoint: as lungseg.checkpoint.load_checkpoint returns it (not changed).
+    images, masks: uint8 N x S x S, prepared with the checkpoint's own preprocessing; their masks
+        also make the shape model. draws, seed: the degraded copies of each image (calibrate).
+    source: a name for the images, recorded with the calibration.
+    """
+    model = build_model(checkpoint).eval()
+    cpu = torch.device("cpu")
+    estimator = calibrate(model, images_to_tensor(images, cpu), masks_to_tensor(masks, cpu), masks,
+                          float(checkpoint["threshold"]), checkpoint.get("postprocess", "none"), 32, None, draws, seed)
+    estimator.calibration["data"] = source
+    return {**checkpoint, "dice_estimator": estimator.to_dict()}
+
+
 def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, train_config, augment_config, infer_config,
                 device: torch.device, worker: distributed.Worker | None = None,
-                on_epoch: Callable[[dict, int, float], None] | None = None, verbose: bool = True) -> Trained:
+                on_epoch: Callable[[dict, int, float], None] | None = None, verbose: bool = True,
+                quality_config=None) -> Trained:
     """Train a U-Net on the 'train' rows of `split`, keep the epoch with the best validation Dice,
-    and choose its post-processing on the 'val' rows.
+    choose its post-processing on the 'val' rows, and fit its Dice estimate there.
 
     Args:
         processed: the preprocessed arrays and their index (lungseg.data.preprocess).
@@ -109,6 +180,8 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
             lungseg.tracking.EpochLog); pass it on rank 0 only.
         verbose: print one line about the data and device (rank 0), and a progress bar when
             stdout is a terminal.
+        quality_config: the params section quality (how the Dice estimate is calibrated);
+            None: its defaults.
     Raises ParamsError for a train.low_res_size these images or this depth cannot use, and
     TrainingError with advice when the device runs out of memory or the loss diverges.
     """
@@ -137,12 +210,15 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
             raise
         raise TrainingError(out_of_memory_advice(device, train_config.batch_size, model_config.base_width)) from problem
     model.load_state_dict(result.best_state)
-    chosen, scores = None, {}
+    chosen, scores, estimator = None, {}, None
     if rank == 0:
         if worker:  # each rank validated on its shard; the choice is made on the whole set
             val_set = shard_tensors(processed, val_ids, 0, 1, runtime)
         chosen, scores = choose_postprocessing(model, val_set, infer_config.threshold, train_config.batch_size, runtime.dtype)
-    return Trained(model, model_args, result.history, result.best_epoch, result.best_dice, chosen, scores)
+        quality = quality_config or QualityConfig()
+        estimator = calibrate(model, val_set.images, val_set.masks, processed.subset(train_ids).masks, infer_config.threshold,
+                              chosen, train_config.batch_size, runtime.dtype, quality.calibration_draws, train_config.seed)
+    return Trained(model, model_args, result.history, result.best_epoch, result.best_dice, chosen, scores, estimator)
 
 
 def check_low_res(train_config, image_size: int, depth: int) -> None:

@@ -436,6 +436,27 @@ def save_dice_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
     _save_figure(fig, path, dpi)
 
 
+def save_estimate_scatter(table: pd.DataFrame, path, dpi: int = 100, min_dice: float | None = None) -> None:
+    """Estimated against true Dice, one dot per image, with the line where they agree and, given
+    `min_dice`, the flag's limit. table: columns dice and dice_estimate (rows without an estimate
+    are left out)."""
+    missing = [column for column in ("dice", "dice_estimate") if column not in table.columns]
+    if missing:
+        raise ValueError(f"table missing column(s) {missing}; it has {list(table.columns)}")
+    pairs = table.dropna(subset=["dice", "dice_estimate"]).astype({"dice": float, "dice_estimate": float})
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    low = min(0.5, float(pairs[["dice", "dice_estimate"]].min().min()) - 0.02) if len(pairs) else 0.5
+    ax.plot([low, 1], [low, 1], color="grey", linewidth=1, label="estimate = truth")
+    if min_dice is not None:
+        ax.axhline(min_dice, color="tab:red", linestyle="--", linewidth=1, label=f"flag below {min_dice:.2f}")
+    ax.scatter(pairs["dice"], pairs["dice_estimate"], s=14, alpha=0.7)
+    ax.set(xlim=(low, 1), ylim=(low, 1), xlabel="true Dice", ylabel="estimated Dice",
+           title=f"Estimated against true Dice ({len(pairs)} images)")
+    ax.legend(loc="lower right")
+    _save_figure(fig, path, dpi)
+
+
 # --------------------------------------------------------------------------- mask PNG
 
 
