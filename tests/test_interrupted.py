@@ -69,6 +69,29 @@ def visible(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
 
 
+def processes_in(folder: Path) -> list[int]:
+    """Running processes whose working folder is `folder` (a stage and its workers; Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == str(folder):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                found += [] if state in ("Z", "X") else [int(entry.name)]
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def assert_no_process_left(project: Path, seconds: float = 10) -> None:
+    """A killed stage's workers end within a few seconds (lungseg.io.worker_pool)."""
+    if not Path("/proc/self/cwd").exists():
+        return  # no /proc to look in (not Linux)
+    deadline = time.monotonic() + seconds
+    while (left := processes_in(project)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed stage still running: {left}"
+
+
 def kill_at_fractions(project: Path, stage: str, output: Path, change: dict, sig: int) -> list[str]:
     """Run `stage` once; then, with `change` applied so a new run would write something else,
     kill it at each fraction of the full duration. Returns what was found after each kill."""
@@ -84,6 +107,7 @@ def kill_at_fractions(project: Path, stage: str, output: Path, change: dict, sig
         time.sleep(duration * fraction)
         process.send_signal(sig)
         process.wait()
+        assert_no_process_left(project)
         now = fingerprint(output)
         assert visible(output.parent) <= names_before, "a killed stage left a visible partial file"
         if now != old:
@@ -124,6 +148,21 @@ def test_killed_preprocess_leaves_the_old_arrays_or_whole_new_ones(tmp_path, sig
     run(project, "synthesize")
     outcomes = kill_at_fractions(project, "preprocess", project / "data/processed", {"preprocess": {"image_size": 16}}, sig)
     assert "old" in outcomes
+
+
+def test_killed_preprocess_with_workers_leaves_no_worker_behind(tmp_path):
+    project = make_project(tmp_path)
+    run(project, "synthesize")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["preprocess"]["workers"] = 2  # a process pool
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    duration = run(project, "preprocess")
+    (project / "data/processed").rename(project / "data/old")  # so the next run has work to do
+    process = start(project, "preprocess")
+    time.sleep(duration * 0.6)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert_no_process_left(project)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])

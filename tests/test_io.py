@@ -1,4 +1,9 @@
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,3 +91,44 @@ def test_atomic_path_without_sweep_leaves_other_temporaries(tmp_path):
     with atomic_path(tmp_path / "a.png") as tmp:
         tmp.write_text("newer")
     assert not stale.exists()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for init to reap it counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+POOL_SCRIPT = """
+import sys, time
+from lungseg.io import worker_pool
+
+def pid(_):
+    import os
+    time.sleep(0.5)  # both workers take a task
+    return os.getpid()
+
+pool = worker_pool(2)
+print(*set(pool.map(pid, range(4))), flush=True)
+time.sleep(60)  # killed here, its pool still up
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_pool_workers_end_when_their_parent_is_killed(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(alive(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers), "the workers outlived their killed parent"
+    finally:
+        parent.kill()

@@ -1,8 +1,10 @@
-"""Atomic file writing: an output either appears whole or not at all.
+"""What a stage leaves behind when it stops, however it stops: whole outputs and no workers.
 
 A stage killed half-way must never leave a partial file that DVC could then cache, so every
 writer renders into a temporary sibling and renames it onto the final path (rename is atomic
-on POSIX within one file system).
+on POSIX within one file system). Nor may it leave worker processes running: `worker_pool`'s
+workers end on their own once the process that started them is gone, even after a SIGKILL
+(which the OOM killer, a CI timeout or `dvc queue kill` send, and which no cleanup code sees).
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -108,3 +114,35 @@ def save_npy(array: np.ndarray, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:  # a handle, so numpy does not append a second .npy
             np.save(handle, array)
+
+
+# --------------------------------------------------------------------------- worker processes
+
+PARENT_POLL_SECONDS = 0.2  # how often a worker looks for its parent; it ends this long after it
+
+
+def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A process pool whose workers exit once this process is gone, however it ended.
+
+    A killed parent cannot shut its pool down, and its workers hold both ends of the pool's
+    queue, so they would wait for work forever (parented to init). Each worker therefore runs
+    a watchdog thread that ends it when its parent changes. A thread, not Linux's
+    parent-death signal, so it works on macOS too and does not fire when only the thread that
+    started the worker ends.
+
+    workers: processes. initializer, initargs: run in each worker after the watchdog starts.
+    """
+    return ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
+
+
+def _start_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:
+    threading.Thread(target=_exit_without, args=(parent,), name="parent-watchdog", daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_without(parent: int) -> None:
+    """End this worker at once when `parent` is no longer its parent (it died; init adopted us)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # no cleanup: the parent that would collect results is gone

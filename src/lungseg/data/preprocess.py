@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,7 +33,7 @@ from lungseg.data.integrity import (
 from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason, source_names
 from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
 from lungseg.data.normalize import NORMALIZE_KEYS, check_available, normalize_image
-from lungseg.io import atomic_path, save_npy, write_csv, write_json
+from lungseg.io import atomic_path, save_npy, worker_pool, write_csv, write_json
 
 
 @dataclass
@@ -92,7 +91,7 @@ def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[Prepared
     workers = min(settings.workers or os.cpu_count() or 1, len(work))
     if workers <= 1:
         return [task(item) for item in work]
-    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(max_pixels(),))
+    pool = worker_pool(workers, initializer=_start_worker, initargs=(max_pixels(),))
     try:
         return list(pool.map(task, work, chunksize=max(1, len(work) // (4 * workers))))
     finally:  # after Ctrl-C, drop the queued images instead of waiting for them

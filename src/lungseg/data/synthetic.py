@@ -41,7 +41,6 @@ in the mask), a rotated patient, and a cropped field that cuts through the lungs
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -50,7 +49,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lungseg.io import atomic_path
+from lungseg.io import atomic_path, worker_pool
 
 METADATA_COLUMNS = ["id", "gender", "age", "county", "ptb", "remarks"]
 METADATA_NAME = "MetaData.csv"
@@ -637,7 +636,7 @@ def _write_all(root: Path, n_images: int, seed: int, min_size: int, max_size: in
     if workers == 1:
         rows = [_write_case(case) for case in cases]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:
             rows = list(pool.map(_write_case, cases, chunksize=max(1, n_images // (8 * workers))))
     table = pd.DataFrame(rows, columns=METADATA_COLUMNS)
     table.to_csv(root / METADATA_NAME, index=False)
