@@ -143,3 +143,36 @@ def test_remove_stale_recognises_a_written_file_under_another_spelling(tmp_path)
     os.link(written, out / "masks" / "X.png")
     remove_stale(out, PREDICT, [written])
     assert (out / "masks" / "X.png").exists() and written.exists()
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_anything_is_done(tmp_path):
+    # /proc refuses new entries to every user, root included (the tests may run as root, which
+    # permission bits do not stop)
+    with pytest.raises(DataError, match=r"--out /proc/lungseg-out: cannot write there \(.*\); nothing was written"):
+        check_out("/proc/lungseg-out", PREDICT)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(DataError, match="cannot write there"):
+        check_out(blocked / "new" / "out", PREDICT)  # a new folder whose parent cannot be made
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; /proc covers it above")
+def test_a_read_only_folder_is_refused(tmp_path):
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        with pytest.raises(DataError, match="cannot write there"):
+            check_out(tmp_path / "ro", PREDICT)
+        with pytest.raises(DataError, match="cannot write there"):
+            check_out(tmp_path / "ro" / "new", PREDICT)
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_the_write_check_leaves_no_trace(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    assert check_out(out, PREDICT) == out
+    assert not (tmp_path / "a").exists()  # the folders it made to probe are gone again
+    (tmp_path / "kept").mkdir()
+    check_out(tmp_path / "kept", PREDICT)
+    assert list((tmp_path / "kept").iterdir()) == []

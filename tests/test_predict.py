@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -668,3 +669,43 @@ def test_min_dice_decides_which_estimates_flag(model_path, tmp_path):
     assert everything["flag"].str.contains("estimated Dice").all()
     assert predict(model_path, [tmp_path / "in"], tmp_path / "none", "--min-dice", "0") == 0
     assert not read_table(tmp_path / "none")["flag"].str.contains("estimated Dice").any()
+
+
+def test_an_unwritable_out_is_refused_with_one_line_before_any_image_is_read(model_path, tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    assert predict(model_path, [tmp_path / "in"], "/proc/lungseg-predictions") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out /proc/lungseg-predictions: cannot write there") and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs), where writes fail with ENOSPC once it is full."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_leaves_only_whole_files(model_path, tmp_path, small_disk, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise = np.random.default_rng(0)
+    for k in range(40):  # noisy 300 px overlays compress badly: ~100 KB each, so the disk fills after a few
+        Image.fromarray(noise.integers(0, 256, (300, 300), np.uint8)).save(folder / f"x{k:02d}.png")
+    out = small_disk / "out"
+    assert predict(model_path, [folder], out, "--workers", "1") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: could not write into {out}")
+    assert "No space left on device (ENOSPC); stopped after" in err[0]
+    leftovers = [path for path in out.rglob("*") if path.name.startswith(".")]
+    assert leftovers == []  # no temporary of a killed write
+    for mask in (out / "masks").glob("*.png"):
+        with Image.open(mask) as image:
+            image.load()  # whole: a half-written PNG would fail here
+    if (out / "predictions.csv").exists():
+        table = read_table(out)
+        assert len(table) < 40 and all((out / name).is_file() for name in table["mask_file"])

@@ -18,6 +18,7 @@ files only with --overwrite. Problems that stop a command before it starts (a ba
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from lungseg.errors import LungsegError
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 EXIT_CODES = """\
-exit status: 0 done; 1 `check` found errors in the data, or `predict` could not read some
-files (see the error column of predictions.csv); 2 bad input or parameters (a missing path, an
+exit status: 0 done; 1 `check` found errors in the data, `predict` could not read some
+files (see the error column of predictions.csv), or a write failed mid-run (a full disk); 2 bad input or parameters (a missing path, an
 unusable model, a refused --out folder, an invalid option), nothing written; 130 interrupted
 (Ctrl-C): files already written stay whole, each is written under a temporary name and renamed."""
 OUT_RULES = """\
@@ -368,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     except LungsegError as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    except OSError as problem:  # a disk that fills up or turns read-only mid-run: one line, not a traceback
+        code = errno.errorcode.get(problem.errno, str(problem.errno))
+        where = f": {problem.filename}" if problem.filename else ""
+        print(f"error: {problem.strerror or problem} ({code}){where}; lungseg writes every file under a temporary "
+              "name first, so none is left half-written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # one line instead of a traceback; every output is written atomically (lungseg.io), so
         # what was written before Ctrl-C is whole and the file being written is not there

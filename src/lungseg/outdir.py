@@ -17,6 +17,9 @@ A command checks its --out folder before it writes anything (check_out):
    (it is not lungseg's). After a successful run, remove_stale deletes the outputs of the
    earlier run that the new one did not write, so the folder holds exactly one run's output.
 
+4. The folder must be writable: check_writable creates it and a probe file, then removes both,
+   so a read-only folder or disk is refused before any image is computed.
+
 Every refusal is a DataError, so `lungseg` prints `error: ...` and exits 2.
 """
 
@@ -84,7 +87,30 @@ def check_out(out: str | Path, names: OutputNames, overwrite: bool = False,
         raise DataError(f"--out {out}: not overwritten: {len(foreign)} file(s) there are not lungseg's outputs but sit "
                         f"where only lungseg writes ({places}); move them away first (nothing was written):",
                         [str(path) for path in foreign])
+    check_writable(folder, out)
     return folder
+
+
+def check_writable(folder: Path, given: str | Path) -> None:
+    """Refuse a folder this process cannot write into, before any work is done: create it (and
+    any missing parents) and a probe file in it, then remove all of them again, so that a
+    read-only folder or disk is refused at once instead of after every image was computed.
+
+    folder: the --out folder. given: the folder as the user wrote it, for the message.
+    """
+    created = [path for path in (folder, *folder.parents) if not path.exists()][::-1]  # outermost first
+    probe = folder / f".lungseg-write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"--out {given}: cannot write there ({error.strerror or error}: {error.filename or folder}); "
+                        "nothing was written") from None
+    finally:
+        for path in reversed(created):  # innermost first; leave no folder the run did not fill
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
 
 def input_conflicts(out: Path, input_folders: Iterable[str | Path] = (), input_files: Iterable[str | Path] = ()) -> list[str]:

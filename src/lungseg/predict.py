@@ -50,6 +50,7 @@ the columns mean and how well the estimate did.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections import deque
@@ -393,6 +394,17 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- the command
 
 
+class WriteFailed(Exception):
+    """A write into --out failed mid-run (a full disk, a folder made read-only): the run stops.
+
+    error: the OSError. rows: the CSV rows of the images finished before it, in job order.
+    """
+
+    def __init__(self, error: OSError, rows: list[dict]):
+        super().__init__(str(error))
+        self.error, self.rows = error, rows
+
+
 def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_size: int, quiet: bool = False,
                 workers: int | None = None, budgets: Budgets | None = None) -> list[dict]:
     """Run every job and write its outputs; return the CSV rows in job order. Unreadable files are
@@ -425,9 +437,27 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
                 del batch, item  # the writers own them now, and free each grey once written
                 _collect(writing, rows, progress, keep=READ_AHEAD * batch_size)
             _collect(writing, rows, progress, keep=0)
+        except OSError as error:  # every file is written atomically: nothing half-written is left
+            raise WriteFailed(error, rows) from error
         finally:  # after Ctrl-C or a failure, drop the queued work instead of waiting for it
             pool.shutdown(wait=True, cancel_futures=True)
     return rows
+
+
+def stop_after(failed: WriteFailed, out_dir: Path, total: int) -> int:
+    """After a failed write: list the finished images in predictions.csv if the disk still takes
+    it, say in one line what failed and where, and return exit status 1."""
+    error = failed.error
+    where = Path(error.filename).parent if error.filename else out_dir  # the folder, not the temporary name
+    code = errno.errorcode.get(error.errno, str(error.errno))
+    try:
+        write_table(failed.rows, out_dir / TABLE)
+        listed = f"the {len(failed.rows)} finished are listed in {out_dir / TABLE}"
+    except OSError:
+        listed = f"{TABLE} could not be written either"
+    print(f"error: could not write into {where}: {error.strerror or error} ({code}); stopped after "
+          f"{len(failed.rows)} of {total} image(s); {listed}", file=sys.stderr)
+    return 1
 
 
 def _collect(writing: deque[Future], rows: list[dict], progress: tqdm, keep: int) -> None:
@@ -462,7 +492,10 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         print(quality.NO_ESTIMATOR.format(model=model), file=sys.stderr)
     jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
     outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"], estimate, limits)
-    rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
+    try:
+        rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
+    except WriteFailed as failed:
+        return stop_after(failed, out_dir, len(jobs))
     write_table(rows, out_dir / TABLE)
     if overwrite:
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
