@@ -418,3 +418,11 @@ def test_evaluate_on_a_full_disk_ends_with_one_line_and_exit_1(write_pair_folder
         assert not [path for path in mount_point.rglob("*") if path.name.startswith(".")]  # no temporary left
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_check_reads_label_masks_as_lung_and_says_by_which_rule(write_pair_folder, tmp_path, capsys):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=3, metadata=False, mask_value=2)  # label 2
+    assert main(["check", str(folder.root), "--params", str(tmp_path / "absent.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "3 usable pairs, 0 error(s), 0 warning(s)" in out  # not "empty mask"
+    assert "mask read by rule" in out and "labels 2 read as lung" in out

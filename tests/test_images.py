@@ -322,6 +322,38 @@ def test_grey_masks_are_read_as_before(tmp_path):
         assert read_resized(tmp_path / name, 4, is_mask=True).colours == 0
 
 
+def test_a_label_map_counts_every_label_as_lung_and_says_so(tmp_path):
+    # what annotation tools and np.uint8 label arrays export: 1 = right lung, 2 = left lung
+    labels = np.zeros((8, 10), np.uint8)
+    labels[2:6, 1:4], labels[2:6, 6:9] = 1, 2
+    for name, pixels in [("labels8.png", labels), ("labels16.png", labels.astype(np.uint16))]:
+        Image.fromarray(pixels).save(tmp_path / name)
+        np.testing.assert_array_equal(read_mask(tmp_path / name), labels > 0, err_msg=name)
+        small = read_resized(tmp_path / name, 10, is_mask=True)
+        assert small.rule == "labels 1, 2 read as lung" and small.levels == 2
+        assert small.values[:, :5].max() == 1.0 and small.values[:, 5:].max() == 1.0  # both lungs
+
+
+def test_a_16_bit_mask_holding_0_and_255_is_read_as_8_bit(tmp_path):
+    lung = _rect()
+    path = tmp_path / "cv2.png"  # cv2.imwrite of a uint16 0/255 array: a 16-bit PNG
+    Image.fromarray(lung.astype(np.uint16) * 255).save(path)
+    assert Image.open(path).mode.startswith("I")
+    np.testing.assert_array_equal(read_mask(path), lung)  # 255/65535 would fall under every threshold
+    small = read_resized(path, 10, is_mask=True)
+    assert "values 0..255 read as 8-bit" in small.rule and small.values.max() == 1.0
+
+
+def test_grey_levels_are_not_mistaken_for_labels(tmp_path):
+    soft = (np.linspace(0, 255, 80).reshape(8, 10)).astype(np.uint8)  # a soft-edged mask spans 0..255
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "soft.png"), soft > 127)
+    assert read_resized(tmp_path / "soft.png", 10, is_mask=True).rule == ""
+    faint = np.where(_rect(), 20, 0).astype(np.uint8)  # above MAX_LABEL: a grey level, under the threshold
+    Image.fromarray(faint).save(tmp_path / "faint.png")
+    assert read_mask(tmp_path / "faint.png").sum() == 0
+
+
 # --------------------------------------------------------------------------- EXIF orientation
 
 

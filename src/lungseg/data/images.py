@@ -9,7 +9,12 @@ Every reader applies the EXIF orientation, so images and masks come out as a vie
 and refuses an image over the pixel limit (set_max_pixels) from its header, before decoding it.
 
 Masks (read_resized with is_mask=True, read_mask) follow what labelling tools write:
-  greyscale (L, 1, 16-bit)  lung above the threshold; a mask holding only 0 and 1 is read as 0/255
+  greyscale (L, 1, 16-bit)  lung above the threshold on a 0..255 scale; 16-bit masks are scaled by
+                            what they hold (values up to 255, as cv2.imwrite writes a uint16 0/255
+                            array, are read as 8-bit; wider ones by 65535)
+  label maps                a greyscale mask whose values are all small labels (at most
+                            MAX_LABEL, e.g. 1 = right lung, 2 = left lung, as annotation tools and
+                            uint8 label arrays export; 0/1 masks too): every non-zero label is lung
   palette (P, PA)           lung where the palette index is not 0, whatever the palette's colours
   RGB, RGBA                 lung where any colour channel is not 0 (fully transparent pixels are
                             background); Resized.colours counts the non-black colours
@@ -29,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -53,6 +59,10 @@ DEFAULT_MAX_PIXELS = 200_000_000  # a 14000 x 14000 scan; real chest X-rays stay
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2..8 mirrored and/or rotated
 TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 MANY_COLOURS = 256  # colour masks with more colours than this are reported as "over 256"
+# A greyscale mask whose largest value is at most this holds labels, not grey levels: a 0/255
+# mask is bright and a soft-edged one spans 0..255, while label maps number their structures
+# 1, 2, 3, ... (no tool writes a lung as grey level 9 of 255: it would be invisible)
+MAX_LABEL = 15
 
 _max_pixels = DEFAULT_MAX_PIXELS
 # lungseg checks every image's size from its header against _max_pixels before decoding; Pillow's
@@ -204,12 +214,26 @@ def _scale_wide(values: np.ndarray) -> np.ndarray:
     return ((values - low) / max(high - low, 1e-12)).astype(np.float32)
 
 
-def is_zero_one_mask(image: Image.Image) -> bool:
-    """True for a mask saved with values 0 and 1 (in any bit depth) instead of 0 and 255: read
-    as usual it would be 1/255 or 1/65535 bright and vanish under any threshold."""
+def mask_labels(image: Image.Image) -> list[int] | None:
+    """The non-zero labels of a greyscale label map (every value at most MAX_LABEL, a 0/1 mask
+    included), or None for a mask of grey levels: read as usual, labels would be 1/255 or
+    1/65535 bright and vanish under any threshold."""
     if image.mode not in ("L", *WIDE_MODES):
-        return False
-    return image.getextrema()[1] <= 1
+        return None
+    low, high = image.getextrema()
+    if low < 0 or high > MAX_LABEL or high == 0:
+        return None
+    counts = np.bincount(np.asarray(image).astype(np.int64).ravel(), minlength=MAX_LABEL + 1)
+    return [int(label) for label in np.flatnonzero(counts[1:]) + 1]
+
+
+def _as_8bit_values(image: Image.Image) -> Image.Image | None:
+    """A 16- or 32-bit greyscale mask whose values all fit in 0..255 as an 'L' image of those
+    values (cv2.imwrite of a uint16 0/255 array), else None."""
+    if image.mode not in WIDE_MODES or image.mode == "F":
+        return None
+    low, high = image.getextrema()
+    return Image.fromarray(np.asarray(image).astype(np.uint8)) if low >= 0 and high <= 255 else None
 
 
 def _resizable(image: Image.Image) -> Image.Image:
@@ -219,23 +243,34 @@ def _resizable(image: Image.Image) -> Image.Image:
     return as_8bit_gray(image)
 
 
-def _mask_resizable(image: Image.Image) -> tuple[Image.Image, int]:
+class MaskRead(NamedTuple):
+    image: Image.Image  # 'L' 0..255 or 'F' in [0, 1], ready to resize
+    colours: int  # non-black colours of a palette or colour mask (0 for others)
+    rule: str  # how a mask other than plain grey levels was read, for `lungseg check` ("" for plain ones)
+
+
+def _mask_resizable(image: Image.Image) -> MaskRead:
     """A mask in a mode Pillow resizes well ('L' 0..255 or 'F' in [0, 1]) by the rules in the
-    module docstring, and the number of non-black colours of a palette or colour mask (0 for others).
+    module docstring, with its colour count and the rule that read it.
 
     image: the decoded, upright mask in any mode.
     """
     image = _alpha_if_only_alpha_varies(image)
     if image.mode in ("P", "PA"):
         indices = np.asarray(image.getchannel(0))
-        return _binary(indices > 0), int(np.count_nonzero(np.bincount(indices.ravel(), minlength=256)[1:]))
+        return MaskRead(_binary(indices > 0), int(np.count_nonzero(np.bincount(indices.ravel(), minlength=256)[1:])), "")
     if image.mode in COLOUR_MODES:
-        return _colour_mask(image)
+        return MaskRead(*_colour_mask(image), "")
     if image.mode in ("1", "LA"):
         image = image.convert("L")
-    if is_zero_one_mask(image):
-        return _binary(np.asarray(image) > 0), 0
-    return _resizable(image), 0
+    labels = mask_labels(image)
+    if labels is not None:
+        rule = "" if labels == [1] else f"labels {', '.join(map(str, labels))} read as lung"
+        return MaskRead(_binary(np.asarray(image) > 0), 0, rule)
+    narrow = _as_8bit_values(image)
+    if narrow is not None:
+        return MaskRead(narrow, 0, f"{image.mode} values 0..255 read as 8-bit")
+    return MaskRead(_resizable(image), 0, "")
 
 
 def _alpha_if_only_alpha_varies(image: Image.Image) -> Image.Image:
@@ -274,6 +309,7 @@ class Resized:
     levels: int  # distinct grey levels at full size (a clean mask has 2)
     orientation: int = 1  # EXIF orientation on disk (1: upright or none)
     colours: int = 0  # non-black colours of a palette or colour mask (a clean one has 1); 0 for others
+    rule: str = ""  # how a mask other than plain grey levels was read (MaskRead.rule)
 
 
 def read_resized(path: str | Path, size: int, is_mask: bool = False) -> Resized:
@@ -303,14 +339,14 @@ def read_resized_and_full(path: str | Path, size: int) -> tuple[Resized, Image.I
 
 def _shrink(opened: Opened, size: int, is_mask: bool) -> Resized:
     """An opened image or mask resized to size x size as read_resized describes."""
-    full, colours = _mask_resizable(opened.image) if is_mask else (_resizable(opened.image), 0)
+    full, colours, rule = _mask_resizable(opened.image) if is_mask else (_resizable(opened.image), 0, "")
     resample = Image.Resampling.BILINEAR if is_mask else Image.Resampling.LANCZOS
     small = full.resize((size, size), resample, reducing_gap=REDUCING_GAP)
     levels = _count_levels(full) if is_mask else 0
     values = np.asarray(small, dtype=np.float32)
     # uint8 results are clamped by Pillow; float ones can overshoot where Lanczos rings
     values = np.clip(values, 0.0, 1.0) if small.mode == "F" else values / 255.0
-    return Resized(values, opened.size, levels, opened.orientation, colours)
+    return Resized(values, opened.size, levels, opened.orientation, colours, rule)
 
 
 def _count_levels(image: Image.Image) -> int:
@@ -326,7 +362,7 @@ def read_mask(path: str | Path, threshold: int = 127) -> np.ndarray:
     path: the mask file. threshold: 0..255; palette and colour masks are already 0/255.
     """
     with _named(path):
-        full, _ = _mask_resizable(_open(path, is_mask=True).image)
+        full = _mask_resizable(_open(path, is_mask=True).image).image
         values = np.asarray(full, dtype=np.float32)
     scaled = values if full.mode == "L" else values * 255.0
     return (scaled > threshold).astype(np.uint8)

@@ -23,14 +23,15 @@ import pandas as pd
 ALMOST_FULL = 0.9  # a lung mask covering more than this share of the image is almost surely wrong
 MOSTLY_EMPTY = 0.5  # more than this share of empty masks means the masks are misread, not unlabelled
 NAMED = 3  # empty masks named in the one error about them
-MASK_RULES = ("lungseg reads lung as a grey value above preprocess.mask_threshold (0..255; masks holding only 0 "
-              "and 1 count as 0/255), a non-zero palette index, any non-black RGB colour, or the alpha channel "
-              "when only alpha varies")
+MASK_RULES = ("lungseg reads lung as a grey value above preprocess.mask_threshold (0..255; 16-bit masks holding "
+              "only 0..255 are read as 8-bit), any non-zero label of a label map (every value at most 15: 0/1, "
+              "1 = right and 2 = left lung, ...), a non-zero palette index, any non-black RGB colour, or the "
+              "alpha channel when only alpha varies")
 
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "error" or "warning"
+    level: str  # "error", "warning" or "note" (how a file was read: nothing wrong)
     kind: str  # what is wrong, short: the summary groups by it
     detail: str  # the file(s) and values concerned
 
@@ -43,14 +44,21 @@ def warning(kind: str, detail: str) -> Finding:
     return Finding("warning", kind, detail)
 
 
-def mask_findings(mask_path: Path, fraction: float, levels: int, threshold: int, colours: int = 0) -> list[Finding]:
-    """Warnings about one preprocessed mask: empty, almost full, or not a clean two-level mask.
+def note(kind: str, detail: str) -> Finding:
+    return Finding("note", kind, detail)
+
+
+def mask_findings(mask_path: Path, fraction: float, levels: int, threshold: int, colours: int = 0,
+                  rule: str = "") -> list[Finding]:
+    """Warnings about one preprocessed mask: empty, almost full, or not a clean two-level mask;
+    and a note saying how a mask other than plain grey levels was read.
 
     mask_path: the mask file. fraction: its share of lung pixels after resizing and thresholding.
     levels: distinct grey levels at full size. threshold: the mask threshold (0..255).
     colours: non-black colours of a palette or colour mask (images.Resized.colours; 0 for others).
+    rule: how it was read (images.Resized.rule; "" for plain grey levels).
     """
-    found = []
+    found = [note("mask read by rule", f"{mask_path}: {rule}")] if rule else []
     if fraction == 0:
         found.append(warning("empty mask", f"{mask_path}: no lung pixel after resizing and thresholding"))
     elif fraction > ALMOST_FULL:

@@ -78,7 +78,8 @@ def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> Prepar
         why = f"; they carry different EXIF orientations ({image.orientation} and {mask.orientation})" if turned else ""
         return error("size mismatch", f"{mask_path}: mask size {mw}x{mh} differs from its image's {iw}x{ih} ({image_path}){why}")
     small_mask = finish_mask(mask.values, settings)
-    findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold, mask.colours)
+    findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold, mask.colours,
+                             mask.rule)
     findings += [turned] if turned else []
     if image.values.max() - image.values.min() < 1e-6:
         findings.append(warning("constant image", f"{image_path}: every pixel has the same value"))
