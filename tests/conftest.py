@@ -37,7 +37,7 @@ def shared_data() -> Path:
 def _sample(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real sample ../shared/data/{name} not found: it sits beside the project checkout; see DEVELOPERS.md")
+        pytest.skip(f"real sample ../shared/data/{name} not found: it sits beside the project checkout (see its README for what it holds)")
     return path
 
 

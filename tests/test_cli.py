@@ -129,8 +129,9 @@ def test_evaluate_scores_are_the_same_for_any_number_of_workers(write_pair_folde
 
 def test_evaluate_on_a_missing_folder_exits_2_and_writes_nothing(tmp_path, capsys):
     model = tiny_checkpoint(tmp_path / "tiny.pth")
-    code = main(["evaluate", "--model", str(model), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "scores"), "-q"])
-    assert code == 2 and not (tmp_path / "scores").exists()
+    with pytest.raises(SystemExit) as stop:  # refused while the command line is read, as any invalid option
+        main(["evaluate", "--model", str(model), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "scores"), "-q"])
+    assert stop.value.code == 2 and not (tmp_path / "scores").exists()
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -426,3 +427,13 @@ def test_check_reads_label_masks_as_lung_and_says_by_which_rule(write_pair_folde
     out = capsys.readouterr().out
     assert "3 usable pairs, 0 error(s), 0 warning(s)" in out  # not "empty mask"
     assert "mask read by rule" in out and "labels 2 read as lung" in out
+
+
+def test_a_missing_data_folder_is_named_without_talking_of_params(tmp_path, capsys):
+    for argv in (["check", str(tmp_path / "nowhere")],
+                 ["evaluate", "--model", "m.pth", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'nowhere'}: no such folder" in err and "params.yaml" not in err

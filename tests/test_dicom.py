@@ -291,3 +291,24 @@ def test_check_and_preprocess_read_a_dicom_folder(tmp_path, capsys):
     assert 0.15 < masks.mean() < 0.35
     assert cli(["check", str(root), "--params", str(tmp_path / "none.yaml")]) == 0
     assert "2 usable pairs, 0 error(s), 0 warning(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit VR", "explicit VR"])
+def test_a_dcm_without_the_preamble_is_read_as_pydicom_reads_it_with_force(tmp_path, implicit):
+    import pydicom
+
+    pixels = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    full = write_dicom(tmp_path / "full.dcm", pixels)
+    dataset = pydicom.dcmread(full)
+    dataset.file_meta, dataset.preamble = FileMetaDataset(), None
+    bare = tmp_path / "bare.dcm"  # what raw and older writers leave: data elements, no preamble, no file meta
+    dataset.save_as(bare, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_grayscale(bare), read_grayscale(full))
+
+
+def test_a_dcm_that_holds_no_dicom_at_all_is_still_not_a_dicom_file(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("these are notes, not an X-ray\n" * 20)
+    with pytest.raises(ImageReadError, match="not a DICOM file"):
+        read_grayscale(path)

@@ -209,3 +209,42 @@ def test_exif_rotated_jpeg_lines_up_with_its_upright_mask(tmp_path):
     images, masks, _ = preprocess_folder(tmp_path, settings)
     lung = masks[0].astype(bool)
     assert images[0][lung].mean() > 200 and images[0][~lung].mean() < 80
+
+
+def _outline_folder(root, real_mask, width: int, n: int = 3):
+    """n pairs whose masks are the outline (`width` px wide) of a real lung mask."""
+    from scipy import ndimage
+
+    full = np.asarray(Image.open(real_mask)) > 127
+    outline = full & ~ndimage.binary_erosion(full, iterations=width)
+    for kind in ("image", "mask"):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.fromarray((np.random.default_rng(k).random(full.shape) * 255).astype(np.uint8)).save(root / "image" / f"{k}.png")
+        Image.fromarray(outline.astype(np.uint8) * 255).save(root / "mask" / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("width", [3, 8])
+def test_outline_masks_drawn_from_real_masks_are_an_error_naming_each_file(kaggle_sample, tmp_path, width, capsys):
+    real_mask = sorted((kaggle_sample / "Chest-X-Ray" / "Chest-X-Ray" / "mask").glob("*.png"))[0]
+    folder = _outline_folder(tmp_path / "outlines", real_mask, width)
+    assert cli(["check", str(folder), "--params", str(tmp_path / "absent.yaml")]) == 1
+    out = capsys.readouterr().out
+    for k in range(3):
+        assert f"error: mask looks like an outline: {folder / 'mask' / f'{k}.png'}: " in out
+    assert "binary_fill_holes" in out
+    with pytest.raises(DataError, match="mask looks like an outline"):
+        preprocess_folder(folder, PreprocessConfig(image_size=128, workers=1))
+
+
+def test_the_real_masks_are_not_outlines(kaggle_sample, covid_sample):
+    from lungseg.data.images import read_resized
+    from lungseg.data.integrity import outline_finding
+    from lungseg.data.preprocess import finish_mask
+
+    settings = PreprocessConfig()
+    masks = [*kaggle_sample.rglob("mask/*.png"), *covid_sample.rglob("mask/*.png")]
+    assert len(masks) == 282
+    flagged = [path for path in masks if outline_finding(path, finish_mask(read_resized(path, 128, is_mask=True).values, settings))]
+    assert flagged == []

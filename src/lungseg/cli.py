@@ -186,6 +186,13 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def existing_folder(text: str) -> str:
+    """A data folder named on the command line (params.yaml's data.dir is checked by its stages)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder" if Path(text).exists() else f"{text}: no such folder")
+    return text
+
+
 def whole_number(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
@@ -208,7 +215,7 @@ def add_check(commands) -> None:
     checker = commands.add_parser("check", help="check a data folder for problems (exit 1 on errors)",
                                   description="Check a data folder as the preprocess stage would read it.",
                                   epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    checker.add_argument("data_dir", nargs="+", help="a folder in the Kaggle layout or with image/ and mask/ "
+    checker.add_argument("data_dir", nargs="+", type=existing_folder, help="a folder in the Kaggle layout or with image/ and mask/ "
                                                      "(several: each is checked, as data.dir's list is read)")
     checker.add_argument("--params", default="params.yaml", help="take preprocess settings from here (default: params.yaml if present)")
     checker.add_argument("-v", "--verbose", action="store_true", help="list every warning, not just the summary")
@@ -318,7 +325,7 @@ def add_calibrate(commands) -> None:
                     "Use images the model was not trained on.",
         epilog=OUT_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     calibrator.add_argument("model", help="a lungseg checkpoint (.pth), e.g. results/best_unet.pth (not changed)")
-    calibrator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
+    calibrator.add_argument("--data", required=True, metavar="DIR", type=existing_folder, help="a folder in the Kaggle layout or with image/ and mask/")
     calibrator.add_argument("--out", required=True, metavar="DIR", help="folder to write the calibrated <model name>.pth into")
     calibrator.add_argument("--draws", type=whole_number, default=config.QualityConfig().calibration_draws, metavar="N",
                             help="degraded copies of each image to fit on (default: %(default)s, as quality.calibration_draws)")
@@ -335,7 +342,7 @@ def add_evaluate(commands) -> None:
                     "and HD95 with bootstrap intervals, at model size and at each image's original resolution.",
         epilog=OUT_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluator.add_argument("--model", required=True, help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
-    evaluator.add_argument("--data", required=True, metavar="DIR", help="a folder in the Kaggle layout or with image/ and mask/")
+    evaluator.add_argument("--data", required=True, metavar="DIR", type=existing_folder, help="a folder in the Kaggle layout or with image/ and mask/")
     evaluator.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json (headline scores), evaluation_report.json (every interval and "
                            "subgroup), per_image.csv, dice_histogram.csv, dice_estimate.png (estimated against true Dice) and montage.png")
     evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")

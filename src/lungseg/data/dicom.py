@@ -23,7 +23,14 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom.uid import UID, JPEG2000TransferSyntaxes, RLETransferSyntaxes
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    RLETransferSyntaxes,
+)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PREAMBLE_SIZE = 128
@@ -84,7 +91,8 @@ def _named(path: str | Path) -> Iterator[None]:
         raise
     except InvalidDicomError as error:
         # pydicom's text suggests force=True, which a user of lungseg cannot pass
-        raise _error(path, "not a DICOM file: expected 'DICM' after a 128-byte preamble") from error
+        raise _error(path, "not a DICOM file: no 'DICM' after a 128-byte preamble, nor image data elements "
+                           "without one") from error
     except Exception as error:
         raise _error(path, f"cannot read DICOM file ({type(error).__name__}: {_shortened(error)})") from error
 
@@ -96,8 +104,23 @@ def _shortened(error: Exception, limit: int = 200) -> str:
 
 
 def _dcmread(path: str | Path, header_only: bool) -> Dataset:
-    """The dataset in `path`; with `header_only`, everything before the pixel data."""
-    return pydicom.dcmread(path, stop_before_pixels=header_only)
+    """The dataset in `path`; with `header_only`, everything before the pixel data.
+
+    A file without the 128-byte preamble and 'DICM' (older and raw writers leave them out) is
+    read again as bare data elements; it counts as DICOM only if it then describes an image
+    (Rows), and its transfer syntax is taken from how it was encoded. Anything else stays
+    "not a DICOM file" (InvalidDicomError)."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except InvalidDicomError:
+        dataset = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+        if "Rows" not in dataset:
+            raise
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        implicit, little = dataset.original_encoding
+        dataset.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return dataset
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

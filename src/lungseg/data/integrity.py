@@ -5,12 +5,13 @@ garbage. Warnings are reported and the run goes on: the data is usable but worth
 
     error    unpaired file, the same id twice, unreadable or truncated file, mask and image
              sizes differ, every mask or more than half of them empty (a mask format lungseg
-             reads differently from what was meant)
+             reads differently from what was meant), a mask drawn as outlines (not filled)
     warning  constant image (every pixel the same), empty mask, almost-full mask, mask with more
              than two grey levels (thresholded), palette or colour mask with more than one
              colour besides black, image and mask with different EXIF orientations, files in
              image/ or mask/ that were not read, MetaData ids without files, files without a
              MetaData row, unreadable metadata values
+    note     how a mask other than plain grey levels was read (a label map, a 16-bit 0/255 mask)
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 ALMOST_FULL = 0.9  # a lung mask covering more than this share of the image is almost surely wrong
+# A filled lung has most of its pixels inside (on the 282 real masks of ../shared/data at 128 px,
+# at most 15 % lie on the edge); an outline drawn 3-8 px wide on a 512 px X-ray is nearly all edge
+# (96-100 %), whether or not it is closed
+OUTLINE_EDGE_SHARE = 0.5
+# ... and a small mask is nearly all edge too (a 4 px wide blob at 16 px): an outline must also
+# have more edge than twice what two round lungs of its area would (lungs are longer than round)
+OUTLINE_EDGE_FACTOR = 2.0
 MOSTLY_EMPTY = 0.5  # more than this share of empty masks means the masks are misread, not unlabelled
 NAMED = 3  # empty masks named in the one error about them
 MASK_RULES = ("lungseg reads lung as a grey value above preprocess.mask_threshold (0..255; 16-bit masks holding "
@@ -48,8 +58,26 @@ def note(kind: str, detail: str) -> Finding:
     return Finding("note", kind, detail)
 
 
+def outline_finding(mask_path: Path, mask: np.ndarray) -> Finding | None:
+    """The error for a mask whose lungs are drawn as outlines, not filled; None for others.
+
+    mask: the preprocessed 0/1 mask (model size).
+    """
+    lung = np.asarray(mask).astype(bool)
+    area = int(lung.sum())
+    inside = ndimage.binary_erosion(lung, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
+    edge = area - int(inside.sum())
+    two_discs = 2 * np.sqrt(2 * np.pi * area)  # the edge of two discs holding `area` pixels together
+    if not area or edge <= OUTLINE_EDGE_SHARE * area or edge <= OUTLINE_EDGE_FACTOR * two_discs:
+        return None
+    edge_share = edge / area
+    return error("mask looks like an outline", f"{mask_path}: {edge_share:.0%} of its lung pixels lie on its edge "
+                 "(a filled lung: under 20 %): the lungs seem drawn as outlines; fill them (e.g. "
+                 "scipy.ndimage.binary_fill_holes on each outline) and save the mask again")
+
+
 def mask_findings(mask_path: Path, fraction: float, levels: int, threshold: int, colours: int = 0,
-                  rule: str = "") -> list[Finding]:
+                  rule: str = "", outline: Finding | None = None) -> list[Finding]:
     """Warnings about one preprocessed mask: empty, almost full, or not a clean two-level mask;
     and a note saying how a mask other than plain grey levels was read.
 
@@ -57,8 +85,11 @@ def mask_findings(mask_path: Path, fraction: float, levels: int, threshold: int,
     levels: distinct grey levels at full size. threshold: the mask threshold (0..255).
     colours: non-black colours of a palette or colour mask (images.Resized.colours; 0 for others).
     rule: how it was read (images.Resized.rule; "" for plain grey levels).
+    outline: outline_finding's error for this mask, if any.
     """
     found = [note("mask read by rule", f"{mask_path}: {rule}")] if rule else []
+    if outline is not None:
+        found.append(outline)
     if fraction == 0:
         found.append(warning("empty mask", f"{mask_path}: no lung pixel after resizing and thresholding"))
     elif fraction > ALMOST_FULL:

@@ -28,6 +28,7 @@ from lungseg.data.integrity import (
     mask_findings,
     metadata_findings,
     orientation_finding,
+    outline_finding,
     warning,
 )
 from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason, source_names
@@ -79,7 +80,7 @@ def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> Prepar
         return error("size mismatch", f"{mask_path}: mask size {mw}x{mh} differs from its image's {iw}x{ih} ({image_path}){why}")
     small_mask = finish_mask(mask.values, settings)
     findings = mask_findings(mask_path, float(small_mask.mean()), mask.levels, settings.mask_threshold, mask.colours,
-                             mask.rule)
+                             mask.rule, outline_finding(mask_path, small_mask))
     findings += [turned] if turned else []
     if image.values.max() - image.values.min() < 1e-6:
         findings.append(warning("constant image", f"{image_path}: every pixel has the same value"))
