@@ -457,3 +457,17 @@ def test_corrupt_tiff_and_bmp_read_or_fail_with_a_named_error(tmp_path, fmt, mod
             assert str(path) in str(error)
         else:
             assert small.values.shape == (8, 8) and 0 <= small.values.min() and small.values.max() <= 1
+
+
+def test_a_zip_among_images_is_called_a_zip_not_an_unidentified_file(tmp_path):
+    import zipfile
+
+    path = tmp_path / "scans.png"  # what a mis-named download looks like
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.txt", "hello")
+    with pytest.raises(ImageReadError, match=r"scans.png: not an image lungseg reads: it is a zip archive, not a picture"):
+        read_grayscale(path)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="the file is empty"):
+        read_grayscale(empty)

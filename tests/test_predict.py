@@ -709,3 +709,14 @@ def test_a_full_disk_stops_the_run_with_one_line_and_leaves_only_whole_files(mod
     if (out / "predictions.csv").exists():
         table = read_table(out)
         assert len(table) < 40 and all((out / name).is_file() for name in table["mask_file"])
+
+
+def test_the_recursive_hint_comes_only_when_there_are_subfolders_to_look_in(model_path, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert predict(model_path, [tmp_path / "empty"], tmp_path / "out1") == 2
+    err = capsys.readouterr().err
+    assert "no images" in err and "--recursive" not in err
+    write_inputs(tmp_path / "nested" / "day1")
+    assert predict(model_path, [tmp_path / "nested"], tmp_path / "out2") == 2
+    assert "add --recursive to look in subfolders" in capsys.readouterr().err
+    assert predict(model_path, [tmp_path / "nested"], tmp_path / "out3", "--recursive") == 0

@@ -147,9 +147,16 @@ def list_inputs(inputs: list[str], recursive: bool = False) -> list[str]:
         for source in found:  # the same file named twice (a folder and a file in it) is done once
             unique.setdefault(Path(source).resolve(), source)
     if not unique:
+        with_subfolders = not recursive and any(_has_subfolder(given) for given in inputs)
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}, or DICOM without an extension) found in: "
-                        f"{', '.join(inputs)}" + ("" if recursive else " (add --recursive to look in subfolders)"))
+                        f"{', '.join(inputs)}" + (" (add --recursive to look in subfolders)" if with_subfolders else ""))
     return list(unique.values())
+
+
+def _has_subfolder(given: str) -> bool:
+    """Whether `given` is a folder holding a folder (other than hidden ones)."""
+    path = Path(given)
+    return path.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in path.iterdir())
 
 
 def images_in(folder: str, recursive: bool = False) -> list[str]:

@@ -112,8 +112,28 @@ def _named(path: str | Path) -> Iterator[None]:
         yield
     except ImageReadError:
         raise
+    except UnidentifiedImageError as error:  # Pillow's "cannot identify image file" says neither what nor why
+        raise ImageReadError(f"{path}: not an image lungseg reads{_what_it_is(path)}") from error
     except READ_ERRORS as error:
         raise ImageReadError(f"{path}: cannot read image ({error})") from error
+
+
+# The first bytes of files that turn up among images but are none (an archive, a document)
+SIGNATURES = {b"PK\x03\x04": "a zip archive", b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip archive",
+              b"7z\xbc\xaf": "a 7-Zip archive", b"Rar!": "a RAR archive", b"<": "text or HTML"}
+
+
+def _what_it_is(path: str | Path) -> str:
+    """': it is a zip archive' (or another kind SIGNATURES knows), '' when the bytes say nothing."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+    except OSError:
+        return ""
+    if not start:
+        return ": the file is empty"
+    kind = next((name for magic, name in SIGNATURES.items() if start.lstrip().startswith(magic)), None)
+    return f": it is {kind}, not a picture" if kind else f" (its first bytes, {start[:4]!r}, are no image format's)"
 
 
 def _check_pixels(path: str | Path, height: int, width: int) -> None:
