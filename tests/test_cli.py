@@ -85,7 +85,7 @@ def test_installed_console_script_runs_predict(tmp_path):
     done = subprocess.run([str(ENTRY_POINT), "predict", str(model), str(tmp_path / "xray.png"), "--out", str(tmp_path / "out"),
                            "--device", "cpu"], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "1 of 1 image(s) segmented" in done.stdout
+    assert "1 of 1 file(s) segmented" in done.stdout
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert table["mask_file"].tolist() == ["masks/xray.png"]
     assert Image.open(tmp_path / "out" / "masks" / "xray.png").size == (20, 24)

@@ -263,8 +263,8 @@ def test_skipped_files_are_listed_but_do_not_block_pairing(tmp_path, write_pair_
 def test_image_folder_with_only_other_files_says_what_it_found(tmp_path):
     (tmp_path / "image").mkdir()
     (tmp_path / "mask").mkdir()
-    (tmp_path / "image" / "scan.gif").write_bytes(b"")
+    (tmp_path / "image" / "scan.heic").write_bytes(b"")
     with pytest.raises(DataError) as caught:
         list_pairs(find_layout(tmp_path))
     message = str(caught.value)
-    assert "no images found" in message and ".tif" in message and ".dcm" in message and "scan.gif" in message
+    assert "no images found" in message and ".tif" in message and ".dcm" in message and "scan.heic" in message

@@ -20,7 +20,7 @@ from lungseg.budget import PixelBudget
 from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.config import PreprocessConfig
-from lungseg.data.images import open_image, read_resized_and_full
+from lungseg.data.images import IMAGE_SUFFIXES, open_image, read_resized_and_full
 from lungseg.data.normalize import stretch_to_uint8
 from lungseg.data.preprocess import finish_image, prepare_image
 from lungseg.inference import load_predictor
@@ -264,16 +264,19 @@ def test_folders_list_sorted_images_only_and_recursive_on_request(tmp_path):
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     (tmp_path / "in" / "._a_gray.png").write_bytes(b"macOS companion file")
     write_inputs(tmp_path / "in" / "deeper")
-    flat = list_inputs([str(tmp_path / "in")])
+    flat, skipped = list_inputs([str(tmp_path / "in")])
     assert [p.rsplit("/", 1)[1] for p in flat] == ["a_gray.png", "b_colour.jpg", "c_wide.png"]
-    deep = list_inputs([str(tmp_path / "in")], recursive=True)
+    assert skipped == [f"{tmp_path / 'in' / 'deeper'}: a subfolder (add --recursive to read it)",
+                       f"{tmp_path / 'in' / 'notes.txt'}: not an image format lungseg reads ({', '.join(IMAGE_SUFFIXES)})"]
+    deep, skipped = list_inputs([str(tmp_path / "in")], recursive=True)
     assert len(deep) == 6 and deep[:3] == flat and all("/deeper/" in p for p in deep[3:])
+    assert len(skipped) == 1 and "notes.txt" in skipped[0]
 
 
 def test_a_file_named_twice_is_predicted_once(tmp_path):
     write_inputs(tmp_path / "in")
-    listed = list_inputs([str(tmp_path / "in" / "c_wide.png"), str(tmp_path / "in")])
-    assert listed[0] == str(tmp_path / "in" / "c_wide.png") and len(listed) == 3
+    listed, skipped = list_inputs([str(tmp_path / "in" / "c_wide.png"), str(tmp_path / "in")])
+    assert listed[0] == str(tmp_path / "in" / "c_wide.png") and len(listed) == 3 and skipped == []
 
 
 def test_hidden_files_skipped_in_a_folder_are_reported_in_one_line(model_path, tmp_path, capsys):
@@ -293,7 +296,7 @@ def test_folders_list_tiff_bmp_and_extensionless_dicom_too(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "in" / "c.bmp")
     write_dicom(tmp_path / "in" / "a", (gradient(20, 24) * 4000).astype(np.uint16))
     (tmp_path / "in" / "notes").write_text("an extension-less file that is not DICOM")
-    assert [p.rsplit("/", 1)[1] for p in list_inputs([str(tmp_path / "in")])] == ["a", "b.tif", "c.bmp"]
+    assert [p.rsplit("/", 1)[1] for p in list_inputs([str(tmp_path / "in")]).sources] == ["a", "b.tif", "c.bmp"]
 
 
 # --------------------------------------------------------------------------- the --out folder
@@ -536,7 +539,7 @@ def write_many(folder, count: int = 7):
         height, width = 30 + 7 * index, 60 - 4 * index
         Image.fromarray((gradient(height, width, 10 + index) * 255).astype(np.uint8)).save(folder / f"d{index}.png")
     (folder / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
-    return list_inputs([str(folder)])
+    return list_inputs([str(folder)]).sources
 
 
 def test_outputs_are_the_same_for_any_number_of_workers_and_keep_the_input_order(model_path, tmp_path, capsys):
@@ -720,3 +723,23 @@ def test_the_recursive_hint_comes_only_when_there_are_subfolders_to_look_in(mode
     assert predict(model_path, [tmp_path / "nested"], tmp_path / "out2") == 2
     assert "add --recursive to look in subfolders" in capsys.readouterr().err
     assert predict(model_path, [tmp_path / "nested"], tmp_path / "out3", "--recursive") == 0
+
+
+def test_a_folder_yields_every_file_predict_reads_when_named_and_counts_the_rest(model_path, tmp_path, capsys):
+    folder = tmp_path / "in"
+    write_inputs(folder)
+    pixels = (gradient(30, 40) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "d_web.webp")  # read when named: read in a folder too
+    Image.fromarray(pixels).save(folder / "e_anim.gif")
+    (folder / "f_gone.png").symlink_to(folder / "missing.png")  # a broken link
+    (folder / "g_again.png").symlink_to(folder / "a_gray.png")  # a second name of a listed file
+    (folder / "h_readme.txt").write_text("about these scans")
+    assert predict(model_path, [folder], tmp_path / "out") == 0
+    captured = capsys.readouterr()
+    assert sorted(read_table(tmp_path / "out")["input"].map(lambda p: p.rsplit("/", 1)[1])) == [
+        "a_gray.png", "b_colour.jpg", "c_wide.png", "d_web.webp", "e_anim.gif"]
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
+    assert skipped == [f"skipped: {folder / 'f_gone.png'}: a broken link",
+                       f"skipped: {folder / 'h_readme.txt'}: not an image format lungseg reads ({', '.join(IMAGE_SUFFIXES)})",
+                       f"skipped: {folder / 'g_again.png'}: the same file as {folder / 'a_gray.png'}"]
+    assert "5 of 8 file(s) segmented" in captured.out and "3 skipped (listed above on stderr)" in captured.out

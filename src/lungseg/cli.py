@@ -226,7 +226,7 @@ def add_check(commands) -> None:
 def add_predict(commands) -> None:
     predictor = commands.add_parser(
         "predict", help="segment the lungs in new X-rays: masks, red overlays and a CSV (exit 1 if a file failed)",
-        description="Segment the lungs in chest X-rays (PNG, JPEG, TIFF, BMP or DICOM, any bit depth) with a trained lungseg model.",
+        description="Segment the lungs in chest X-rays (PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM, any bit depth) with a trained lungseg model.",
         epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     predictor.add_argument("model", help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
     predictor.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -131,10 +132,21 @@ class Outputs:
 # --------------------------------------------------------------------------- inputs
 
 
-def list_inputs(inputs: list[str], recursive: bool = False) -> list[str]:
+class Listing(NamedTuple):
+    """What the INPUT arguments name: the images to segment, and what was passed over, each as
+    'path: why' (a file of no image format, a broken link, a second name of a file already
+    listed, a subfolder without --recursive)."""
+
+    sources: list[str]
+    skipped: list[str]
+
+
+def list_inputs(inputs: list[str], recursive: bool = False) -> Listing:
     """Image files named by `inputs` (files as given; folders: their image files, sorted), each
-    file once, in order. Raises DataError before anything is written when a path does not exist
-    or no image is found. Hidden files skipped in a folder are reported on stderr, one line a folder.
+    file once, in order, and what the folders held that is not segmented. A folder yields every
+    file predict reads when it is named (is_image_file), so a file named alone is read the same.
+    Raises DataError before anything is written when a path does not exist or no image is found.
+    Hidden files skipped in a folder are reported on stderr, one line a folder.
 
     inputs: files and folders as given on the command line. recursive: also list subfolders.
     """
@@ -142,15 +154,19 @@ def list_inputs(inputs: list[str], recursive: bool = False) -> list[str]:
     if missing:
         raise DataError(f"{len(missing)} input path(s) not found; nothing was written:", missing)
     unique: dict[Path, str] = {}
+    skipped: list[str] = []
     for given in inputs:
-        found = images_in(given, recursive) if Path(given).is_dir() else [given]
-        for source in found:  # the same file named twice (a folder and a file in it) is done once
-            unique.setdefault(Path(source).resolve(), source)
+        found, passed_over = images_in(given, recursive) if Path(given).is_dir() else ([given], [])
+        skipped += passed_over
+        for source in found:  # the same file named twice (a folder and a file in it, a link) is done once
+            first = unique.setdefault(Path(source).resolve(), source)
+            if first != source and Path(given).is_dir():
+                skipped.append(f"{source}: the same file as {first}")
     if not unique:
         with_subfolders = not recursive and any(_has_subfolder(given) for given in inputs)
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}, or DICOM without an extension) found in: "
                         f"{', '.join(inputs)}" + (" (add --recursive to look in subfolders)" if with_subfolders else ""))
-    return list(unique.values())
+    return Listing(list(unique.values()), skipped)
 
 
 def _has_subfolder(given: str) -> bool:
@@ -159,25 +175,33 @@ def _has_subfolder(given: str) -> bool:
     return path.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in path.iterdir())
 
 
-def images_in(folder: str, recursive: bool = False) -> list[str]:
+def images_in(folder: str, recursive: bool = False) -> tuple[list[str], list[str]]:
     """Image files (lungseg.data.images.is_image_file) in `folder`, and below it with `recursive`,
-    sorted. Hidden files and folders (such as macOS '._x.png' companions) are skipped, as the data
-    loader does; the hidden files skipped are counted in one line on stderr.
+    sorted; and what else it holds, as 'path: why' (Listing.skipped). Hidden files and folders
+    (such as macOS '._x.png' companions) are skipped, as the data loader does; the hidden files
+    are counted in one line on stderr.
 
     folder: the folder as given. recursive: also walk its subfolders (hidden ones excepted).
     """
-    found, hidden = [], 0
+    found, skipped, hidden = [], [], 0
     for parent, subfolders, files in os.walk(folder):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")] if recursive else []
+        visible = sorted(name for name in subfolders if not name.startswith("."))
+        if not recursive:
+            skipped += [f"{os.path.join(parent, name)}: a subfolder (add --recursive to read it)" for name in visible]
+        subfolders[:] = visible if recursive else []
         for name in files:
             path = os.path.join(parent, name)
             if name.startswith("."):
                 hidden += os.path.isfile(path)
+            elif not os.path.exists(path):
+                skipped.append(f"{path}: a broken link")
             elif os.path.isfile(path) and is_image_file(path):
                 found.append(Path(path).relative_to(folder))
+            else:
+                skipped.append(f"{path}: not an image format lungseg reads ({', '.join(IMAGE_SUFFIXES)})")
     if hidden:
         print(f"skipped {hidden} hidden file(s) in {folder}", file=sys.stderr)
-    return [os.path.join(folder, str(path)) for path in sorted(found)]
+    return [os.path.join(folder, str(path)) for path in sorted(found)], sorted(skipped)
 
 
 def unique_names(sources: list[str]) -> list[str]:
@@ -488,7 +512,7 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     and those this run did not write are deleted once it is done. workers: reading and writing
     threads (default: one per core; the results are the same for any number). estimate: fill the
     dice_estimate column (False: --no-estimate). limits: when a mask is flagged."""
-    sources = list_inputs(inputs, recursive)
+    sources, skipped = list_inputs(inputs, recursive)
     folders, files = split_inputs(inputs)
     out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])
     predictor = load_predictor(model, device, threshold)
@@ -508,7 +532,10 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
     failed = sum(bool(row["error"]) for row in rows)
     flagged = sum(bool(row["flag"]) for row in rows)
-    print(f"{len(rows) - failed} of {len(rows)} image(s) segmented into {out_dir}"
-          + (f"; {failed} could not be read (see the error column of {TABLE})" if failed else ""))
+    for line in skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"{len(rows) - failed} of {len(rows) + len(skipped)} file(s) segmented into {out_dir}"
+          + (f"; {failed} could not be read (see the error column of {TABLE})" if failed else "")
+          + (f"; {len(skipped)} skipped (listed above on stderr)" if skipped else ""))
     print(f"{flagged} of {len(rows) - failed} flagged: see the flag column of {TABLE}")
     return 1 if failed else 0

@@ -43,7 +43,7 @@ from lungseg.data import dicom
 from lungseg.data.dicom import DICOM_SUFFIXES, pixel_spacing  # noqa: F401  (pixel_spacing: re-exported)
 from lungseg.errors import LungsegError
 
-PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 IMAGE_SUFFIXES = PILLOW_SUFFIXES + DICOM_SUFFIXES
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
 COLOUR_MODES = ("RGB", "RGBA", "RGBX")
