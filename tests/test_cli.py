@@ -437,3 +437,18 @@ def test_a_missing_data_folder_is_named_without_talking_of_params(tmp_path, caps
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert f"{tmp_path / 'nowhere'}: no such folder" in err and "params.yaml" not in err
+
+
+def test_evaluate_says_what_check_says_and_scores_no_empty_truth(write_pair_folder, tmp_path, capsys):
+    data = write_pair_folder(tmp_path / "external", layout="plain", n=4, metadata=False)
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(data.mask_paths["2"])  # one truth with no lung
+    model = tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "scores"
+    assert main(["evaluate", "--model", str(model), "--data", str(data.root), "--out", str(out),
+                 "--params", "absent.yaml", "--device", "cpu", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: empty mask: {data.mask_paths['2']}" in err
+    assert "not scored: 1 pair(s) whose truth mask holds no lung (mask/2.png)" in err
+    assert pd.read_csv(out / "per_image.csv", dtype={"id": str})["id"].tolist() == ["1", "3", "4"]
+    report = json.loads((out / "evaluation_report.json").read_text())
+    assert report["excluded"] == {"empty_truth": ["mask/2.png"]} and report["test"]["n_images"] == 3

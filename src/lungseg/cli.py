@@ -121,6 +121,12 @@ def evaluate(args: argparse.Namespace) -> int:
     with torch_threads(1 if workers > 1 else None):  # the worker threads share the cores, not torch's pool
         result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, not args.quiet,
                                  workers, limits)
+    for finding in result.warnings:  # what `lungseg check` would say of this folder
+        print(f"warning: {finding.kind}: {finding.detail}", file=sys.stderr)
+    if result.excluded:
+        print(f"not scored: {len(result.excluded)} pair(s) whose truth mask holds no lung "
+              f"({', '.join(result.excluded[:3])}{', ...' if len(result.excluded) > 3 else ''}); "
+              "listed under 'excluded' in evaluation_report.json", file=sys.stderr)
     result.metrics["data"] = str(Path(args.data).resolve())
     per_image, histogram, report, metrics, scatter = (out / name for name in EVALUATE_FILES)
     write_csv(result.scores, per_image)

@@ -14,7 +14,7 @@ clearly has learned nothing.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 from lungseg import quality
 from lungseg.config import EvaluateConfig, PreprocessConfig
 from lungseg.data.images import pixel_spacing, read_mask
-from lungseg.data.preprocess import preprocess_folder
+from lungseg.data.integrity import warnings_of
+from lungseg.data.layout import DataError
+from lungseg.data.preprocess import assemble, raise_on_errors, scan_folder
 from lungseg.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
 from lungseg.stats import mean_with_ci
 
@@ -42,6 +44,8 @@ class Evaluation:
     masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
     images: np.ndarray | None = None  # the model-size images scored (uint8 N x S x S), same order
     truths: np.ndarray | None = None  # their truth masks at model size (uint8 0/1 N x S x S)
+    warnings: list = field(default_factory=list)  # what reading the data found (lungseg.data.integrity), for the user
+    excluded: list[str] = field(default_factory=list)  # mask files not scored: their truth holds no lung
 
     def histogram(self) -> pd.DataFrame:
         """The per-image Dice histogram, at native resolution when it was scored there."""
@@ -268,11 +272,24 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
                     limits: quality.Limits = quality.DEFAULT_LIMITS) -> Evaluation:
     """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
     prepared exactly as the model's training data was, scored like the test split.
+
+    The folder is checked as `lungseg check` checks it: errors raise one DataError naming every
+    file before anything is scored; warnings come back in Evaluation.warnings. A pair whose truth
+    mask holds no lung is not scored (its Dice would say nothing about the model) but listed in
+    Evaluation.excluded and in the report (`excluded`).
     workers: threads for the native-resolution scores (see native_scores); same scores for any number."""
     settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
-    images, masks, index = preprocess_folder(data_dir, settings)  # raises DataError listing every bad file
-    return evaluate_set(predictor, images, masks, index, data_dir, config, settings.mask_threshold, batch_size,
-                        subgroups, show_progress, workers, limits)
+    scan = scan_folder(data_dir, settings)
+    raise_on_errors(scan)
+    images, masks, index = assemble(scan, settings)
+    empty = masks.reshape(len(masks), -1).max(axis=1) == 0
+    if empty.all():
+        raise DataError(f"{data_dir}: every truth mask is empty after reading; nothing to score")
+    result = evaluate_set(predictor, images[~empty], masks[~empty], index[~empty].reset_index(drop=True), data_dir,
+                          config, settings.mask_threshold, batch_size, subgroups, show_progress, workers, limits)
+    result.warnings, result.excluded = warnings_of(scan.findings), list(index.loc[empty, "mask_file"])
+    result.metrics["excluded"] = {"empty_truth": result.excluded}
+    return result
 
 
 def headline(metrics: dict) -> dict:
