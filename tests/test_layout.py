@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -251,13 +252,41 @@ def test_skipped_files_are_listed_but_do_not_block_pairing(tmp_path, write_pair_
     readme, resource_fork, thumbs = folder.image_dir / "README.txt", folder.image_dir / "._1.png", folder.mask_dir / "Thumbs.db"
     for path in (readme, resource_fork, thumbs):
         path.write_bytes(b"")
-    (folder.image_dir / "subfolder").mkdir()  # folders are not files: not listed
+    subfolder = folder.image_dir / "subfolder"
+    subfolder.mkdir()  # a subfolder is not read either, and check says so
     pairing = pair_files(find_layout(folder.root))
     assert pairing.problems == []
     assert pairing.pairs["id"].tolist() == ["1", "2"]
-    assert sorted(pairing.skipped) == sorted([readme, resource_fork, thumbs])
+    assert sorted(pairing.skipped) == sorted([readme, resource_fork, thumbs, subfolder])
     assert skip_reason(resource_fork) == f"{resource_fork}: hidden file, not read"
     assert str(readme) in skip_reason(readme) and ".dcm" in skip_reason(readme)
+    assert skip_reason(subfolder) == (f"{subfolder}: a subfolder, not read (lungseg reads the files in image/ and "
+                                      "mask/, not below them)")
+
+
+def test_names_differing_only_in_unicode_normalisation_pair_up(tmp_path):
+    import unicodedata
+
+    composed = "r\u00f6ntgen_1"  # 'röntgen_1' as most systems write it (NFC)
+    decomposed = unicodedata.normalize("NFD", composed)  # as macOS stores it: o + combining diaeresis
+    assert composed != decomposed
+    for kind, name in (("image", composed), ("mask", decomposed)):
+        (tmp_path / kind).mkdir()
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / kind / f"{name}.png")
+    pairing = pair_files(find_layout(tmp_path))
+    assert pairing.problems == [] and pairing.pairs["id"].tolist() == [composed]
+
+
+def test_an_unpaired_mask_names_the_image_of_another_format_beside_it(tmp_path):
+    for kind in ("image", "mask"):
+        (tmp_path / kind).mkdir()
+    (tmp_path / "image" / "x.heic").write_bytes(b"not read")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "mask" / "x.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "mask" / "y.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "image" / "z.png")
+    problems = pair_files(find_layout(tmp_path)).problems
+    assert f"mask without an image: {tmp_path / 'mask' / 'x.png'} ({tmp_path / 'image' / 'x.heic'} is there, but not a format lungseg reads" in problems[1]
+    assert problems[2] == f"mask without an image: {tmp_path / 'mask' / 'y.png'} (no {tmp_path / 'image'}/y.* found)"
 
 
 def test_image_folder_with_only_other_files_says_what_it_found(tmp_path):

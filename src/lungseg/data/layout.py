@@ -10,6 +10,7 @@ and hidden ones are not read; Pairing.skipped lists them so that `lungseg check`
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +57,15 @@ def _find_metadata(data_dir: Path, pair_root: Path) -> Path | None:
     return None
 
 
+def file_id(path: Path) -> str:
+    """A file's id: its stem in Unicode's composed form (NFC), so that a name macOS stored
+    decomposed (NFD) pairs with the same name written elsewhere: they look identical."""
+    return unicodedata.normalize("NFC", path.stem)
+
+
 def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str], list[Path]]:
-    """Map file stem -> path for the image files in `folder`; also report stems seen twice, and
-    list the other files (hidden or of another type), which are not read. Subfolders are ignored.
+    """Map id (file_id) -> path for the image files in `folder`; also report ids seen twice, and
+    list what else is there (hidden files, files of another type, subfolders), which is not read.
 
     folder: an image/ or mask/ folder.
     """
@@ -66,11 +73,11 @@ def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str], list[Path]]
     problems, skipped = [], []
     for path in sorted(folder.iterdir()):
         if not is_image_file(path):
-            skipped += [path] if path.is_file() else []
-        elif path.stem in found:
-            problems.append(f"id {path.stem!r} appears twice: {found[path.stem]} and {path}")
+            skipped += [path] if path.is_file() or path.is_dir() else []
+        elif file_id(path) in found:
+            problems.append(f"id {file_id(path)!r} appears twice: {found[file_id(path)]} and {path}")
         else:
-            found[path.stem] = path
+            found[file_id(path)] = path
     return found, problems, skipped
 
 
@@ -81,6 +88,8 @@ def skip_reason(path: Path) -> str:
     """
     if path.name.startswith("."):
         return f"{path}: hidden file, not read"
+    if path.is_dir():
+        return f"{path}: a subfolder, not read (lungseg reads the files in image/ and mask/, not below them)"
     return (f"{path}: not read: not an image file (expected {', '.join(IMAGE_SUFFIXES)}, "
             "or a DICOM file without an extension)")
 
@@ -98,8 +107,10 @@ def pair_files(layout: Layout) -> Pairing:
     images, problems, skipped = _images_by_id(layout.image_dir)
     masks, mask_problems, mask_skipped = _images_by_id(layout.mask_dir)
     problems += mask_problems
-    problems += [f"image without a mask: {images[i]} (expected {layout.mask_dir}/{i}.png)" for i in sorted(images.keys() - masks.keys())]
-    problems += [f"mask without an image: {masks[i]} (expected {layout.image_dir}/{i}.png)" for i in sorted(masks.keys() - images.keys())]
+    problems += [f"image without a mask: {images[i]} ({_missing(layout.mask_dir, i, mask_skipped)})"
+                 for i in sorted(images.keys() - masks.keys())]
+    problems += [f"mask without an image: {masks[i]} ({_missing(layout.image_dir, i, skipped)})"
+                 for i in sorted(masks.keys() - images.keys())]
     if not images:
         others = f"; {len(skipped)} other file(s) there were not read, e.g. {skipped[0].name}" if skipped else ""
         raise DataError(f"no images found in {layout.image_dir} (expected <id> files ending in "
@@ -107,6 +118,14 @@ def pair_files(layout: Layout) -> Pairing:
     ids = sorted(images.keys() & masks.keys(), key=_natural_key)
     pairs = pd.DataFrame({"id": ids, "image_path": [images[i] for i in ids], "mask_path": [masks[i] for i in ids]})
     return Pairing(pairs, problems, set(images) | set(masks), skipped + mask_skipped)
+
+
+def _missing(folder: Path, file_id_: str, skipped: list[Path]) -> str:
+    """What the pairing looked for in `folder`: a file of that id it did not read, or none at all."""
+    unread = [path for path in skipped if path.is_file() and file_id(path) == file_id_]
+    if unread:
+        return f"{unread[0]} is there, but not a format lungseg reads ({', '.join(IMAGE_SUFFIXES)})"
+    return f"no {folder}/{file_id_}.* found"
 
 
 def list_pairs(layout: Layout) -> pd.DataFrame:
