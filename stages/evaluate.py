@@ -44,7 +44,8 @@ def main(params: dict) -> None:
         print(quality.NO_ESTIMATOR.format(model=paths.MODEL))
     limits = quality.Limits(flags.min_dice, flags.min_piece)
     result = evaluate_set(predictor, test.images, test.masks, test.index, index_root(data.dirs), settings,
-                          processed.settings["mask_threshold"], infer.batch_size, subgroups, limits=limits)
+                          processed.settings["mask_threshold"], infer.batch_size, subgroups, limits=limits,
+                          lung_labels=data.lung_labels)
     result.metrics["baseline"], result.scores["baseline_dice"] = baseline_scores(
         processed, split, test, settings.baseline_steps, settings)
 

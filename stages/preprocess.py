@@ -12,7 +12,7 @@ from lungseg.data.preprocess import assemble_sources, raise_on_errors, save_proc
 def main(params: dict) -> None:
     data, settings = config.load(params, "data", "preprocess")
     set_max_pixels(settings.max_pixels)
-    scans = [scan_folder(folder, settings) for folder in data.dirs]
+    scans = [scan_folder(folder, settings, data.lung_labels) for folder in data.dirs]
     for scan in scans:
         if warnings_of(scan.findings):
             print(f"warnings about {scan.data_dir} (run `lungseg check {scan.data_dir}` for every file):", file=sys.stderr)

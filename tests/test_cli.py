@@ -455,3 +455,16 @@ def test_evaluate_says_what_check_says_and_scores_no_empty_truth(write_pair_fold
     assert pd.read_csv(out / "per_image.csv", dtype={"id": str})["id"].tolist() == ["1", "3", "4"]
     report = json.loads((out / "evaluation_report.json").read_text())
     assert report["excluded"] == {"empty_truth": ["mask/2.png"]} and report["test"]["n_images"] == 3
+
+
+def test_check_reads_only_the_lung_labels_params_names(write_pair_folder, tmp_path, capsys):
+    folder = write_pair_folder(tmp_path / "data", layout="plain", n=3, metadata=False)
+    for path in folder.mask_paths.values():  # label 1 and 2 are lungs, 3 is a heart drawn beside them
+        labels = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+        labels[:, labels.shape[1] // 2:] *= 2
+        labels[0:4, 0:4] = 3
+        Image.fromarray(labels).save(path)
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  lung_labels: [1, 2]\n")
+    assert main(["check", str(folder.root), "--params", str(params)]) == 0
+    assert "labels 1, 2 read as lung, 3 as background (data.lung_labels)" in capsys.readouterr().out

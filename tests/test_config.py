@@ -385,3 +385,14 @@ def test_a_low_res_size_the_model_cannot_train_at_stops_the_params_check(size, e
         validate({"train": {"low_res_epochs": 2, "low_res_size": size}})
     assert any(problem.startswith(expected) for problem in _problems(caught.value))
     validate({"train": {"low_res_epochs": 0, "low_res_size": size}})  # unused while low_res_epochs is 0
+
+
+@pytest.mark.parametrize("labels", [[0], [16], ["1"], [True], 2])
+def test_lung_labels_are_whole_numbers_from_1_to_15(labels):
+    with pytest.raises(ParamsError, match=r"data\.lung_labels"):
+        config.load({"data": {"lung_labels": labels}}, "data")
+
+
+def test_lung_labels_are_kept_sorted_once_each():
+    data = config.load({"data": {"lung_labels": [2, 1, 2]}}, "data")
+    assert data.lung_labels == (1, 2) and config.DataConfig().lung_labels == ()

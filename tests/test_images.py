@@ -471,3 +471,15 @@ def test_a_zip_among_images_is_called_a_zip_not_an_unidentified_file(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ImageReadError, match="the file is empty"):
         read_grayscale(empty)
+
+
+def test_lung_labels_choose_which_labels_of_a_label_map_are_lung(tmp_path):
+    labels = np.zeros((8, 12), np.uint8)
+    labels[2:6, 1:4], labels[2:6, 8:11], labels[3:5, 5:7] = 1, 2, 3  # 3: the heart
+    path = tmp_path / "organs.png"
+    Image.fromarray(labels).save(path)
+    np.testing.assert_array_equal(read_mask(path), labels > 0)  # by default every label is lung
+    np.testing.assert_array_equal(read_mask(path, lung_labels=(1, 2)), np.isin(labels, (1, 2)))
+    small = read_resized(path, 12, is_mask=True, lung_labels=(1, 2))
+    assert small.rule == "labels 1, 2 read as lung, 3 as background (data.lung_labels)"
+    assert read_resized(path, 12, is_mask=True).rule == "labels 1, 2, 3 read as lung"

@@ -60,18 +60,19 @@ def limit_pixels(args: argparse.Namespace, default: int | None = None) -> None:
 
 def check(args: argparse.Namespace) -> int:
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
-    settings = config.load(params, "preprocess", source=args.params)
+    settings, data = config.load(params, "preprocess", "data", source=args.params)
     limit_pixels(args, settings.max_pixels)  # as the preprocess stage reads the data
     source_names(args.data_dir)  # several folders: none named twice, as data.dir would refuse
-    return max(check_folder(folder, settings, args.verbose) for folder in args.data_dir)
+    return max(check_folder(folder, settings, args.verbose, data.lung_labels) for folder in args.data_dir)
 
 
-def check_folder(folder: str, settings: config.PreprocessConfig, verbose: bool) -> int:
+def check_folder(folder: str, settings: config.PreprocessConfig, verbose: bool, lung_labels: tuple[int, ...] = ()) -> int:
     """Check one data folder, print what was found; 1 when it has errors, else 0.
 
     folder: the data folder. settings: the preprocess settings. verbose: print every warning too.
+    lung_labels: which labels of label-map masks are lung (data.lung_labels).
     """
-    scan = scan_folder(folder, settings)
+    scan = scan_folder(folder, settings, lung_labels)
     found_errors, found_warnings = errors(scan.findings), warnings_of(scan.findings)
     print(f"{folder}: {scan.layout.kind} layout, {len(scan.pairs)} usable pairs, "
           f"{len(found_errors)} error(s), {len(found_warnings)} warning(s)")
@@ -106,8 +107,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from lungseg.outdir import OutputNames, check_out
 
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
-    settings, preprocess, pictures, flags = config.load(params, "evaluate", "preprocess", "visualize", "quality",
-                                                        source=args.params)
+    settings, preprocess, pictures, flags, data = config.load(params, "evaluate", "preprocess", "visualize", "quality",
+                                                              "data", source=args.params)
     files = (*EVALUATE_FILES, "montage.png")  # the best, median and worst image, as the visualize stage draws them
     names = OutputNames(files=files)
     out = check_out(args.out, names, args.overwrite, input_folders=[args.data], input_files=[args.model])
@@ -120,7 +121,7 @@ def evaluate(args: argparse.Namespace) -> int:
     workers, limits = args.workers or default_workers(), quality.Limits(flags.min_dice, flags.min_piece)
     with torch_threads(1 if workers > 1 else None):  # the worker threads share the cores, not torch's pool
         result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, not args.quiet,
-                                 workers, limits)
+                                 workers, limits, data.lung_labels)
     for finding in result.warnings:  # what `lungseg check` would say of this folder
         print(f"warning: {finding.kind}: {finding.detail}", file=sys.stderr)
     if result.excluded:

@@ -86,10 +86,21 @@ def _folders(value):
     return tuple(value)
 
 
+def _labels(value):
+    """data.lung_labels: a list of whole numbers from 1 to 15 (the label maps lungseg reads)."""
+    items = [] if value is None else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, int) and not isinstance(item, bool)
+                                                      and 1 <= item <= 15 for item in items):
+        raise PydanticCustomError("labels_type", "expected a list of labels, whole numbers from 1 to 15 ([] = every label)")
+    return tuple(sorted(set(items)))
+
+
 @_section
 class DataConfig:
     # a folder in the Kaggle layout or with image/ and mask/ inside, or a list of such folders
     dir: Annotated[str | tuple[str, ...], BeforeValidator(_folders)] = "data/raw/synthetic"
+    # label-map masks (1 = right lung, 2 = left lung, ...): which labels are lung; () = every label
+    lung_labels: Annotated[tuple[int, ...], BeforeValidator(_labels)] = ()
 
     @property
     def dirs(self) -> tuple[str, ...]:

@@ -205,7 +205,7 @@ def estimate_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
-                  image_paths=None, workers: int = 1) -> pd.DataFrame:
+                  image_paths=None, workers: int = 1, lung_labels: tuple[int, ...] = ()) -> pd.DataFrame:
     """Dice, IoU and HD95 at each image's original resolution: the model-size probabilities are
     resized to the original mask's size, thresholded and post-processed there (Predictor.native_mask),
     and compared with the original mask. One image at a time per worker, so 3000 px masks never pile up.
@@ -215,20 +215,21 @@ def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_thresho
     workers: threads scoring images side by side (decoding, resizing and the distance queries
     release the GIL); the rows and their order are the same for any number. Run several inside
     lungseg.inference.torch_threads(1), or torch's own threads fight them for the cores.
+    lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
     """
     image_paths = [None] * len(mask_paths) if image_paths is None else list(image_paths)
     items = list(zip(probabilities, mask_paths, image_paths))
-    score = partial(_native_row, predictor, mask_threshold)
+    score = partial(_native_row, predictor, mask_threshold, lung_labels)
     progress = partial(tqdm, total=len(items), desc="native resolution", unit="image", disable=not show_progress, mininterval=1.0)
     with ThreadPoolExecutor(workers) as pool:
         rows = list(progress(pool.map(score, items)))
     return pd.DataFrame(rows, columns=[*NATIVE_COLUMNS, "hd95_native_mm"])
 
 
-def _native_row(predictor, mask_threshold: int, item: tuple) -> dict:
+def _native_row(predictor, mask_threshold: int, lung_labels: tuple[int, ...], item: tuple) -> dict:
     """native_scores' row for one (probability, mask path, image path or None)."""
     probability, path, image_path = item
-    truth = read_mask(path, mask_threshold)
+    truth = read_mask(path, mask_threshold, lung_labels)
     prediction = predictor.native_mask(probability, truth.shape)
     spacing = pixel_spacing(image_path) if image_path is not None else None
     return {"dice_native": float(dice_per_image(prediction[None], truth[None])[0]),
@@ -331,7 +332,8 @@ def _round_width(raw: float) -> float:
 
 def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
                  config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True,
-                 workers: int = 1, limits: quality.Limits = quality.DEFAULT_LIMITS) -> Evaluation:
+                 workers: int = 1, limits: quality.Limits = quality.DEFAULT_LIMITS,
+                 lung_labels: tuple[int, ...] = ()) -> Evaluation:
     """Score `predictor` on a preprocessed set (images/masks at model size, index with id, height,
     width and mask_file relative to `data_dir`). With a `data_dir` and `config.native`, also at
     each image's original resolution, by `workers` threads (native_scores). Each image's
@@ -346,7 +348,8 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
     if data_dir is not None and config.native:
         mask_paths = [Path(data_dir) / name for name in index["mask_file"]]
         image_paths = [Path(data_dir) / name for name in index["image_file"]]
-        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress, image_paths, workers)
+        native = native_scores(predictor, probabilities, mask_paths, mask_threshold, show_progress, image_paths, workers,
+                               lung_labels)
         scores = pd.concat([scores, native], axis=1)
         metrics["test_native"] = native_summary(scores, config)
     metrics["subgroups"] = subgroup_means(scores, index, subgroups, config)
@@ -357,7 +360,7 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
 
 def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
                     subgroups=(), show_progress: bool = True, workers: int = 1,
-                    limits: quality.Limits = quality.DEFAULT_LIMITS) -> Evaluation:
+                    limits: quality.Limits = quality.DEFAULT_LIMITS, lung_labels: tuple[int, ...] = ()) -> Evaluation:
     """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
     prepared exactly as the model's training data was, scored like the test split.
 
@@ -365,16 +368,18 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
     file before anything is scored; warnings come back in Evaluation.warnings. A pair whose truth
     mask holds no lung is not scored (its Dice would say nothing about the model) but listed in
     Evaluation.excluded and in the report (`excluded`).
-    workers: threads for the native-resolution scores (see native_scores); same scores for any number."""
+    workers: threads for the native-resolution scores (see native_scores); same scores for any number.
+    lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one)."""
     settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
-    scan = scan_folder(data_dir, settings)
+    scan = scan_folder(data_dir, settings, lung_labels)
     raise_on_errors(scan)
     images, masks, index = assemble(scan, settings)
     empty = masks.reshape(len(masks), -1).max(axis=1) == 0
     if empty.all():
         raise DataError(f"{data_dir}: every truth mask is empty after reading; nothing to score")
     result = evaluate_set(predictor, images[~empty], masks[~empty], index[~empty].reset_index(drop=True), data_dir,
-                          config, settings.mask_threshold, batch_size, subgroups, show_progress, workers, limits)
+                          config, settings.mask_threshold, batch_size, subgroups, show_progress, workers, limits,
+                          lung_labels)
     result.warnings, result.excluded = warnings_of(scan.findings), list(index.loc[empty, "mask_file"])
     result.metrics["excluded"] = {"empty_truth": result.excluded}
     return result

@@ -269,11 +269,12 @@ class MaskRead(NamedTuple):
     rule: str  # how a mask other than plain grey levels was read, for `lungseg check` ("" for plain ones)
 
 
-def _mask_resizable(image: Image.Image) -> MaskRead:
+def _mask_resizable(image: Image.Image, lung_labels: tuple[int, ...] = ()) -> MaskRead:
     """A mask in a mode Pillow resizes well ('L' 0..255 or 'F' in [0, 1]) by the rules in the
     module docstring, with its colour count and the rule that read it.
 
-    image: the decoded, upright mask in any mode.
+    image: the decoded, upright mask in any mode. lung_labels: the labels of a label map that
+    are lung (data.lung_labels); () = every label.
     """
     image = _alpha_if_only_alpha_varies(image)
     if image.mode in ("P", "PA"):
@@ -285,8 +286,12 @@ def _mask_resizable(image: Image.Image) -> MaskRead:
         image = image.convert("L")
     labels = mask_labels(image)
     if labels is not None:
-        rule = "" if labels == [1] else f"labels {', '.join(map(str, labels))} read as lung"
-        return MaskRead(_binary(np.asarray(image) > 0), 0, rule)
+        lung = [label for label in labels if not lung_labels or label in lung_labels]
+        other = [label for label in labels if label not in lung]
+        rule = "" if labels == [1] and not lung_labels else (
+            f"labels {', '.join(map(str, lung)) or 'none'} read as lung"
+            + (f", {', '.join(map(str, other))} as background (data.lung_labels)" if other else ""))
+        return MaskRead(_binary(np.isin(np.asarray(image), lung)), 0, rule)
     narrow = _as_8bit_values(image)
     if narrow is not None:
         return MaskRead(narrow, 0, f"{image.mode} values 0..255 read as 8-bit")
@@ -332,16 +337,17 @@ class Resized:
     rule: str = ""  # how a mask other than plain grey levels was read (MaskRead.rule)
 
 
-def read_resized(path: str | Path, size: int, is_mask: bool = False) -> Resized:
+def read_resized(path: str | Path, size: int, is_mask: bool = False, lung_labels: tuple[int, ...] = ()) -> Resized:
     """Read `path` shrunk (or grown) to size x size with antialiasing, as float32 in [0, 1].
 
     Images use Lanczos; masks use bilinear (no ringing), so that thresholding the result at 0.5
     keeps the pixels that were mostly lung. Masks are read by the rules in the module docstring.
 
     path: the image or mask file. size: the side of the square result. is_mask: read as a mask.
+    lung_labels: for a label-map mask, the labels that are lung (data.lung_labels; () = every one).
     """
     with _named(path):
-        return _shrink(_open(path, draft_size=4 * size, is_mask=is_mask), size, is_mask)
+        return _shrink(_open(path, draft_size=4 * size, is_mask=is_mask), size, is_mask, lung_labels)
 
 
 def read_resized_and_full(path: str | Path, size: int) -> tuple[Resized, Image.Image]:
@@ -357,9 +363,9 @@ def read_resized_and_full(path: str | Path, size: int) -> tuple[Resized, Image.I
         return resized, _open(path).image if opened.drafted else opened.image
 
 
-def _shrink(opened: Opened, size: int, is_mask: bool) -> Resized:
+def _shrink(opened: Opened, size: int, is_mask: bool, lung_labels: tuple[int, ...] = ()) -> Resized:
     """An opened image or mask resized to size x size as read_resized describes."""
-    full, colours, rule = _mask_resizable(opened.image) if is_mask else (_resizable(opened.image), 0, "")
+    full, colours, rule = _mask_resizable(opened.image, lung_labels) if is_mask else (_resizable(opened.image), 0, "")
     resample = Image.Resampling.BILINEAR if is_mask else Image.Resampling.LANCZOS
     small = full.resize((size, size), resample, reducing_gap=REDUCING_GAP)
     levels = _count_levels(full) if is_mask else 0
@@ -374,15 +380,16 @@ def _count_levels(image: Image.Image) -> int:
     return len(colours) if colours is not None else len(np.unique(np.asarray(image)))
 
 
-def read_mask(path: str | Path, threshold: int = 127) -> np.ndarray:
+def read_mask(path: str | Path, threshold: int = 127, lung_labels: tuple[int, ...] = ()) -> np.ndarray:
     """A mask at full size, upright, as uint8 0/1: lung where the pixel is above `threshold` on a
     0..255 scale, by the rules in the module docstring (16-bit masks are scaled first; 0/1
     masks, palette indices and colours are recognised, as in read_resized).
 
     path: the mask file. threshold: 0..255; palette and colour masks are already 0/255.
+    lung_labels: for a label map, the labels that are lung (data.lung_labels; () = every one).
     """
     with _named(path):
-        full = _mask_resizable(_open(path, is_mask=True).image).image
+        full = _mask_resizable(_open(path, is_mask=True).image, lung_labels).image
         values = np.asarray(full, dtype=np.float32)
     scaled = values if full.mode == "L" else values * 255.0
     return (scaled > threshold).astype(np.uint8)

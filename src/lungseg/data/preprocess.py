@@ -64,13 +64,14 @@ def prepare_image(path: str | Path, settings: PreprocessConfig) -> tuple[np.ndar
     return finish_image(image.values, settings), image.original_size
 
 
-def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> PreparedPair | Finding:
+def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig, lung_labels: tuple[int, ...] = ()) -> PreparedPair | Finding:
     """Read and shrink one image and its mask. A pair that cannot be used comes back as an error
-    Finding instead of an exception, so that one pass over the data reports every bad file."""
+    Finding instead of an exception, so that one pass over the data reports every bad file.
+    lung_labels: which labels of a label-map mask are lung (data.lung_labels; () = every one)."""
     image_path, mask_path = paths
     try:
         image = read_resized(image_path, settings.image_size)
-        mask = read_resized(mask_path, settings.image_size, is_mask=True)
+        mask = read_resized(mask_path, settings.image_size, is_mask=True, lung_labels=lung_labels)
     except ImageReadError as problem:
         return error("unreadable file", str(problem))
     turned = orientation_finding(image_path, mask_path, image.orientation, mask.orientation)
@@ -87,9 +88,9 @@ def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig) -> Prepar
     return PreparedPair(finish_image(image.values, settings), small_mask, image.original_size, findings)
 
 
-def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig) -> list[PreparedPair | Finding]:
+def _map_pairs(pairs: pd.DataFrame, settings: PreprocessConfig, lung_labels: tuple[int, ...] = ()) -> list[PreparedPair | Finding]:
     work = list(zip(pairs["image_path"], pairs["mask_path"]))
-    task = partial(prepare_pair, settings=settings)
+    task = partial(prepare_pair, settings=settings, lung_labels=lung_labels)
     workers = min(settings.workers or os.cpu_count() or 1, len(work))
     if workers <= 1:
         return [task(item) for item in work]
@@ -121,8 +122,9 @@ class Scan:
     metadata: pd.DataFrame | None  # MetaData.csv as written, read once (None: no file)
 
 
-def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
-    """Read and check every pair under `data_dir` (all cores), collecting every problem."""
+def scan_folder(data_dir: str | Path, settings: PreprocessConfig, lung_labels: tuple[int, ...] = ()) -> Scan:
+    """Read and check every pair under `data_dir` (all cores), collecting every problem.
+    lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one)."""
     data_dir = Path(data_dir)
     check_available(settings.normalize)
     layout = find_layout(data_dir)
@@ -133,7 +135,7 @@ def scan_folder(data_dir: str | Path, settings: PreprocessConfig) -> Scan:
     # MetaData.csv before the images: a broken file stops the run before minutes of decoding
     metadata, metadata_problems = _read_metadata(layout, list(settings.metadata_columns), pairing.ids_with_files)
     findings += metadata_problems
-    results = _map_pairs(pairs, settings)
+    results = _map_pairs(pairs, settings, lung_labels)
     findings += [r for r in results if isinstance(r, Finding)]
     for result in results:
         findings += result.findings if isinstance(result, PreparedPair) else []
@@ -169,9 +171,11 @@ def _judge_empty_masks(findings: list[Finding], mask_paths: pd.Series, results: 
     return [f for f in findings if f.kind != "empty mask"] + [too_many]
 
 
-def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Read every pair under `data_dir`; return (images, masks, index) or raise DataError listing every error."""
-    scan = scan_folder(data_dir, settings)
+def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig,
+                      lung_labels: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Read every pair under `data_dir`; return (images, masks, index) or raise DataError listing
+    every error. lung_labels: as in scan_folder."""
+    scan = scan_folder(data_dir, settings, lung_labels)
     raise_on_errors(scan)
     return assemble(scan, settings)
 
