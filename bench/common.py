@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,20 @@ def stage_history(project: Path, stdout: str) -> pd.DataFrame:
     history = read_history(project / "results" / "live")
     seconds = {int(match[1]): float(match[2]) for match in EPOCH_LINE.finditer(stdout)}
     return history.assign(seconds=history["epoch"].map(seconds))
+
+
+def add_run_arguments(parser, name: str, keep_help: str) -> None:
+    """--seeds, --jobs, --keep-scores and --name: the options of the benchmarks that train one
+    copy of the project per split seed (run_jobs runs them)."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
+    parser.add_argument("--keep-scores", help=keep_help)
+    parser.add_argument("--name", default=name)
+
+
+def run_jobs(run, jobs: list[tuple], count: int) -> list:
+    """run(*job, threads) for every job, `count` at a time, each with its share of the cores as
+    torch threads; the results in job order."""
+    threads = max(1, (os.cpu_count() or 1) // count)
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda job: run(*job, threads), jobs))

@@ -31,12 +31,10 @@ what labelling a few X-rays of one's own site buys.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +45,12 @@ from common import (
     DEV_SET,
     REAL_SAMPLE,
     ROOT,
+    add_run_arguments,
     print_table,
     require_dev_set,
     require_real_sample,
     run_in,
+    run_jobs,
     scratch_project,
     write_results,
 )
@@ -58,7 +58,7 @@ from scipy import stats
 
 from lungseg.config import PreprocessConfig
 from lungseg.data.preprocess import preprocess_folder
-from lungseg.inference import load_predictor
+from lungseg.inference import load_predictor, torch_threads
 from lungseg.metrics import dice_per_image
 
 RECIPES = {"recipe": {"train.epochs": 20, "train.low_res_epochs": 10},  # docs/accuracy.md: the CPU recipe
@@ -182,7 +182,7 @@ def agreement(table: pd.DataFrame, prefix: str) -> dict:
             f"{prefix}_mae": float(np.mean(np.abs(estimate - truth))), f"{prefix}_flag": float(table["flagged"].mean())}
 
 
-def run_job(kind: str, seed: int, threads: int, keep: Path | None) -> dict:
+def run_job(kind: str, seed: int, keep: Path | None, threads: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"estimate-{kind}-{seed}-"))
     project = scratch_project(folder, {**RECIPES[kind], "data.dir": str(REAL_SAMPLE), "split.seed": seed})
     started = time.perf_counter()
@@ -194,7 +194,7 @@ def run_job(kind: str, seed: int, threads: int, keep: Path | None) -> dict:
     test = scored(read_scores(project / "results" / "per_image.csv"))
     dev = scored(read_scores(project / "dev" / "per_image.csv"))
     val = predictions(project, validation_inputs(project), "val", threads)
-    with torch_threads_for(threads):
+    with torch_threads(threads):
         dev = dev.merge(tta_agreement(project / "results" / "best_unet.pth", DEV_SET), on="id")
     site = site_calibration(project, threads)
     failed, good = dev["dice"] < FAILED, dev["dice"] >= GOOD
@@ -210,19 +210,6 @@ def run_job(kind: str, seed: int, threads: int, keep: Path | None) -> dict:
         val.assign(model=kind, seed=seed).to_csv(keep / f"val_{kind}_{seed}.csv", index=False)
     shutil.rmtree(folder)
     return row
-
-
-class torch_threads_for:
-    """torch's intra-op threads set to this job's share of the cores, inside the block."""
-
-    def __init__(self, threads: int):
-        self.threads, self.before = threads, torch.get_num_threads()
-
-    def __enter__(self):
-        torch.set_num_threads(self.threads)
-
-    def __exit__(self, *_):
-        torch.set_num_threads(self.before)
 
 
 # --------------------------------------------------------------------------- the flag's limit
@@ -250,19 +237,14 @@ def flag_rates(keep: Path, limit: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
-    parser.add_argument("--keep-scores", help="keep the per-image estimates here (outside git; default: a temporary folder)")
-    parser.add_argument("--name", default="dice_estimate")
+    add_run_arguments(parser, "dice_estimate", "keep the per-image estimates here (outside git; default: a temporary folder)")
     args = parser.parse_args()
     require_real_sample(), require_dev_set()
     keep = Path(args.keep_scores or tempfile.mkdtemp(prefix="estimate-scores-"))
     keep.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    jobs = [(kind, seed) for seed in args.seeds for kind in args.models]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_job(*job, threads, keep), jobs))
+    jobs = [(kind, seed, keep) for seed in args.seeds for kind in args.models]
+    rows = run_jobs(run_job, jobs, args.jobs)
     table = pd.DataFrame(rows)
     summary = table.drop(columns="seed").groupby("model", sort=False).mean().reset_index()
     pooled = table.groupby("model", sort=False)[["dev_failed", "dev_caught"]].sum()

@@ -20,12 +20,10 @@ quality columns. How good the estimated Dice behind the flag is: bench/dice_esti
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -33,14 +31,18 @@ import yaml
 from common import (
     DEV_SET,
     REAL_SAMPLE,
+    add_run_arguments,
     print_table,
     require_dev_set,
     require_real_sample,
     run_in,
+    run_jobs,
     score_dev_set,
     scratch_project,
     write_results,
 )
+
+from lungseg.evaluate import truth_column
 
 RECIPE = {"train.epochs": 20, "train.low_res_epochs": 10}  # docs/accuracy.md: the CPU recipe
 NO_OPACITY = {"augment.opacity_probability": 0.0}
@@ -68,7 +70,7 @@ def dev_set_scores(project: Path, threads: int) -> pd.DataFrame:
     """Per image of the development set: Dice (lungseg evaluate), quality columns and flag (lungseg predict)."""
     model = str(project / "results" / "best_unet.pth")
     scores = score_dev_set(project, "dev_eval", threads)
-    dice_column = "dice_native" if "dice_native" in scores else "dice"
+    dice_column = truth_column(scores)
     flags = predictions(project, model, [str(DEV_SET / "image")], "dev_pred", threads)
     return scores[["id", dice_column]].rename(columns={dice_column: "dice"}).merge(flags, on="id")
 
@@ -83,7 +85,7 @@ def validation_flags(project: Path, threads: int) -> pd.DataFrame:
     return predictions(project, str(project / "results" / "best_unet.pth"), inputs, "val_pred", threads)
 
 
-def run_job(variant: str, seed: int, threads: int, keep: Path | None) -> dict:
+def run_job(variant: str, seed: int, keep: Path | None, threads: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"robust-{variant}-{seed}-"))
     overrides = {**VARIANTS[variant], "data.dir": str(REAL_SAMPLE), "split.seed": seed}
     project = scratch_project(folder, overrides)
@@ -114,20 +116,15 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
-    parser.add_argument("--keep-scores", help="write each run's per-image development-set scores here (outside git)")
-    parser.add_argument("--name", default="robustness")
+    add_run_arguments(parser, "robustness", "write each run's per-image development-set scores here (outside git)")
     args = parser.parse_args()
     require_real_sample(), require_dev_set()
     keep = Path(args.keep_scores) if args.keep_scores else None
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_job(*job, threads, keep), jobs))
+    jobs = [(variant, seed, keep) for seed in args.seeds for variant in args.variants]
+    rows = run_jobs(run_job, jobs, args.jobs)
     print_table("runs", rows)
     print_table("mean over split seeds", summary := summarise(rows))
     write_results(args.name, rows, summary=summary, variants=VARIANTS, dev_set=DEV_SET.name, low_dice=LOW_DICE)

@@ -42,7 +42,7 @@ def main(params: dict) -> None:
     subgroups = (*settings.subgroups, "source") if len(data.dirs) > 1 else settings.subgroups
     if predictor.estimator is None:
         print(quality.NO_ESTIMATOR.format(model=paths.MODEL))
-    limits = quality.Limits(flags.min_dice, flags.min_piece)
+    limits = quality.Limits.of(flags)
     result = evaluate_set(predictor, test.images, test.masks, test.index, index_root(data.dirs), settings,
                           processed.settings["mask_threshold"], infer.batch_size, subgroups, limits=limits,
                           lung_labels=data.lung_labels)

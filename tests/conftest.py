@@ -6,6 +6,8 @@ Only fixtures here; each test module keeps its own helpers.
 from __future__ import annotations
 
 import csv
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,3 +150,25 @@ def write_pair_folder(
 def write_pair_folder_fixture():
     """The write_pair_folder function: write_pair_folder(tmp_path / "data", layout="plain", n=3, ...)."""
     return write_pair_folder
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk("256k"): a real file system of that size (tmpfs), where writes fail with
+    ENOSPC once it is full; unmounted after the test. Skips where none can be mounted."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here to make a small full file system")
+        point = tmp_path / f"disk-{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=True)  # lazy: never busy

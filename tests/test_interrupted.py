@@ -156,10 +156,13 @@ def test_killed_preprocess_with_workers_leaves_no_worker_behind(tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["preprocess"]["workers"] = 2  # a process pool
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    duration = run(project, "preprocess")
+    run(project, "preprocess")
     (project / "data/processed").rename(project / "data/old")  # so the next run has work to do
     process = start(project, "preprocess")
-    time.sleep(duration * 0.6)
+    deadline = time.monotonic() + 60
+    while len(processes_in(project)) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the stage and its 2 workers run
+    assert len(processes_in(project)) >= 3, "the stage ended before its workers could be seen"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert_no_process_left(project)

@@ -18,7 +18,6 @@ files only with --overwrite. Problems that stop a command before it starts (a ba
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from lungseg.data import images
 from lungseg.data.integrity import errors, summary, warnings_of
 from lungseg.data.layout import source_names
 from lungseg.data.preprocess import scan_folder
-from lungseg.errors import LungsegError
+from lungseg.errors import LungsegError, os_error_text
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 EXIT_CODES = """\
@@ -118,15 +117,15 @@ def evaluate(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     if predictor.estimator is None:
         print(quality.NO_ESTIMATOR.format(model=args.model), file=sys.stderr)
-    workers, limits = args.workers or default_workers(), quality.Limits(flags.min_dice, flags.min_piece)
+    workers, limits = args.workers or default_workers(), quality.Limits.of(flags)
     with torch_threads(1 if workers > 1 else None):  # the worker threads share the cores, not torch's pool
         result = evaluate_folder(predictor, args.data, settings, args.batch_size, settings.subgroups, not args.quiet,
                                  workers, limits, data.lung_labels)
     for finding in result.warnings:  # what `lungseg check` would say of this folder
         print(f"warning: {finding.kind}: {finding.detail}", file=sys.stderr)
-    if result.excluded:
-        print(f"not scored: {len(result.excluded)} pair(s) whose truth mask holds no lung "
-              f"({', '.join(result.excluded[:3])}{', ...' if len(result.excluded) > 3 else ''}); "
+    if excluded := result.metrics["excluded"]["empty_truth"]:
+        print(f"not scored: {len(excluded)} pair(s) whose truth mask holds no lung "
+              f"({', '.join(excluded[:3])}{', ...' if len(excluded) > 3 else ''}); "
               "listed under 'excluded' in evaluation_report.json", file=sys.stderr)
     result.metrics["data"] = str(Path(args.data).resolve())
     per_image, histogram, report, metrics, scatter = (out / name for name in EVALUATE_FILES)
@@ -384,9 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     except OSError as problem:  # a disk that fills up or turns read-only mid-run: one line, not a traceback
-        code = errno.errorcode.get(problem.errno, str(problem.errno))
         where = f": {problem.filename}" if problem.filename else ""
-        print(f"error: {problem.strerror or problem} ({code}){where}; lungseg writes every file under a temporary "
+        print(f"error: {os_error_text(problem)}{where}; lungseg writes every file under a temporary "
               "name first, so none is left half-written", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

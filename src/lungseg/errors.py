@@ -1,6 +1,13 @@
 """The errors lungseg raises for problems a user can fix: each message names the file, key or
 value and says what was expected. Stage scripts print these without a traceback."""
 
+import errno
+
+
+def os_error_text(error: OSError) -> str:
+    """An OSError as one short phrase: 'No space left on device (ENOSPC)'."""
+    return f"{error.strerror or error} ({errno.errorcode.get(error.errno, str(error.errno))})"
+
 
 class LungsegError(ValueError):
     """Base of every user-facing error."""

@@ -99,8 +99,8 @@ def _bca(values: np.ndarray, n_resamples: int, confidence: float, seed: int) -> 
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's, on the same undefined cases
         result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                                       method="BCa", vectorized=True, batch=max(1, _CELLS_PER_CHUNK // values.size),
-                                       rng=np.random.default_rng(seed))
+                                 method="BCa", vectorized=True, batch=max(1, _CELLS_PER_CHUNK // values.size),
+                                 rng=np.random.default_rng(seed))
     return result.confidence_interval.low, result.confidence_interval.high
 
 
@@ -133,12 +133,10 @@ class Evaluation:
     images: np.ndarray | None = None  # the model-size images scored (uint8 N x S x S), same order
     truths: np.ndarray | None = None  # their truth masks at model size (uint8 0/1 N x S x S)
     warnings: list = field(default_factory=list)  # what reading the data found (lungseg.data.integrity), for the user
-    excluded: list[str] = field(default_factory=list)  # mask files not scored: their truth holds no lung
 
     def histogram(self) -> pd.DataFrame:
         """The per-image Dice histogram, at native resolution when it was scored there."""
-        column = "dice_native" if "dice_native" in self.scores else "dice"
-        return dice_histogram(self.scores[column].to_numpy())
+        return dice_histogram(self.scores[truth_column(self.scores)].to_numpy())
 
 
 def threshold_masks(images: np.ndarray, threshold: float) -> np.ndarray:
@@ -177,7 +175,7 @@ def quality_columns(predictor, predictions: np.ndarray, probabilities: np.ndarra
     predictor: the Predictor (its dice_estimate). predictions: uint8 N x S x S final masks.
     probabilities: float N x S x S. limits: when a mask is flagged.
     """
-    reports = [quality.assess(mask, predictor.dice_estimate(probability), limits)
+    reports = [quality.assess(mask, predictor.dice_estimate(probability, mask), limits)
                for mask, probability in zip(predictions, probabilities)]
     return pd.DataFrame([report.columns() for report in reports], columns=list(quality.COLUMNS))
 
@@ -186,13 +184,13 @@ def estimate_agreement(scores: pd.DataFrame) -> dict | None:
     """How well dice_estimate followed the true Dice (at native resolution when scored there):
     Pearson r, Spearman rho, mean absolute error, the mean signed error (estimate - truth) and
     the number of images; None without estimates. r and rho are None when either side is constant."""
-    truth_column = "dice_native" if "dice_native" in scores else "dice"
-    pairs = scores[[truth_column, "dice_estimate"]].dropna().astype(float)
+    against = truth_column(scores)
+    pairs = scores[[against, "dice_estimate"]].dropna().astype(float)
     if pairs.empty:
         return None
-    truth, estimate = pairs[truth_column].to_numpy(), pairs["dice_estimate"].to_numpy()
+    truth, estimate = pairs[against].to_numpy(), pairs["dice_estimate"].to_numpy()
     varies = len(pairs) > 2 and truth.std() > 0 and estimate.std() > 0
-    return {"against": truth_column, "n_images": len(pairs),
+    return {"against": against, "n_images": len(pairs),
             "pearson_r": float(stats.pearsonr(estimate, truth)[0]) if varies else None,
             "spearman_rho": float(stats.spearmanr(estimate, truth)[0]) if varies else None,
             "mae": float(np.mean(np.abs(estimate - truth))), "bias": float(np.mean(estimate - truth))}
@@ -200,8 +198,12 @@ def estimate_agreement(scores: pd.DataFrame) -> dict | None:
 
 def estimate_table(scores: pd.DataFrame) -> pd.DataFrame:
     """id, true Dice and estimated Dice per image: the scatter `dvc plots show` draws."""
-    truth_column = "dice_native" if "dice_native" in scores else "dice"
-    return pd.DataFrame({"id": scores["id"], "dice": scores[truth_column], "dice_estimate": scores["dice_estimate"]})
+    return pd.DataFrame({"id": scores["id"], "dice": scores[truth_column(scores)], "dice_estimate": scores["dice_estimate"]})
+
+
+def truth_column(scores: pd.DataFrame) -> str:
+    """The per-image Dice that counts: at native resolution when it was scored there."""
+    return "dice_native" if "dice_native" in scores else "dice"
 
 
 def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
@@ -367,7 +369,7 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
     The folder is checked as `lungseg check` checks it: errors raise one DataError naming every
     file before anything is scored; warnings come back in Evaluation.warnings. A pair whose truth
     mask holds no lung is not scored (its Dice would say nothing about the model) but listed in
-    Evaluation.excluded and in the report (`excluded`).
+    the report (metrics["excluded"]["empty_truth"]).
     workers: threads for the native-resolution scores (see native_scores); same scores for any number.
     lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one)."""
     settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
@@ -380,8 +382,8 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
     result = evaluate_set(predictor, images[~empty], masks[~empty], index[~empty].reset_index(drop=True), data_dir,
                           config, settings.mask_threshold, batch_size, subgroups, show_progress, workers, limits,
                           lung_labels)
-    result.warnings, result.excluded = warnings_of(scan.findings), list(index.loc[empty, "mask_file"])
-    result.metrics["excluded"] = {"empty_truth": result.excluded}
+    result.warnings = warnings_of(scan.findings)
+    result.metrics["excluded"] = {"empty_truth": list(index.loc[empty, "mask_file"])}
     return result
 
 

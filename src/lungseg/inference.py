@@ -101,12 +101,13 @@ class Predictor:
         """Binary masks (uint8 0/1, N x S x S) at the model's threshold, post-processed."""
         return self.to_masks(self.probabilities(images, batch_size))
 
-    def dice_estimate(self, probability: np.ndarray) -> float | None:
+    def dice_estimate(self, probability: np.ndarray, mask: np.ndarray | None = None) -> float | None:
         """The expected Dice of the mask made from one S x S probability map (lungseg.quality),
-        measured at model size as it was calibrated; None for a model without a calibration."""
+        measured at model size as it was calibrated; None for a model without a calibration.
+        mask: that model-size mask when the caller has it already (else made here)."""
         if self.estimator is None:
             return None
-        return self.estimator(probability, self.to_masks(probability), self.threshold)
+        return self.estimator(probability, self.to_masks(probability) if mask is None else mask, self.threshold)
 
     def native_mask(self, probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The mask at an image's original (height, width): the S x S probabilities are resized

@@ -50,7 +50,6 @@ the columns mean and how well the estimate did.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from collections import deque
@@ -85,7 +84,7 @@ from lungseg.data.images import (
 )
 from lungseg.data.normalize import check_available, stretch_to_uint8
 from lungseg.data.preprocess import finish_image
-from lungseg.errors import DataError
+from lungseg.errors import DataError, os_error_text
 from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
 from lungseg.io import atomic_path, sweep_folder, write_csv
 from lungseg.outdir import OutputNames, check_out, remove_stale
@@ -480,13 +479,12 @@ def stop_after(failed: WriteFailed, out_dir: Path, total: int) -> int:
     it, say in one line what failed and where, and return exit status 1."""
     error = failed.error
     where = Path(error.filename).parent if error.filename else out_dir  # the folder, not the temporary name
-    code = errno.errorcode.get(error.errno, str(error.errno))
     try:
         write_table(failed.rows, out_dir / TABLE)
         listed = f"the {len(failed.rows)} finished are listed in {out_dir / TABLE}"
     except OSError:
         listed = f"{TABLE} could not be written either"
-    print(f"error: could not write into {where}: {error.strerror or error} ({code}); stopped after "
+    print(f"error: could not write into {where}: {os_error_text(error)}; stopped after "
           f"{len(failed.rows)} of {total} image(s); {listed}", file=sys.stderr)
     return 1
 

@@ -62,6 +62,11 @@ class Limits:
     min_dice: float = MIN_DICE
     min_piece: float = MIN_PIECE
 
+    @classmethod
+    def of(cls, config: QualityConfig) -> Limits:
+        """The limits params.yaml's quality section sets."""
+        return cls(config.min_dice, config.min_piece)
+
 
 DEFAULT_LIMITS = Limits()  # params.yaml's defaults
 
@@ -71,6 +76,12 @@ class LungSides(NamedTuple):
     left_px: int
     n_components: int
     n_pieces: int  # components of at least min_piece of the lung (what "3+ components" counts)
+
+    @property
+    def balance(self) -> float:
+        """Smaller lung / larger lung, 0.0 unless both lungs are found."""
+        larger = max(self.right_px, self.left_px)
+        return min(self.right_px, self.left_px) / larger if larger else 0.0
 
 
 @dataclass(frozen=True)
@@ -110,14 +121,13 @@ def assess(mask: np.ndarray, dice_estimate: float | None = None, limits: Limits 
     dice_estimate: its estimated Dice (Predictor.dice_estimate), or None when the model has none.
     limits: when to flag (Limits).
     """
-    right_px, left_px, count, pieces = lung_pixels(mask, limits.min_piece)
+    sides = lung_pixels(mask, limits.min_piece)
+    right_px, left_px, count, pieces = sides
     total = mask.shape[0] * mask.shape[1]
     lung_fraction = int(np.count_nonzero(mask)) / total if total else 0.0
-    larger, smaller = max(right_px, left_px), min(right_px, left_px)
-    balance = smaller / larger if smaller else 0.0
     flag = "; ".join(reasons(count, right_px, left_px, pieces, dice_estimate, limits.min_dice))
     return QualityReport(count, lung_fraction, right_px, left_px, right_px / total if total else 0.0,
-                         left_px / total if total else 0.0, balance, dice_estimate, flag)
+                         left_px / total if total else 0.0, sides.balance, dice_estimate, flag)
 
 
 def reasons(count: int, right_px: int, left_px: int, pieces: int, dice_estimate: float | None,
@@ -209,9 +219,7 @@ def measures(probability: np.ndarray, mask: np.ndarray, threshold: float, shapes
     soft = 2 * float(p[lung].sum()) / max(float(p.sum()) + area, 1.0)
     ambiguous = int(np.count_nonzero((p > AMBIGUOUS[0]) & (p < AMBIGUOUS[1]))) / max(area, 1)
     edge = boundary_uncertainty(p, threshold)
-    sides = lung_pixels(lung.astype(np.uint8))
-    larger = max(sides.right_px, sides.left_px)
-    balance = min(sides.right_px, sides.left_px) / larger if larger else 0.0
+    balance = lung_pixels(lung.astype(np.uint8)).balance
     return np.array([soft, ambiguous, 0.0 if edge is None else edge, area / lung.size, balance, shapes.error(lung)])
 
 
