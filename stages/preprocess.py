@@ -1,4 +1,4 @@
-"""Stage preprocess: every image/mask pair of data.dir (one folder or several) -> compact 128 px
+"""Stage preprocess: every image/mask pair of data.dir and data.extra_dirs -> compact 128 px
 arrays + an index table with each image's source folder."""
 
 import sys
@@ -18,7 +18,7 @@ def main(params: dict) -> None:
             print(f"warnings about {scan.data_dir} (run `lungseg check {scan.data_dir}` for every file):", file=sys.stderr)
             print(summary(warnings_of(scan.findings)).to_string(index=False), file=sys.stderr)
     raise_on_errors(*scans)  # every folder's errors, before anything is written
-    images, masks, index = assemble_sources(scans, settings)
+    images, masks, index = assemble_sources(scans, settings, list(data.names))
     save_processed(images, masks, index, settings, paths.PROCESSED_DIR)
     folders = ", ".join(data.dirs)
     print(f"preprocessed {len(index)} pairs from {folders} to {paths.PROCESSED_DIR} ({images.shape[1]} px)")

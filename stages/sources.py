@@ -1,19 +1,23 @@
-"""Stage sources: a content fingerprint of each folder of data.dir, which preprocess and evaluate
-depend on in place of the folders (DVC cannot take a list of folders as deps). It runs on every
-`dvc repro`; an unchanged fingerprint reruns nothing downstream."""
+"""Stage sources (and extra_sources@<name>): the fingerprint of one data folder, which
+preprocess and evaluate depend on through data/sources/. DVC runs it when anything in the folder
+changed; an unchanged fingerprint (a notes file edited, say) reruns nothing downstream.
 
-from lungseg import config, paths, stage
-from lungseg.data.fingerprint import fingerprint_sources
-from lungseg.data.layout import source_names
+    python stages/sources.py FOLDER OUT.json
+"""
+
+import sys
+
+from lungseg import paths, stage
+from lungseg.data.fingerprint import fingerprint_folder
 from lungseg.io import write_json
 
 
 def main(params: dict) -> None:
-    data = config.load(params, "data")
+    folder, out = sys.argv[1:3]
     cache = paths.HASH_CACHE if paths.HASH_CACHE.parents[1].is_dir() else None  # only inside a DVC project
-    entries = fingerprint_sources(data.dirs, source_names(data.dirs), cache)
-    write_json(entries, paths.SOURCES)
-    print("; ".join(f"{entry['dir']}: {entry['files']} files, md5 {entry['md5'][:8]}" for entry in entries))
+    entry = fingerprint_folder(folder, cache)
+    write_json(entry, out)
+    print(f"{folder}: {entry['files']} files, md5 {entry['md5'][:8]}")
 
 
 if __name__ == "__main__":

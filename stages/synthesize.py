@@ -24,7 +24,7 @@ def write_placeholder(folder: Path) -> None:
         tmp.mkdir()
         (tmp / PLACEHOLDER).write_text(
             "No phantoms here: params.yaml's data.dir does not read this folder, so the synthesize stage\n"
-            f"skipped them. Set data.dir back to {paths.SYNTHETIC_DIR} (or add it to the list) to make them.\n")
+            f"skipped them. Set data.dir back to {paths.SYNTHETIC_DIR} (or add it to data.extra_dirs) to make them.\n")
 
 
 def main(params: dict) -> None:

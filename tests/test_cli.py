@@ -458,3 +458,20 @@ def test_check_reads_only_the_lung_labels_params_names(write_pair_folder, tmp_pa
     params.write_text("data:\n  lung_labels: [1, 2]\n")
     assert main(["check", str(folder.root), "--params", str(params)]) == 0
     assert "labels 1, 2 read as lung, 3 as background (data.lung_labels)" in capsys.readouterr().out
+
+
+def test_calibrate_reads_label_maps_with_the_lung_labels_params_names(write_pair_folder, tmp_path, capsys):
+    """Masks holding only label 3 (a heart, say): every label is lung by default, none under
+    data.lung_labels [1, 2], which calibrate follows as check and evaluate do."""
+    data = write_pair_folder(tmp_path / "site", layout="plain", n=4, metadata=False)
+    for path in data.mask_paths.values():
+        Image.fromarray((np.asarray(Image.open(path)) > 0).astype(np.uint8) * 3).save(path)
+    model = _old_checkpoint(tmp_path / "old.pth")
+    command = ["calibrate", str(model), "--data", str(data.root), "--draws", "1"]
+    assert main([*command, "--out", str(tmp_path / "every-label"), "--params", "absent.yaml"]) == 0
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  lung_labels: [1, 2]\n")
+    capsys.readouterr()
+    assert main([*command, "--out", str(tmp_path / "lungs-only"), "--params", str(params)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert not (tmp_path / "lungs-only" / "old.pth").exists()

@@ -13,7 +13,8 @@ from lungseg import paths
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src"
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# a foreach stage (extra_sources) as the template its stages are made from
+STAGES = {name: stage.get("do", stage) for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()}
 
 
 def module_file(name: str) -> Path | None:
@@ -65,7 +66,8 @@ def declared_outputs() -> set[str]:
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 out.add(next(iter(entry)) if isinstance(entry, dict) else entry)
-    return out
+    # the fingerprint stages' files, one per data folder, lie in the folder paths.py names
+    return {str(paths.SOURCES_DIR) if Path(path).parent == paths.SOURCES_DIR else path for path in out}
 
 
 def written_paths() -> set[str]:

@@ -1,4 +1,4 @@
-"""lungseg.data.fingerprint: the digest that stands in for data.dir's folders in DVC changes
+"""lungseg.data.fingerprint: the digest that stands in for a data folder in DVC changes
 exactly when a file lungseg reads changes, and its cache spares rereading unchanged files."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from lungseg.data.fingerprint import HashCache, data_files, fingerprint_sources, folder_fingerprint, stat_key
+from lungseg.data.fingerprint import HashCache, data_files, fingerprint_folder, folder_fingerprint, stat_key
 from lungseg.errors import DataError
 
 
@@ -82,19 +82,19 @@ def test_cache_keeps_other_folders_and_forgets_deleted_files(tmp_path, write_pai
     first = write_pair_folder(tmp_path / "a", layout="plain", n=2, metadata=False)
     second = write_pair_folder(tmp_path / "b", layout="plain", n=2, metadata=False)
     cache_path = tmp_path / "hashes.json"
-    fingerprint_sources([first.root, second.root], ["a", "b"], cache_path)
+    fingerprint_folder(first.root, cache_path)
+    fingerprint_folder(second.root, cache_path)
     second.image_paths["2"].unlink()
-    fingerprint_sources([first.root], ["a"], cache_path)  # data.dir switched to one folder
+    fingerprint_folder(first.root, cache_path)  # one folder's stage ran again
     kept = set(json.loads(cache_path.read_text()))
     assert str(first.image_paths["1"].resolve()) in kept and str(second.mask_paths["2"].resolve()) in kept
     assert str(second.image_paths["2"].resolve()) not in kept
 
 
-def test_sources_are_listed_in_order_with_their_names(tmp_path, write_pair_folder):
-    first = write_pair_folder(tmp_path / "a", layout="kaggle", n=2)
-    second = write_pair_folder(tmp_path / "b", layout="plain", n=3, metadata=False)
-    entries = fingerprint_sources([str(first.root), str(second.root)], ["a", "b"], None)
-    assert [(e["source"], e["dir"], e["files"]) for e in entries] == [("a", str(first.root), 5), ("b", str(second.root), 6)]
+def test_a_folder_entry_names_the_folder_as_given(tmp_path, write_pair_folder):
+    folder = write_pair_folder(tmp_path / "a", layout="plain", n=3, metadata=False)
+    entry = fingerprint_folder(str(folder.root), None)
+    assert (entry["dir"], entry["files"]) == (str(folder.root), 6) and len(entry["md5"]) == 32
 
 
 def test_a_folder_that_is_not_data_is_refused_by_name(tmp_path):

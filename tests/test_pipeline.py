@@ -88,20 +88,21 @@ def test_exp_show_puts_the_test_dice_within_160_columns(project):
     assert "test.dice" in title[:160], table
 
 
-def test_second_repro_runs_nothing_but_the_data_fingerprint(project):
+def test_second_repro_runs_nothing_and_status_is_clean(project):
     output = run(project, "dvc", "repro")
-    assert stages_run(output) == {"sources"}  # always_changed: it looks at data.dir's files
-    assert json.loads(run(project, "dvc", "status", "--json")) == {"sources": ["always changed"]}
+    assert stages_run(output) == set(), output
+    assert json.loads(run(project, "dvc", "status", "--json")) == {}
+    assert "Data and pipelines are up to date." in run(project, "dvc", "status")
 
 
 def test_visualize_param_reruns_only_visualize(project):
     set_params(project, {"visualize": {"dpi": 50}})
-    assert stages_run(run(project, "dvc", "repro")) == {"check_params", "sources", "visualize"}  # check_params: any change
+    assert stages_run(run(project, "dvc", "repro")) == {"check_params", "visualize"}  # check_params: any change
 
 
 def test_epochs_rerun_train_evaluate_visualize(project):
     set_params(project, {"train": {"epochs": 3}})
-    assert stages_run(run(project, "dvc", "repro")) == {"check_params", "sources", "train", "evaluate", "visualize"}
+    assert stages_run(run(project, "dvc", "repro")) == {"check_params", "train", "evaluate", "visualize"}
 
 
 def test_exp_run_is_listed_with_its_metrics(project):

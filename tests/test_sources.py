@@ -1,10 +1,11 @@
-"""Several data folders in data.dir (issue 14): source names, ids that stay unique, the index's
+"""Several data folders (data.dir and data.extra_dirs): source names, ids that stay unique, the index's
 source column, a split stratified by source, `lungseg check` on several folders; and the
 synthesize stage, which makes phantoms only when data.dir reads them (issue 13)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,15 +45,31 @@ def scans_of(*folders):
 # --------------------------------------------------------------------------- params and names
 
 
-def test_data_dir_takes_one_folder_or_a_list():
-    assert config.load({"data": {"dir": "a"}}, "data").dirs == ("a",)
-    assert config.load({"data": {"dir": ["a", "b"]}}, "data").dirs == ("a", "b")
+def test_data_dir_is_one_folder_and_extra_dirs_name_the_others():
+    one = config.load({"data": {"dir": "x/a"}}, "data")
+    assert (one.dirs, one.names) == (("x/a",), ("a",))
+    several = config.load({"data": {"dir": "x/a", "extra_dirs": {"covid": "y/b", "v1.2": "c"}}}, "data")
+    assert (several.dirs, several.names) == (("x/a", "y/b", "c"), ("a", "covid", "v1.2"))
 
 
-@pytest.mark.parametrize("bad", [[], ["a", ""], ["a", 3], 3])
+@pytest.mark.parametrize("bad", ["", 3, ["a", "b"]])
 def test_a_bad_data_dir_names_the_key_and_what_is_expected(bad):
-    with pytest.raises(ParamsError, match=r"data\.dir="):
+    with pytest.raises(ParamsError, match=r"data\.dir=") as raised:
         config.load({"data": {"dir": bad}}, "data")
+    if isinstance(bad, list):  # the form data.dir took before data.extra_dirs: the message says where they go now
+        assert "data.extra_dirs" in str(raised.value)
+
+
+@pytest.mark.parametrize("bad", [["b"], {"two words": "b"}, {"@b": "b"}, {"b": ""}, {"b": 3}])
+def test_a_bad_extra_dirs_names_the_key_and_what_is_expected(bad):
+    with pytest.raises(ParamsError, match=r"data\.extra_dirs=.*expected named folders"):
+        config.load({"data": {"dir": "a", "extra_dirs": bad}}, "data")
+
+
+@pytest.mark.parametrize(("extra", "problem"), [({"a": "b"}, "already data.dir's"), ({"b": "x/../a"}, "more than once")])
+def test_extra_dirs_may_not_repeat_a_name_or_a_folder(extra, problem):
+    with pytest.raises(ParamsError, match=problem):
+        config.load({"data": {"dir": "a", "extra_dirs": extra}}, "data")
 
 
 def test_source_names_are_the_folder_names_made_unique(tmp_path):
@@ -141,12 +158,28 @@ def test_preprocess_stage_reads_two_folders(tmp_path, write_pair_folder, repo_ro
     kaggle = write_pair_folder(tmp_path / "kaggle", layout="kaggle", n=3)
     plain = write_pair_folder(tmp_path / "plain", layout="plain", n=2, metadata=False)
     done = _run(repo_root / "stages" / "preprocess.py", tmp_path,
-                {"data": {"dir": ["kaggle", "plain"]}, "preprocess": {"image_size": 16, "workers": 1}})
+                {"data": {"dir": "kaggle", "extra_dirs": {"covid": "plain"}}, "preprocess": {"image_size": 16, "workers": 1}})
     assert done.returncode == 0, done.stderr
     index = load_processed(tmp_path / "data" / "processed").index
-    assert index.groupby("source").size().to_dict() == {"kaggle": 3, "plain": 2}
+    # data.dir's source is its folder's name; an extra folder's is the name it is listed under
+    assert index.groupby("source").size().to_dict() == {"kaggle": 3, "covid": 2}
     assert index["id"].tolist()[:3] == [f"kaggle{ID_SEPARATOR}{i}" for i in kaggle.ids]
+    assert index["id"].tolist()[-1] == f"covid{ID_SEPARATOR}{plain.ids[-1]}"
     assert index["image_file"].iloc[-1] == str(Path("plain") / "image" / f"{plain.ids[-1]}.png")
+
+
+def test_check_params_names_each_missing_data_folder_by_its_key(tmp_path, repo_root, write_pair_folder):
+    """A mistyped folder stops `dvc repro` at check_params, named as params.yaml gives it; the
+    phantoms' folder may be missing, as the synthesize stage makes it afterwards."""
+    write_pair_folder(tmp_path / "real", layout="plain", n=2)
+    script = repo_root / "stages" / "check_params.py"
+    done = _run(script, tmp_path, {"data": {"dir": "data/raw/synthetic", "extra_dirs": {"real": "real"}}})
+    assert done.returncode == 0, done.stderr
+    done = _run(script, tmp_path, {"data": {"dir": "reel", "extra_dirs": {"real": "real", "covid": "../covd"}}})
+    assert done.returncode == 2
+    assert f"data.dir=reel: no such folder ({tmp_path / 'reel'})" in done.stderr
+    assert f"data.extra_dirs.covid=../covd: no such folder ({tmp_path.parent / 'covd'})" in done.stderr
+    assert "real" not in done.stderr.replace("reel", "")
 
 
 def test_check_reads_several_folders_and_fails_when_one_has_errors(tmp_path, write_pair_folder):
@@ -182,12 +215,12 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 def test_synthesize_writes_only_a_note_when_data_dir_is_elsewhere(tmp_path, repo_root, write_pair_folder):
     write_pair_folder(tmp_path / "real", layout="plain", n=2)
     synthetic = {"n_images": 3, "min_size": 32, "max_size": 40}
-    elsewhere = _run(repo_root / "stages" / "synthesize.py", tmp_path, {"data": {"dir": ["real"]}, "synthetic": synthetic})
+    elsewhere = _run(repo_root / "stages" / "synthesize.py", tmp_path, {"data": {"dir": "real"}, "synthetic": synthetic})
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert [p.name for p in (tmp_path / "data" / "raw" / "synthetic").iterdir()] == ["README.txt"]
-    # listed among several folders (spelled differently), the phantoms are made
+    # listed as an extra folder (spelled differently), the phantoms are made
     listed = _run(repo_root / "stages" / "synthesize.py", tmp_path,
-                  {"data": {"dir": ["real", "./data/raw/../raw/synthetic"]}, "synthetic": synthetic})
+                  {"data": {"dir": "real", "extra_dirs": {"phantoms": "./data/raw/../raw/synthetic"}}, "synthetic": synthetic})
     assert listed.returncode == 0, listed.stderr
     assert len(list((tmp_path / "data" / "raw" / "synthetic").rglob("*.png"))) == 6
 
@@ -217,24 +250,29 @@ def test_dvc_pipeline_on_real_data_skips_the_phantoms_and_brings_them_back(tmp_p
 
 
 @pytest.mark.slow
-def test_dvc_repro_takes_a_list_of_folders_and_reruns_when_one_changes(tmp_path, write_pair_folder):
-    """data.dir as a list through real `dvc repro`: each folder is a source in the evaluation; a
-    repro with nothing changed runs only the fingerprint; a changed mask in the second folder
-    reruns preprocessing and what follows."""
+def test_dvc_repro_takes_extra_folders_stays_clean_and_reruns_when_one_changes(tmp_path, write_pair_folder):
+    """data.extra_dirs through real `dvc repro`: each folder is a source in the evaluation; a
+    second repro runs nothing and `dvc status` is clean; a new file lungseg does not read reruns
+    only that folder's fingerprint; a changed mask in the extra folder reruns preprocessing and
+    what follows."""
     tiny = {"preprocess": {"image_size": 32, "workers": 1}, "model": {"depth": 2, "base_width": 4},
             "split": {"stratify_by": ""}, "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
             "infer": {"device": "cpu"}, "evaluate": {"subgroups": [], "baseline_steps": 8, "bootstrap_samples": 100},
             "visualize": {"n_examples": 2, "dpi": 30}}
     first = write_pair_folder(tmp_path / "kaggle", layout="kaggle", n=20, size=(48, 40))
     second = write_pair_folder(tmp_path / "plain", layout="plain", n=20, size=(40, 48), metadata=False)
-    project = new_project(tmp_path, {**tiny, "data": {"dir": [str(first.root), "../plain"]}})
+    project = new_project(tmp_path, {**tiny, "data": {"dir": str(first.root), "extra_dirs": {"covid": "../plain"}}})
     run(project, "dvc", "repro")
     report = yaml.safe_load((project / "results" / "evaluation_report.json").read_text())
-    assert set(report["subgroups"]["source"]) == {"kaggle", "plain"}
-    fingerprints = yaml.safe_load((project / "data" / "sources.json").read_text())
-    assert [(entry["source"], entry["files"]) for entry in fingerprints] == [("kaggle", 41), ("plain", 40)]
+    assert set(report["subgroups"]["source"]) == {"kaggle", "covid"}
+    fingerprints = {path.name: yaml.safe_load(path.read_text()) for path in (project / "data" / "sources").glob("*.json")}
+    assert {name: (entry["dir"], entry["files"]) for name, entry in fingerprints.items()} == {
+        "dir.json": (str(first.root), 41), "extra_dirs.covid.json": ("../plain", 40)}
 
-    assert stages_run(run(project, "dvc", "repro")) == {"sources"}
+    assert stages_run(run(project, "dvc", "repro")) == set()
+    assert json.loads(run(project, "dvc", "status", "--json")) == {}
+    (second.root / "notes.txt").write_text("a file lungseg does not read")
+    assert stages_run(run(project, "dvc", "repro")) == {"extra_sources@covid"}
     redrawn = np.zeros((40, 48), np.uint8)
     redrawn[8:32, 6:20] = redrawn[8:32, 28:42] = 255
     Image.fromarray(redrawn).save(second.mask_paths["3"])

@@ -61,7 +61,7 @@ def check(args: argparse.Namespace) -> int:
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
     settings, data = config.load(params, "preprocess", "data", source=args.params)
     limit_pixels(args, settings.max_pixels)  # as the preprocess stage reads the data
-    source_names(args.data_dir)  # several folders: none named twice, as data.dir would refuse
+    source_names(args.data_dir)  # several folders: none named twice, as params.yaml's data section would refuse
     return max(check_folder(folder, settings, args.verbose, data.lung_labels) for folder in args.data_dir)
 
 
@@ -222,7 +222,7 @@ def add_check(commands) -> None:
                                   description="Check a data folder as the preprocess stage would read it.",
                                   epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     checker.add_argument("data_dir", nargs="+", type=existing_folder, help="a folder in the Kaggle layout or with image/ and mask/ "
-                                                     "(several: each is checked, as data.dir's list is read)")
+                                                     "(several: each is checked, as data.dir and data.extra_dirs are read)")
     checker.add_argument("--params", default="params.yaml", help="take preprocess settings from here (default: params.yaml if present)")
     checker.add_argument("-v", "--verbose", action="store_true", help="list every warning, not just the summary")
     add_max_pixels(checker)
@@ -302,10 +302,13 @@ def calibrate(args: argparse.Namespace) -> int:
     if Path(args.model).is_file() and is_exported(args.model):
         raise CheckpointError(f"{args.model}: an exported model; calibrate the checkpoint it came from "
                               "(results/best_unet.pth), then export that again")
-    limit_pixels(args)
+    params = config.read_params(args.params) if Path(args.params).is_file() else {}
+    data, preprocess = config.load(params, "data", "preprocess", source=args.params)
+    limit_pixels(args, preprocess.max_pixels)
     checkpoint = load_checkpoint(args.model)
     settings = config.PreprocessConfig(**checkpoint["preprocess"])
-    images_, masks, _ = preprocess_folder(args.data, settings)  # raises DataError listing every bad file
+    # raises DataError listing every bad file; label-map masks read with params.yaml's data.lung_labels
+    images_, masks, _ = preprocess_folder(args.data, settings, data.lung_labels)
     calibrated = recalibrate(checkpoint, images_, masks, args.draws, args.seed, Path(args.data).resolve().name)
     save_checkpoint(calibrated, out / name)
     record = calibrated["dice_estimator"]["calibration"]
@@ -336,6 +339,8 @@ def add_calibrate(commands) -> None:
     calibrator.add_argument("--draws", type=whole_number, default=config.QualityConfig().calibration_draws, metavar="N",
                             help="degraded copies of each image to fit on (default: %(default)s, as quality.calibration_draws)")
     calibrator.add_argument("--seed", type=int, default=0, help="seed of the degraded copies (default: 0)")
+    calibrator.add_argument("--params", default="params.yaml", help="take data.lung_labels and preprocess.max_pixels from here "
+                            "(default: params.yaml if present)")
     add_overwrite(calibrator)
     add_max_pixels(calibrator)
     calibrator.set_defaults(handler=calibrate)

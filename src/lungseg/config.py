@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import re
 import typing
 from functools import cache
 from pathlib import Path
@@ -77,13 +78,28 @@ def _rule(problem: str, *keys: str) -> PydanticCustomError:
 _section = dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 
 
-def _folders(value):
-    """data.dir: one folder (text), or a list of several (each text, none empty)."""
-    if not isinstance(value, (list, tuple)):
-        return _text(value)
-    if not value or not all(isinstance(item, str) and item.strip() for item in value):
-        raise PydanticCustomError("folders_type", "expected a folder, or a non-empty list of folders")
-    return tuple(value)
+def _folder(value):
+    """data.dir: one folder. A list (accepted before data.extra_dirs existed) is refused with the fix."""
+    if isinstance(value, (list, tuple)):
+        raise PydanticCustomError("folder_list", "expected one folder; name further folders under data.extra_dirs, "
+                                  "e.g. extra_dirs: {covid: ../covid-cxr}")
+    if not _text(value).strip():
+        raise PydanticCustomError("folder_type", "expected a folder")
+    return value
+
+
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names a DVC stage (extra_sources@<name>) and a file
+
+
+def _named_folders(value):
+    """data.extra_dirs: {name: folder}, each name a plain word, each folder non-empty text."""
+    items = {} if value is None else value
+    if not isinstance(items, dict) or not all(isinstance(name, str) and SOURCE_NAME.fullmatch(name)
+                                              and isinstance(folder, str) and folder.strip()
+                                              for name, folder in items.items()):
+        raise PydanticCustomError("named_folders_type", "expected named folders, e.g. {covid: ../covid-cxr} "
+                                  "(names of letters, digits, '.', '_' and '-'; {} = none)")
+    return dict(items)
 
 
 def _labels(value):
@@ -97,15 +113,34 @@ def _labels(value):
 
 @_section
 class DataConfig:
-    # a folder in the Kaggle layout or with image/ and mask/ inside, or a list of such folders
-    dir: Annotated[str | tuple[str, ...], BeforeValidator(_folders)] = "data/raw/synthetic"
+    # a folder in the Kaggle layout or with image/ and mask/ inside
+    dir: Annotated[str, BeforeValidator(_folder)] = "data/raw/synthetic"
+    # further such folders, each under a name of its own: the source name of its images
+    extra_dirs: Annotated[dict[str, str], BeforeValidator(_named_folders)] = Field(default_factory=dict)
     # label-map masks (1 = right lung, 2 = left lung, ...): which labels are lung; () = every label
     lung_labels: Annotated[tuple[int, ...], BeforeValidator(_labels)] = ()
 
     @property
     def dirs(self) -> tuple[str, ...]:
-        """The data folders, as a tuple also when data.dir names one."""
-        return (self.dir,) if isinstance(self.dir, str) else self.dir
+        """Every data folder: data.dir, then data.extra_dirs in the order written."""
+        return (self.dir, *self.extra_dirs.values())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Each folder's source name: data.dir's own folder name, then data.extra_dirs' names."""
+        return (Path(self.dir).resolve().name or "data", *self.extra_dirs)
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if self.names[0] in self.extra_dirs:
+            raise _rule(f"data.extra_dirs: the name {self.names[0]!r} is already data.dir's (its folder's name); "
+                        "choose another", "dir", "extra_dirs")
+        resolved = [Path(folder).resolve() for folder in self.dirs]
+        twice = sorted({folder for folder, path in zip(self.dirs, resolved) if resolved.count(path) > 1})
+        if twice:
+            raise _rule(f"data.extra_dirs: names the same folder more than once: {twice}; list each folder once",
+                        "dir", "extra_dirs")
+        return self
 
 
 @_section

@@ -4,7 +4,7 @@ from pathlib import Path
 
 PARAMS_CHECKED = Path("data/params_checked.txt")
 SYNTHETIC_DIR = Path("data/raw/synthetic")
-SOURCES = Path("data/sources.json")  # a fingerprint of each data folder (stages/sources.py)
+SOURCES_DIR = Path("data/sources")  # one fingerprint per data folder (stages/sources.py)
 # file digests kept between runs; DVC keeps its own temporaries here too and never tracks them
 HASH_CACHE = Path(".dvc/tmp/lungseg-file-hashes.json")
 PROCESSED_DIR = Path("data/processed")

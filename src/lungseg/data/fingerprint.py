@@ -1,8 +1,10 @@
-"""A content fingerprint of the data folders, standing in for them as one DVC dependency.
+"""A content fingerprint of a data folder: what lungseg reads there, as one digest.
 
-DVC's templating cannot put a list of folders into a stage's `deps` (treeverse/dvc#8171), so a
-`sources` stage runs on every `dvc repro` and writes one digest per folder of data.dir; the stages
-that read the folders depend on that file and rerun exactly when a file they read changes.
+In dvc.yaml each data folder is a dependency of its own small stage (`sources` for data.dir,
+`extra_sources@<name>` for each of data.extra_dirs), which writes the folder's fingerprint into
+data/sources/; the stages that read the folders depend on that folder of fingerprints. DVC reruns
+a fingerprint stage when anything in its folder changes, and preprocess only when a file lungseg
+reads changed (a .DS_Store or a notes file changes no fingerprint).
 
 The digest covers what lungseg may read: every visible file in the folder's image/ and mask/
 folders (names and bytes), a superset of the images it pairs, and its MetaData.csv; so a stray
@@ -107,14 +109,12 @@ def folder_fingerprint(folder: str | Path, cache: HashCache) -> dict:
     return {"files": len(files), "md5": digest.hexdigest()}
 
 
-def fingerprint_sources(folders, names, cache_path: str | Path | None) -> list[dict]:
-    """One entry per data folder: its source name, the folder as given, file count and md5.
+def fingerprint_folder(folder: str | Path, cache_path: str | Path | None) -> dict:
+    """The folder as given, the number of files lungseg reads there, and their md5.
 
-    folders: data.dir as a list. names: their source names (lungseg.data.layout.source_names).
-    cache_path: the HashCache file, or None.
+    folder: a data folder. cache_path: the HashCache file, or None.
     """
     cache = HashCache(cache_path)
-    entries = [{"source": name, "dir": os.fspath(folder), **folder_fingerprint(folder, cache)}
-               for name, folder in zip(names, folders)]
+    entry = {"dir": os.fspath(folder), **folder_fingerprint(folder, cache)}
     cache.save()
-    return entries
+    return entry

@@ -38,7 +38,7 @@ def find_layout(data_dir: str | Path) -> Layout:
     if not data_dir.is_dir():
         # a relative path also as resolved: a queued experiment resolves it in its own copy of the project
         where = "" if data_dir.is_absolute() else f" ({data_dir.resolve()})"
-        raise DataError(f"data folder {data_dir}{where} does not exist (set data.dir in params.yaml)")
+        raise DataError(f"data folder {data_dir}{where} does not exist (see data.dir and data.extra_dirs in params.yaml)")
     for kind, root in PAIR_ROOTS.items():
         image_dir, mask_dir = data_dir / root / "image", data_dir / root / "mask"
         if image_dir.is_dir() and mask_dir.is_dir():
@@ -141,13 +141,13 @@ def source_names(folders) -> list[str]:
     """A short name for each data folder, for the index's `source` column and prefixed ids: the
     folder's own name, with -2, -3... added to the later ones of folders that share a name.
 
-    folders: the data folders (params.yaml's data.dir, as a list). Raises DataError when two of
-    them are the same folder (it would be read twice).
+    folders: the data folders (DataConfig.dirs, or those `lungseg check` is given). Raises
+    DataError when two of them are the same folder (it would be read twice).
     """
     resolved = [Path(folder).resolve() for folder in folders]
     repeated = sorted({str(folder) for folder in folders if resolved.count(Path(folder).resolve()) > 1})
     if repeated:
-        raise DataError(f"data.dir names the same folder more than once: {repeated}; list each folder once")
+        raise DataError(f"the same folder is named more than once: {repeated}; name each folder once")
     names: list[str] = []
     for folder in resolved:
         base, count = folder.name or "data", 1

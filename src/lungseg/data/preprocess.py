@@ -206,12 +206,13 @@ def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.nda
     return np.stack([r.image for r in prepared]), np.stack([r.mask for r in prepared]), index
 
 
-ID_SEPARATOR = "__"  # between the source and the file's id, when data.dir names several folders
+ID_SEPARATOR = "__"  # between the source and the file's id, when there are several data folders
 
 
-def assemble_sources(scans: list[Scan], settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """The arrays and index of one scan per data folder, in data.dir's order, with a `source`
-    column naming each image's folder (layout.source_names).
+def assemble_sources(scans: list[Scan], settings: PreprocessConfig,
+                     names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The arrays and index of one scan per data folder, in DataConfig.dirs' order, with a
+    `source` column naming each image's folder.
 
     With one folder, ids and file paths are as assemble gives them (ids are file stems, paths are
     relative to the folder), so existing split files keep their ids. With several, every id
@@ -221,8 +222,10 @@ def assemble_sources(scans: list[Scan], settings: PreprocessConfig) -> tuple[np.
 
     scans: scan_folder's result for each folder, each free of errors (raise_on_errors).
     settings: the preprocess settings the scans were read with.
+    names: each folder's source name (DataConfig.names); None: the folders' own names, made
+        unique (layout.source_names).
     """
-    names = source_names([scan.data_dir for scan in scans])
+    names = names or source_names([scan.data_dir for scan in scans])
     images, masks, tables = [], [], []
     for name, scan in zip(names, scans):
         scan_images, scan_masks, index = assemble(scan, settings)
@@ -246,7 +249,7 @@ def index_root(folders) -> Path:
     """The folder the index's image_file and mask_file paths are relative to (assemble_sources):
     the data folder itself when there is one, the project folder when there are several.
 
-    folders: params.yaml's data.dir (text or a list), or DataConfig.dirs.
+    folders: one data folder, or DataConfig.dirs.
     """
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     return Path(folders[0]) if len(folders) == 1 else Path(".")
