@@ -1,4 +1,4 @@
-"""Cost of the training-batch augmentations on the CPU: images per second of lungseg.augment's
+"""Cost of the training-batch augmentations on the CPU: images per second of lungseg.training.augment's
 Augmenter at batch 2 (the default) and 16: the ops before issue 14 (the baseline, measured in
 the same run) against those plus the site-appearance ops (blur/sharpen, collimation bands,
 burned-in text), plus the opacity too (the default), and every site op on every image.
@@ -18,8 +18,8 @@ from dataclasses import replace
 import torch
 from common import print_table, write_results
 
-from lungseg.augment import Augmenter
-from lungseg.config import AugmentConfig
+from lungseg.core.config import AugmentConfig
+from lungseg.training.augment import Augmenter
 
 # the ops before issue 14, as the baseline
 TODAY = replace(AugmentConfig(), probability=1.0, contrast=0.2, gamma=0.2, blur=0.0, border_probability=0.0, text_probability=0.0,

@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 import yaml
 
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.split import split_ids
-from lungseg.tracking import read_history
+from lungseg.training.tracking import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -34,7 +34,7 @@ import yaml
 from common import REAL_SAMPLE, print_table, scratch_project, set_params, stage_history, write_results
 from recipe_ablation import tiled_train
 
-from lungseg.io import write_csv
+from lungseg.core.io import write_csv
 
 # today's documented CPU recipe (docs/accuracy.md) and the new one; every other key is params.yaml's
 RECIPES = {

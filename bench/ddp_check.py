@@ -11,7 +11,7 @@ median of the others. Needs only torch, numpy, pandas, pyyaml, tqdm, scipy and p
 
 With one GPU, NCCL cannot run two ranks on it, so the 2-rank code path of CUDA (SyncBatchNorm,
 torch.compile and DDP together) runs instead as two ranks sharing the GPU over gloo: the train
-stage's recipe (lungseg.training.train_model), called directly (`--shared-gpu`, started here under torchrun). Its times say nothing about
+stage's recipe (lungseg.training.recipe.train_model), called directly (`--shared-gpu`, started here under torchrun). Its times say nothing about
 speed; it shows that the path runs and that both ranks end with the same history.
 """
 
@@ -34,12 +34,12 @@ import torch.distributed as dist
 import yaml
 from common import ROOT, print_table, stage_history, write_results
 
-from lungseg import distributed
-from lungseg.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.core.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.core.io import write_csv, write_json
 from lungseg.data.preprocess import ProcessedSet, save_processed
 from lungseg.data.synthetic import make_phantom
-from lungseg.io import write_csv, write_json
-from lungseg.training import train_model
+from lungseg.training import distributed
+from lungseg.training.recipe import train_model
 
 STAGE = ROOT / "stages" / "train.py"
 
@@ -96,7 +96,7 @@ def run(project: Path, label: str, command: list[str], processes: int, backend: 
 
 def shared_gpu_rank(args) -> None:
     """One of two ranks on one GPU over gloo: SyncBatchNorm, compile and DDP as train.nproc=2 uses them,
-    through the train stage's own recipe (lungseg.training.train_model)."""
+    through the train stage's own recipe (lungseg.training.recipe.train_model)."""
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     worker = distributed.Worker(rank, world, 0, torch.device("cuda", 0))

@@ -56,10 +56,10 @@ from common import (
 )
 from scipy import stats
 
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.preprocess import preprocess_folder
-from lungseg.inference import load_predictor, torch_threads
-from lungseg.metrics import dice_per_image
+from lungseg.inference.predictor import load_predictor, torch_threads
+from lungseg.model.metrics import dice_per_image
 
 RECIPES = {"recipe": {"train.epochs": 20, "train.low_res_epochs": 10},  # docs/accuracy.md: the CPU recipe
            "weak": {"train.epochs": 1, "train.low_res_epochs": 0}}

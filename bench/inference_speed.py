@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from common import peak_rss_mb, print_table, synchronize, write_results
 
-from lungseg.checkpoint import build_model, load_checkpoint, make_checkpoint, save_checkpoint
-from lungseg.inference import Predictor
-from lungseg.model import UNet
+from lungseg.inference.predictor import Predictor
+from lungseg.model.checkpoint import build_model, load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.model.unet import UNet
 
 
 def seed_style_predict(model, images: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ into a temporary folder, then measures, each in a fresh process:
 
   lungseg predict                the command, with overlays (the new uint8 overlay)
   lungseg predict --no-overlays  the same without overlays: the masks, table and lung sides alone
-  overlay step, new              read the X-ray for display + lungseg.viz.overlay + save the PNG
+  overlay step, new              read the X-ray for display + lungseg.evaluation.pictures.overlay + save the PNG
   overlay step, old (baseline)   the same step as predict did it before: the X-ray as float32,
                                  the overlay built as a full-size float64 RGB array
 
@@ -61,11 +61,11 @@ def write_model(path: Path, xray: Path) -> None:
     that the mask covers about half the image (an untrained model is close to constant)."""
     import torch
 
-    from lungseg.checkpoint import make_checkpoint, save_checkpoint
-    from lungseg.config import PreprocessConfig
+    from lungseg.core.config import PreprocessConfig
     from lungseg.data.preprocess import prepare_image
-    from lungseg.inference import Predictor
-    from lungseg.model import UNet
+    from lungseg.inference.predictor import Predictor
+    from lungseg.model.checkpoint import make_checkpoint, save_checkpoint
+    from lungseg.model.unet import UNet
 
     torch.manual_seed(0)
     model_args, preprocess = {"depth": 2, "base_width": 4}, {"image_size": 64, "normalize": "minmax"}
@@ -87,7 +87,7 @@ def read_mask(path: Path) -> np.ndarray:
 def old_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
     """The overlay as lungseg predict made it before: display grey as float32 in [0, 1], then
     viz.overlay's float64 formula (a full-size float64 RGB array and its copies)."""
-    import lungseg.predict  # noqa: F401  (the new step's imports, torch included: only the overlay differs)
+    import lungseg.inference.predict  # noqa: F401  (the new step's imports, torch included: only the overlay differs)
     from lungseg.data.images import read_grayscale
 
     mask = read_mask(mask_path).astype(bool)
@@ -101,8 +101,8 @@ def old_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
 
 def new_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
     """The overlay as lungseg predict makes it now (predict.display_grey, viz.overlay_image)."""
-    from lungseg.predict import display_grey, save_rgb_png
-    from lungseg.viz import overlay_image
+    from lungseg.evaluation.pictures import overlay_image
+    from lungseg.inference.predict import display_grey, save_rgb_png
 
     mask = read_mask(mask_path)
     grey = display_grey(str(xray), "minmax")

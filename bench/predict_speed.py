@@ -9,9 +9,9 @@ Each set goes through six runs, in one process, on the same files:
 
   baseline     predict_all as it was before (kept below): each image read twice, once for the model
                and once for the overlay, everything on one thread, PNGs at zlib's default level 6
-  no_estimate  lungseg.predict.predict_all with --no-estimate: read once, worker threads beside
+  no_estimate  lungseg.inference.predict.predict_all with --no-estimate: read once, worker threads beside
                the model, level 1
-  lungseg      the same with each mask's dice_estimate (lungseg.quality), as predict runs by default
+  lungseg      the same with each mask's dice_estimate (lungseg.postprocessing.quality), as predict runs by default
 
 each with and without overlays; estimate_cost is lungseg's time over no_estimate's. Then `lungseg evaluate`'s external-folder path on phantom
 image/mask pairs (lungseg.data.synthetic.generate_dataset) of both sizes: evaluate_folder scoring
@@ -36,14 +36,15 @@ import torch
 from common import ROOT, print_table, write_results
 from PIL import Image
 
-from lungseg import predict, quality
-from lungseg.config import EvaluateConfig, PreprocessConfig
+from lungseg.core.config import EvaluateConfig, PreprocessConfig
 from lungseg.data.images import ImageReadError, pixel_spacing
 from lungseg.data.preprocess import prepare_image
 from lungseg.data.synthetic import SITES, generate_dataset, make_phantom
-from lungseg.evaluate import evaluate_folder
-from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
-from lungseg.viz import overlay
+from lungseg.evaluation.pictures import overlay
+from lungseg.evaluation.scores import evaluate_folder
+from lungseg.inference import predict
+from lungseg.inference.predictor import Predictor, default_workers, load_predictor, torch_threads
+from lungseg.postprocessing import quality
 
 MODEL = ROOT / "results" / "best_unet.pth"
 
@@ -70,8 +71,8 @@ def model_file(folder: Path) -> Path:
     """The trained model when there is one, else a tiny untrained checkpoint."""
     if MODEL.is_file():
         return MODEL
-    from lungseg.checkpoint import make_checkpoint, save_checkpoint
-    from lungseg.model import UNet
+    from lungseg.model.checkpoint import make_checkpoint, save_checkpoint
+    from lungseg.model.unet import UNet
 
     torch.manual_seed(0)
     path, model_args = folder / "tiny.pth", {"depth": 3, "base_width": 8}

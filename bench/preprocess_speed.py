@@ -20,7 +20,7 @@ import numpy as np
 from common import ROOT, peak_rss_mb, print_table, write_results
 from PIL import Image
 
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.images import open_image, to_float_gray
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.synthetic import generate_dataset

@@ -2,7 +2,7 @@
 split seeds on the real sample (or any preprocessed folder).
 
 Each job splits the data with one seed (80/10/10, stratified by county, exactly as the split
-stage does), trains one variant with the train stage's own recipe (lungseg.training.train_model),
+stage does), trains one variant with the train stage's own recipe (lungseg.training.recipe.train_model),
 which picks post-processing on validation only, and scores the test part. Every choice is made
 on validation; the test scores are only reported. Jobs run in parallel processes (a GPU is shared by all of them).
 
@@ -25,14 +25,14 @@ import pandas as pd
 import torch
 from common import print_table, require_real_sample, write_results
 
-from lungseg import postprocess
-from lungseg.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.core.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
+from lungseg.core.runtime import resolve_device
 from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed
 from lungseg.data.split import ids_in, split_ids
-from lungseg.engine import predicted_masks
-from lungseg.metrics import dice_per_image
-from lungseg.runtime import resolve_device
-from lungseg.training import tensors, train_model
+from lungseg.model.metrics import dice_per_image
+from lungseg.postprocessing import postprocess
+from lungseg.training.loop import predicted_masks
+from lungseg.training.recipe import tensors, train_model
 
 PLAIN = {"epochs": 8, "augment": False, "postprocess": False, "base_width": 8, "batch_size": 2}  # the default before issue 5
 # README's real-data recipe: 20 epochs of 563 images fit in 10 minutes on 2 CPU cores (24 s an epoch)
@@ -59,7 +59,7 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
 
 
 def run_job(job: dict) -> dict:
-    """Train one variant on one split seed with lungseg.training.train_model; score validation and test."""
+    """Train one variant on one split seed with lungseg.training.recipe.train_model; score validation and test."""
     torch.set_num_threads(job["threads"])
     device, variant = resolve_device(job["device"]), VARIANTS[job["variant"]]
     index = job["index"].assign(id=job["index"]["id"].astype(str))

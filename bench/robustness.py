@@ -42,7 +42,7 @@ from common import (
     write_results,
 )
 
-from lungseg.evaluate import truth_column
+from lungseg.evaluation.scores import truth_column
 
 RECIPE = {"train.epochs": 20, "train.low_res_epochs": 10}  # docs/accuracy.md: the CPU recipe
 NO_OPACITY = {"augment.opacity_probability": 0.0}

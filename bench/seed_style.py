@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lungseg.losses import BceDiceLoss
+from lungseg.model.losses import BceDiceLoss
 
 
 class ArrayDataset(Dataset):

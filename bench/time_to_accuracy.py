@@ -27,10 +27,10 @@ import yaml
 from common import ROOT, print_table, real_split, require_real_sample, stage_history, write_results
 from seed_style import seed_epoch, seed_loader
 
-from lungseg.engine import validate
-from lungseg.losses import BceDiceLoss
-from lungseg.model import UNet
-from lungseg.training import tensors
+from lungseg.model.losses import BceDiceLoss
+from lungseg.model.unet import UNet
+from lungseg.training.loop import validate
+from lungseg.training.recipe import tensors
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src"]
 

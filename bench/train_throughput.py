@@ -3,7 +3,7 @@
 
     python bench/train_throughput.py [--widths 16 32 64] [--seconds 8]
 
-Runs on CUDA when present, else CPU. The project side is lungseg.engine.train_epoch on
+Runs on CUDA when present, else CPU. The project side is lungseg.training.loop.train_epoch on
 device-resident tensors with the same runtime choices as the train stage (channels_last,
 bf16 autocast where native, torch.compile where it pays).
 """
@@ -18,12 +18,12 @@ import torch
 from common import peak_rss_mb, print_table, synchronize, write_results
 from seed_style import seed_epoch, seed_loader
 
-from lungseg.config import ModelConfig, TrainConfig
-from lungseg.engine import TensorPair, train_epoch, train_step
-from lungseg.losses import BceDiceLoss
-from lungseg.model import UNet
-from lungseg.runtime import configure, resolve_device
-from lungseg.training import new_model, runtime_for, tensors
+from lungseg.core.config import ModelConfig, TrainConfig
+from lungseg.core.runtime import configure, resolve_device
+from lungseg.model.losses import BceDiceLoss
+from lungseg.model.unet import UNet
+from lungseg.training.loop import TensorPair, train_epoch, train_step
+from lungseg.training.recipe import new_model, runtime_for, tensors
 
 SIZE = 128
 

@@ -11,9 +11,9 @@ gives it (DVC's own message names only the resolved path).
 
 from pathlib import Path
 
-from lungseg import config, paths, stage
-from lungseg.errors import ParamsError
-from lungseg.io import atomic_path
+from lungseg.core import config, paths, stage
+from lungseg.core.errors import ParamsError
+from lungseg.core.io import atomic_path
 
 
 def missing_folders(data: config.DataConfig) -> list[str]:

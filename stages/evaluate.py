@@ -5,11 +5,12 @@ Dice (results/dice_estimate.csv, drawn by `dvc plots show`)."""
 
 import numpy as np
 
-from lungseg import config, paths, quality, stage
+from lungseg.core import config, paths, stage
+from lungseg.core.io import atomic_path, write_csv, write_json
 from lungseg.data.images import set_max_pixels
 from lungseg.data.preprocess import index_root, load_processed
 from lungseg.data.split import ids_in, read_split
-from lungseg.evaluate import (
+from lungseg.evaluation.scores import (
     estimate_table,
     evaluate_set,
     fit_threshold,
@@ -19,8 +20,8 @@ from lungseg.evaluate import (
     summary,
     threshold_masks,
 )
-from lungseg.inference import Predictor
-from lungseg.io import atomic_path, write_csv, write_json
+from lungseg.inference.predictor import Predictor
+from lungseg.postprocessing import quality
 
 
 def baseline_scores(processed, split, test, steps: int, settings) -> tuple[dict, np.ndarray]:

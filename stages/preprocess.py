@@ -3,7 +3,7 @@ arrays + an index table with each image's source folder."""
 
 import sys
 
-from lungseg import config, paths, stage
+from lungseg.core import config, paths, stage
 from lungseg.data.images import set_max_pixels
 from lungseg.data.integrity import summary, warnings_of
 from lungseg.data.preprocess import assemble_sources, raise_on_errors, save_processed, scan_folder

@@ -7,9 +7,9 @@ changed; an unchanged fingerprint (a notes file edited, say) reruns nothing down
 
 import sys
 
-from lungseg import paths, stage
+from lungseg.core import paths, stage
+from lungseg.core.io import write_json
 from lungseg.data.fingerprint import fingerprint_folder
-from lungseg.io import write_json
 
 
 def main(params: dict) -> None:

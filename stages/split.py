@@ -1,9 +1,9 @@
 """Stage split: a seeded, stratified train/val/test assignment of every image id."""
 
-from lungseg import config, paths, stage
+from lungseg.core import config, paths, stage
+from lungseg.core.io import write_csv
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import split_ids
-from lungseg.io import write_csv
 
 
 def main(params: dict) -> None:

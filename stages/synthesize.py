@@ -5,9 +5,9 @@ README.txt saying why it is empty; pointing data.dir back at it regenerates them
 
 from pathlib import Path
 
-from lungseg import config, paths, stage
+from lungseg.core import config, paths, stage
+from lungseg.core.io import atomic_path
 from lungseg.data.synthetic import HardCases, generate_dataset
-from lungseg.io import atomic_path
 
 PLACEHOLDER = "README.txt"
 

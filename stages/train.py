@@ -1,20 +1,21 @@
 """Stage train: fit the U-Net on the train split, keep the best epoch by validation Dice.
 
-The recipe itself is lungseg.training.train_model; this script reads params, starts the
+The recipe itself is lungseg.training.recipe.train_model; this script reads params, starts the
 processes, and writes the outputs. With train.nproc > 1 the stage re-executes itself under
 torchrun, one process per GPU (or CPU processes on a machine without one); started by torchrun
 directly it trains as one rank of a multi-machine run. How the work is shared, and the
-commands: src/lungseg/distributed.py.
+commands: src/lungseg/training/distributed.py.
 """
 
-from lungseg import config, distributed, paths, stage
-from lungseg.checkpoint import make_checkpoint, save_checkpoint, training_data
+from lungseg.core import config, paths, stage
+from lungseg.core.io import write_json
+from lungseg.core.runtime import resolve_device
 from lungseg.data.preprocess import load_processed
 from lungseg.data.split import read_split
-from lungseg.io import write_json
-from lungseg.runtime import resolve_device
-from lungseg.tracking import EpochLog
-from lungseg.training import Trained, train_model
+from lungseg.model.checkpoint import make_checkpoint, save_checkpoint, training_data
+from lungseg.training import distributed
+from lungseg.training.recipe import Trained, train_model
+from lungseg.training.tracking import EpochLog
 
 
 def main(params: dict) -> None:

@@ -3,11 +3,12 @@
 import numpy as np
 import pandas as pd
 
-from lungseg import config, paths, stage, viz
+from lungseg.core import config, paths, stage
+from lungseg.core.io import atomic_path
 from lungseg.data.preprocess import load_processed
-from lungseg.evaluate import montage_rows
-from lungseg.io import atomic_path
-from lungseg.tracking import read_history
+from lungseg.evaluation import pictures
+from lungseg.evaluation.scores import montage_rows
+from lungseg.training.tracking import read_history
 
 
 def main(params: dict) -> None:
@@ -21,16 +22,16 @@ def main(params: dict) -> None:
     rows = montage_rows(scores, test.images, test.masks, predicted, settings.n_examples)
     with atomic_path(paths.MONTAGE_DIR) as tmp:
         tmp.mkdir()
-        viz.save_montage(rows, tmp / "montage.png", settings.dpi, settings.overlay_alpha)
+        pictures.save_montage(rows, tmp / "montage.png", settings.dpi, settings.overlay_alpha)
         for row in rows:
-            viz.save_montage([row], tmp / f"{row['name']}.png", settings.dpi, settings.overlay_alpha)
+            pictures.save_montage([row], tmp / f"{row['name']}.png", settings.dpi, settings.overlay_alpha)
     with atomic_path(paths.PREDS_DIR) as tmp:
         tmp.mkdir()
         for image_id, mask in predictions.items():
-            viz.save_mask_png(mask, tmp / f"{image_id}.png")
+            pictures.save_mask_png(mask, tmp / f"{image_id}.png")
     history = read_history(paths.LIVE_DIR)
-    viz.save_loss_curves(history, paths.LOSS_CURVES, settings.dpi)
-    viz.save_dice_curves(history, paths.DICE_CURVES, settings.dpi)
+    pictures.save_loss_curves(history, paths.LOSS_CURVES, settings.dpi)
+    pictures.save_dice_curves(history, paths.DICE_CURVES, settings.dpi)
     print(f"wrote {len(rows)} montage rows to {paths.MONTAGE_DIR}, {len(predictions)} masks to {paths.PREDS_DIR}, curves to {paths.RESULTS}")
 
 

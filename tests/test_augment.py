@@ -3,8 +3,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lungseg.augment import Augmenter
-from lungseg.config import AugmentConfig, ParamsError, load
+from lungseg.core.config import AugmentConfig, ParamsError, load
+from lungseg.training.augment import Augmenter
 
 CPU = torch.device("cpu")
 NOTHING = AugmentConfig(probability=1.0, rotate_degrees=0, scale=0, shift=0, brightness=0, contrast=0, gamma=0, noise=0,

@@ -1,6 +1,6 @@
 import threading
 
-from lungseg.budget import PixelBudget
+from lungseg.inference.budget import PixelBudget
 
 
 def test_pixel_budget_lets_an_oversized_image_through_alone_and_never_overfills_without_waiting():

@@ -1,4 +1,4 @@
-"""Tests for lungseg.checkpoint (safe save/load, what a model was trained on) and lungseg.inference (Predictor)."""
+"""Tests for lungseg.model.checkpoint (safe save/load, what a model was trained on) and lungseg.inference.predictor (Predictor)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 from tiny_models import perturbed_unet
 
-from lungseg import paths
-from lungseg.checkpoint import (
+from lungseg.core import paths
+from lungseg.inference.predictor import Predictor, load_predictor
+from lungseg.model.checkpoint import (
     NOT_A_MODEL,
     CheckpointError,
     build_model,
@@ -22,8 +23,7 @@ from lungseg.checkpoint import (
     synthetic_warning,
     training_data,
 )
-from lungseg.inference import Predictor, load_predictor
-from lungseg.model import UNet
+from lungseg.model.unet import UNet
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 16
@@ -285,9 +285,9 @@ def test_a_model_trained_on_phantoms_gets_a_warning_naming_it():
 def test_predict_and_evaluate_warn_when_the_model_was_trained_on_phantoms(tmp_path, write_pair_folder, capsys):
     import torch
 
-    from lungseg.checkpoint import make_checkpoint, save_checkpoint
     from lungseg.cli import main
-    from lungseg.model import UNet
+    from lungseg.model.checkpoint import make_checkpoint, save_checkpoint
+    from lungseg.model.unet import UNet
 
     torch.manual_seed(0)
     model_args = {"depth": 2, "base_width": 4}
@@ -305,8 +305,8 @@ def test_predict_and_evaluate_warn_when_the_model_was_trained_on_phantoms(tmp_pa
 
 def test_the_record_survives_a_checkpoint_round_trip(tmp_path):
     """Checkpoints load weights_only: the record must hold plain Python values, no numpy ones."""
-    from lungseg.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-    from lungseg.model import UNet
+    from lungseg.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from lungseg.model.unet import UNet
 
     for data_dir, counties in (("/hospital/xrays", ["Montgomery", "Shenxhen"]), ("/copy", ["PhantomA"])):
         record = training_data((data_dir,), index(counties))

@@ -18,10 +18,10 @@ import torch
 from dvc_project import ctrl_c_as_in_a_terminal
 from PIL import Image
 
-from lungseg.checkpoint import NOT_A_MODEL, make_checkpoint, save_checkpoint
 from lungseg.cli import main
 from lungseg.data.images import max_pixels, set_max_pixels
-from lungseg.model import UNet
+from lungseg.model.checkpoint import NOT_A_MODEL, make_checkpoint, save_checkpoint
+from lungseg.model.unet import UNet
 
 ENTRY_POINT = Path(sys.executable).parent / "lungseg"  # the console script installed beside this python
 
@@ -169,8 +169,8 @@ def test_evaluate_runs_exported_models_with_the_checkpoints_scores(write_pair_fo
     """`evaluate --model` takes what `export` writes, as predict does: .ts and .onnx score like the .pth."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
     # the checkpoint in fp32 too: on CPUs with fast bf16, precision 'auto' runs checkpoints in
-    # bf16 (lungseg.runtime.autocast_dtype), while exports always run in fp32
-    monkeypatch.setattr("lungseg.inference.autocast_dtype", lambda device, precision="auto": None)
+    # bf16 (lungseg.core.runtime.autocast_dtype), while exports always run in fp32
+    monkeypatch.setattr("lungseg.inference.predictor.autocast_dtype", lambda device, precision="auto": None)
     model = _perturbed_checkpoint(tmp_path / "tiny.pth")
     assert main(["export", str(model), "--out", str(tmp_path / "exported")]) == 0
     data = write_pair_folder(tmp_path / "external", layout="plain", n=3, size=(48, 40), metadata=False)
@@ -367,7 +367,7 @@ def _old_checkpoint(path: Path) -> Path:
 
 
 def test_calibrate_writes_a_calibrated_copy_and_leaves_the_model_alone(write_pair_folder, tmp_path, capsys):
-    from lungseg.inference import load_predictor
+    from lungseg.inference.predictor import load_predictor
 
     data = write_pair_folder(tmp_path / "site", layout="plain", n=4, metadata=False)
     model = _old_checkpoint(tmp_path / "old.pth")

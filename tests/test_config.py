@@ -1,4 +1,4 @@
-"""Tests for lungseg.config: params.yaml -> checked pydantic dataclasses, every problem reported at once."""
+"""Tests for lungseg.core.config: params.yaml -> checked pydantic dataclasses, every problem reported at once."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from lungseg import config
-from lungseg.config import SECTIONS, ParamsError, load, read_params, validate
+from lungseg.core import config
+from lungseg.core.config import SECTIONS, ParamsError, load, read_params, validate
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 
 from lungseg.cli import main as cli
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.images import (
     ImageReadError,
     is_image_file,

@@ -15,18 +15,19 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from lungseg import config, distributed
-from lungseg.checkpoint import build_model, load_checkpoint
-from lungseg.config import PreprocessConfig, TrainConfig
+from lungseg.core import config
+from lungseg.core.config import PreprocessConfig, TrainConfig
+from lungseg.core.errors import ParamsError, TrainingError
+from lungseg.core.io import write_csv
 from lungseg.data.preprocess import save_processed
 from lungseg.data.synthetic import make_phantom
-from lungseg.engine import fit, validate, validation_sums
-from lungseg.errors import ParamsError, TrainingError
-from lungseg.io import write_csv
-from lungseg.losses import BceDiceLoss
-from lungseg.model import UNet
-from lungseg.tracking import read_history
-from lungseg.training import tensors
+from lungseg.model.checkpoint import build_model, load_checkpoint
+from lungseg.model.losses import BceDiceLoss
+from lungseg.model.unet import UNet
+from lungseg.training import distributed
+from lungseg.training.loop import fit, validate, validation_sums
+from lungseg.training.recipe import tensors
+from lungseg.training.tracking import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

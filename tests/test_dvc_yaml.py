@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungseg import paths
+from lungseg.core import paths
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src"

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from lungseg import training
-from lungseg.config import PreprocessConfig, TrainConfig
+from lungseg.core.config import PreprocessConfig, TrainConfig
+from lungseg.core.errors import TrainingError
+from lungseg.core.runtime import images_to_tensor
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.synthetic import generate_dataset
-from lungseg.engine import TensorPair, downsampled, fit, is_out_of_memory, out_of_memory_advice
-from lungseg.errors import TrainingError
-from lungseg.evaluate import fit_threshold, threshold_masks
-from lungseg.metrics import dice_per_image
-from lungseg.model import UNet
-from lungseg.runtime import images_to_tensor
+from lungseg.evaluation.scores import fit_threshold, threshold_masks
+from lungseg.model.metrics import dice_per_image
+from lungseg.model.unet import UNet
+from lungseg.training import recipe
+from lungseg.training.loop import TensorPair, downsampled, fit, is_out_of_memory, out_of_memory_advice
 
 SIZE = 64
 
@@ -37,7 +37,7 @@ def phantoms(raw_phantoms):
 
 
 def tensors(pair):
-    return training.tensors(*pair)
+    return recipe.tensors(*pair)
 
 
 def train(phantoms, epochs=8, seed=0, dtype=None):

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from lungseg import evaluate
-from lungseg.config import EvaluateConfig
-from lungseg.errors import DataError
-from lungseg.evaluate import (
+from lungseg.core.config import EvaluateConfig
+from lungseg.core.errors import DataError
+from lungseg.evaluation import scores as evaluate
+from lungseg.evaluation.scores import (
     NOT_GIVEN,
     bootstrap_ci,
     dice_histogram,
@@ -24,7 +24,7 @@ from lungseg.evaluate import (
     summary,
     threshold_masks,
 )
-from lungseg.inference import Predictor
+from lungseg.inference.predictor import Predictor
 
 FAST = EvaluateConfig(bootstrap_samples=200)
 
@@ -217,8 +217,8 @@ def test_hd95_is_also_given_in_mm_for_images_that_carry_a_pixel_spacing(tmp_path
 
 
 def test_quality_columns_flag_an_empty_and_a_one_lung_prediction_like_predict():
-    from lungseg import quality
-    from lungseg.evaluate import quality_columns
+    from lungseg.evaluation.scores import quality_columns
+    from lungseg.postprocessing import quality
 
     size = 32
     two_lungs = np.zeros((size, size), np.uint8)
@@ -237,7 +237,7 @@ def test_quality_columns_flag_an_empty_and_a_one_lung_prediction_like_predict():
 
 
 def test_montage_titles_give_the_estimate_beside_the_true_dice_on_a_second_line():
-    from lungseg.evaluate import montage_rows
+    from lungseg.evaluation.scores import montage_rows
 
     scores = pd.DataFrame({"id": ["a", "b", "c"], "dice": [0.9, 0.8, 0.7], "dice_estimate": [0.91, None, 0.65]})
     images = np.zeros((3, 8, 8), np.uint8)
@@ -249,7 +249,7 @@ def test_montage_titles_give_the_estimate_beside_the_true_dice_on_a_second_line(
 
 
 def test_estimate_agreement_scores_the_estimate_against_the_native_dice():
-    from lungseg.evaluate import estimate_agreement, estimate_table
+    from lungseg.evaluation.scores import estimate_agreement, estimate_table
 
     scores = pd.DataFrame({"id": list("abcd"), "dice": [0.5] * 4, "dice_native": [0.9, 0.8, 0.7, 0.95],
                            "dice_estimate": [0.92, 0.78, 0.75, 0.93]})

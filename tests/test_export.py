@@ -1,6 +1,6 @@
-"""Tests for lungseg.export (TorchScript and ONNX export with a parity check), lungseg.exported
+"""Tests for lungseg.inference.export (TorchScript and ONNX export with a parity check), lungseg.inference.formats
 (the formats' metadata and loaders), its onnxruntime wrapper and
-lungseg.inference's loaders of exports (from_onnx, from_torchscript, load_predictor)."""
+lungseg.inference.predictor's loaders of exports (from_onnx, from_torchscript, load_predictor)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,26 @@ import pytest
 import torch
 from tiny_models import perturbed_unet, tiny_estimator
 
-from lungseg.checkpoint import NOT_A_MODEL, load_checkpoint, make_checkpoint, save_checkpoint
-from lungseg.errors import CheckpointError, ExportError, LungsegError
-from lungseg.export import (
+from lungseg.core.errors import CheckpointError, ExportError, LungsegError
+from lungseg.inference.export import (
     PARITY_TOLERANCE,
     check_parity,
     export_model,
     export_onnx,
     export_torchscript,
 )
-from lungseg.exported import is_exported, is_torchscript, load_onnx, load_torchscript, metadata, parse_metadata, require
-from lungseg.inference import Predictor, load_predictor
-from lungseg.model import UNet
+from lungseg.inference.formats import (
+    is_exported,
+    is_torchscript,
+    load_onnx,
+    load_torchscript,
+    metadata,
+    parse_metadata,
+    require,
+)
+from lungseg.inference.predictor import Predictor, load_predictor
+from lungseg.model.checkpoint import NOT_A_MODEL, load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.model.unet import UNet
 
 MODEL_ARGS = {"depth": 2, "base_width": 4}
 SIZE = 32
@@ -238,7 +246,7 @@ def test_onnx_predictor_threshold_can_be_overridden(onnx_path):
 
 
 def test_load_predictor_picks_the_loader_from_the_file(checkpoint_path, torchscript_path, onnx_path, tmp_path):
-    from lungseg.exported import OnnxModel
+    from lungseg.inference.formats import OnnxModel
 
     reference = Predictor.from_checkpoint(checkpoint_path, device="cpu", precision="fp32")
     torchscript_as_pt = tmp_path / "exported.pt"  # TorchScript is recognised by content, not suffix
@@ -259,7 +267,7 @@ def test_torchscript_predictor_gives_the_checkpoint_predictors_masks(checkpoint_
 
 def test_a_non_default_normalisation_travels_into_the_torchscript_export(tmp_path):
     """predict prepares an exported model's inputs with the settings the export carries."""
-    from lungseg.config import PreprocessConfig
+    from lungseg.core.config import PreprocessConfig
 
     stored = {"image_size": SIZE, "normalize": "percentile", "percentile_low": 2.0, "percentile_high": 97.0}
     save_checkpoint(make_checkpoint(_trained_model(0), MODEL_ARGS, stored, 0.5), tmp_path / "model.pth")

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
+from lungseg.core.errors import DataError
 from lungseg.data.fingerprint import HashCache, data_files, fingerprint_folder, folder_fingerprint, stat_key
-from lungseg.errors import DataError
 
 
 def fingerprint(folder, cache_path=None) -> dict:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lungseg.cli import main as cli
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.integrity import errors, summary, warnings_of
 from lungseg.data.layout import DataError
 from lungseg.data.metadata import normalise_age, normalise_gender, normalise_ptb, read_metadata

@@ -83,7 +83,7 @@ def processes_in(folder: Path) -> list[int]:
 
 
 def assert_no_process_left(project: Path, seconds: float = 10) -> None:
-    """A killed stage's workers end within a few seconds (lungseg.io.worker_pool)."""
+    """A killed stage's workers end within a few seconds (lungseg.core.io.worker_pool)."""
     if not Path("/proc/self/cwd").exists():
         return  # no /proc to look in (not Linux)
     deadline = time.monotonic() + seconds

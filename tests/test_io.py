@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungseg.io import atomic_path, save_npy, sweep_folder, write_csv, write_json
+from lungseg.core.io import atomic_path, save_npy, sweep_folder, write_csv, write_json
 
 
 def leftovers(folder):
@@ -104,7 +104,7 @@ def alive(pid: int) -> bool:
 
 POOL_SCRIPT = """
 import sys, time
-from lungseg.io import worker_pool
+from lungseg.core.io import worker_pool
 
 def pid(_):
     import os

@@ -1,4 +1,4 @@
-"""Tests for lungseg.losses: soft Dice and the BCE + Dice training loss."""
+"""Tests for lungseg.model.losses: soft Dice and the BCE + Dice training loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lungseg.losses import BceDiceLoss, soft_dice
+from lungseg.model.losses import BceDiceLoss, soft_dice
 
 
 def _target() -> torch.Tensor:

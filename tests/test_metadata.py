@@ -2,8 +2,8 @@
 
 import pytest
 
+from lungseg.core.errors import DataError
 from lungseg.data.metadata import read_metadata, read_raw_metadata, read_raw_metadata_with_notes
-from lungseg.errors import DataError
 
 HEADER = "id,gender,age,county,ptb,remarks"
 ROWS = ["1,Male,35,Shenzhen,1,", "2,Female,40,Montgomery,0,pleural effusion"]

@@ -1,4 +1,4 @@
-"""Tests for lungseg.metrics: Dice and IoU, per image and pooled, and HD95, on numpy and torch."""
+"""Tests for lungseg.model.metrics: Dice and IoU, per image and pooled, and HD95, on numpy and torch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lungseg.metrics import (
+from lungseg.model.metrics import (
     dice_per_image,
     dice_pooled,
     hd95,

@@ -1,11 +1,11 @@
-"""Tests for lungseg.model: U-Net shapes, structure and input checks."""
+"""Tests for lungseg.model.unet: U-Net shapes, structure and input checks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lungseg.model import Down, UNet, Up
+from lungseg.model.unet import Down, UNet, Up
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

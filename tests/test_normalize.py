@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from lungseg import config
-from lungseg.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from lungseg.config import PreprocessConfig
+from lungseg.core import config
+from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import LungsegError, ParamsError
 from lungseg.data.normalize import clahe, equalize, minmax, normalize_image, percentile_stretch
 from lungseg.data.preprocess import load_processed, prepare_image, preprocess_folder, save_processed
-from lungseg.errors import LungsegError, ParamsError
-from lungseg.exported import metadata, parse_metadata
-from lungseg.model import UNet
+from lungseg.inference.formats import metadata, parse_metadata
+from lungseg.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lungseg.model.unet import UNet
 
 SIZE = 32
 METHODS = ["minmax", "percentile", "equalize", "clahe", "none"]

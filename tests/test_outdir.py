@@ -1,4 +1,4 @@
-"""Tests for lungseg.outdir: the --out folder rules shared by predict, evaluate and export."""
+"""Tests for lungseg.inference.outdir: the --out folder rules shared by predict, evaluate and export."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from lungseg.errors import DataError
-from lungseg.outdir import OutputNames, check_out, input_conflicts, remove_stale
+from lungseg.core.errors import DataError
+from lungseg.inference.outdir import OutputNames, check_out, input_conflicts, remove_stale
 
 PREDICT = OutputNames(files=("predictions.csv",), folders=("masks", "overlays"), suffix=".png")
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from dvc_project import new_project, run, run_status, set_params, stages_run, start
 
-from lungseg.tracking import read_history
+from lungseg.training.tracking import read_history
 
 pytestmark = pytest.mark.slow
 

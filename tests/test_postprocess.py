@@ -1,12 +1,12 @@
-"""Tests for lungseg.postprocess: keeping the two lungs, filling holes, choosing on validation data."""
+"""Tests for lungseg.postprocessing.postprocess: keeping the two lungs, filling holes, choosing on validation data."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lungseg.metrics import dice_per_image
-from lungseg.postprocess import (
+from lungseg.model.metrics import dice_per_image
+from lungseg.postprocessing.postprocess import (
     OPTIONS,
     apply,
     choose,

@@ -1,4 +1,4 @@
-"""Tests for lungseg.predict: `lungseg predict MODEL INPUT... --out DIR`, run in-process."""
+"""Tests for lungseg.inference.predict: `lungseg predict MODEL INPUT... --out DIR`, run in-process."""
 
 from __future__ import annotations
 
@@ -14,17 +14,13 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from scipy import ndimage
 from tiny_models import tiny_estimator
 
-from lungseg import quality
-from lungseg.budget import PixelBudget
-from lungseg.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.cli import main
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.images import IMAGE_SUFFIXES, open_image, read_resized_and_full
 from lungseg.data.normalize import stretch_to_uint8
 from lungseg.data.preprocess import finish_image, prepare_image
-from lungseg.inference import load_predictor
-from lungseg.model import UNet
-from lungseg.predict import (
+from lungseg.inference.budget import PixelBudget
+from lungseg.inference.predict import (
     COLUMNS,
     Budgets,
     Job,
@@ -36,7 +32,11 @@ from lungseg.predict import (
     unique_names,
     write_table,
 )
-from lungseg.quality import lung_pixels
+from lungseg.inference.predictor import load_predictor
+from lungseg.model.checkpoint import make_checkpoint, save_checkpoint
+from lungseg.model.unet import UNet
+from lungseg.postprocessing import quality
+from lungseg.postprocessing.quality import lung_pixels
 
 SIZE = 32
 MODEL_ARGS = {"depth": 2, "base_width": 4}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
 from lungseg.data.images import max_pixels, set_max_pixels
 from lungseg.data.layout import DataError
 from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed, scan_folder

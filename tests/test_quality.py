@@ -1,4 +1,4 @@
-"""Tests for lungseg.quality: the per-image quality columns, the Dice estimate and the flag."""
+"""Tests for lungseg.postprocessing.quality: the per-image quality columns, the Dice estimate and the flag."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lungseg import quality
-from lungseg.quality import (
+from lungseg.postprocessing import quality
+from lungseg.postprocessing.quality import (
     FEATURES,
     DiceEstimator,
     Limits,
@@ -83,7 +83,7 @@ def test_a_third_piece_is_flagged_but_a_speck_is_not():
 
 
 def test_unequal_lungs_or_an_odd_lung_fraction_alone_do_not_flag():
-    # the estimate weighs them (lungseg.quality.DiceEstimator); on their own they flagged good masks
+    # the estimate weighs them (lungseg.postprocessing.quality.DiceEstimator); on their own they flagged good masks
     mask = np.zeros((40, 60), np.uint8)
     right = blob(mask, 5, 4, 30, 20)  # 600 px on the image's left: the patient's right lung
     left = blob(mask, 5, 44, 12, 10)  # 120 px

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungseg.errors import ParamsError
-from lungseg.model import UNet
-from lungseg.runtime import (
+from lungseg.core.errors import ParamsError
+from lungseg.core.runtime import (
     autocast_dtype,
     cpu_has_fast_bf16,
     forward_in_batches,
@@ -15,6 +14,7 @@ from lungseg.runtime import (
     resolve_device,
     should_compile,
 )
+from lungseg.model.unet import UNet
 
 
 def test_auto_and_cpu_resolve_to_an_available_device():

@@ -17,8 +17,9 @@ import yaml
 from dvc_project import new_project, run, set_params, stages_run
 from PIL import Image
 
-from lungseg import config
-from lungseg.config import PreprocessConfig
+from lungseg.core import config
+from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import DataError, ParamsError
 from lungseg.data.layout import source_names
 from lungseg.data.preprocess import (
     ID_SEPARATOR,
@@ -30,7 +31,6 @@ from lungseg.data.preprocess import (
     scan_folder,
 )
 from lungseg.data.split import PARTS, part_sizes, split_ids
-from lungseg.errors import DataError, ParamsError
 
 SETTINGS = PreprocessConfig(image_size=16, workers=1)
 

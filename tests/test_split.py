@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungseg.core.errors import DataError
 from lungseg.data.split import PARTS, ids_in, part_sizes, split_ids
-from lungseg.errors import DataError
 
 FRACTIONS = (0.8, 0.1, 0.1)
 

@@ -1,4 +1,4 @@
-"""Tests for lungseg.tracking: per-epoch metrics on disk as each epoch ends, through dvclive."""
+"""Tests for lungseg.training.tracking: per-epoch metrics on disk as each epoch ends, through dvclive."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from lungseg.errors import LungsegError
-from lungseg.tracking import SERIES, EpochLog, epoch_line, read_history
+from lungseg.core.errors import LungsegError
+from lungseg.training.tracking import SERIES, EpochLog, epoch_line, read_history
 
 
 def row(epoch: int) -> dict:

@@ -1,4 +1,4 @@
-"""The training recipe (lungseg.training.train_model) on tiny phantoms: 32 px, depth 2, base width 4."""
+"""The training recipe (lungseg.training.recipe.train_model) on tiny phantoms: 32 px, depth 2, base width 4."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from lungseg import config, postprocess
-from lungseg.config import AugmentConfig, InferConfig, ModelConfig, TrainConfig
+from lungseg.core import config
+from lungseg.core.config import AugmentConfig, InferConfig, ModelConfig, TrainConfig
+from lungseg.core.errors import ParamsError
 from lungseg.data.preprocess import ProcessedSet
 from lungseg.data.synthetic import make_phantom
-from lungseg.engine import predicted_masks, validate
-from lungseg.errors import ParamsError
-from lungseg.losses import BceDiceLoss
-from lungseg.model import UNet
-from lungseg.training import calibrate, degraded_views, tensors, train_model
+from lungseg.model.losses import BceDiceLoss
+from lungseg.model.unet import UNet
+from lungseg.postprocessing import postprocess
+from lungseg.training.loop import predicted_masks, validate
+from lungseg.training.recipe import calibrate, degraded_views, tensors, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -186,9 +187,9 @@ OUT_OF_MEMORY = textwrap.dedent("""
     import torch
     sys.path.insert(0, {tests!r})
     from test_training import INFER, phantom_set, train_config
-    from lungseg.config import AugmentConfig, ModelConfig
-    from lungseg.errors import TrainingError
-    from lungseg.training import train_model
+    from lungseg.core.config import AugmentConfig, ModelConfig
+    from lungseg.core.errors import TrainingError
+    from lungseg.training.recipe import train_model
 
     torch.set_num_threads(1)
     processed, split = phantom_set()

@@ -1,4 +1,4 @@
-"""Tests for lungseg.viz: overlay maths, PNG writers, validation and atomic writes."""
+"""Tests for lungseg.evaluation.pictures: overlay maths, PNG writers, validation and atomic writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lungseg import viz
+from lungseg.evaluation import pictures
 
 # --------------------------------------------------------------------------- helpers
 
@@ -52,7 +52,7 @@ def _leftovers(folder) -> list[str]:
 
 
 def test_overlay_shape_and_dtype():
-    out = viz.overlay(np.zeros((5, 7), np.float32), np.zeros((5, 7), bool))
+    out = pictures.overlay(np.zeros((5, 7), np.float32), np.zeros((5, 7), bool))
     assert out.shape == (5, 7, 3)
     assert out.dtype == np.uint8
 
@@ -61,7 +61,7 @@ def test_overlay_outside_mask_is_grey_image_value():
     image = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     mask = np.zeros((3, 4), dtype=bool)
     mask[0, 0] = True
-    out = viz.overlay(image, mask)
+    out = pictures.overlay(image, mask)
     outside = ~mask
     for c in range(3):
         np.testing.assert_array_equal(out[..., c][outside], image[outside])
@@ -70,7 +70,7 @@ def test_overlay_outside_mask_is_grey_image_value():
 def test_overlay_inside_mask_exact_alpha_blend():
     image = np.full((2, 2), 100, dtype=np.uint8)
     mask = np.array([[1, 0], [0, 0]], dtype=np.uint8)
-    out = viz.overlay(image, mask, color=(255, 0, 0), alpha=0.4)
+    out = pictures.overlay(image, mask, color=(255, 0, 0), alpha=0.4)
     # R = 0.6*100 + 0.4*255 = 162; G = B = 0.6*100 = 60
     assert out[0, 0].tolist() == [162, 60, 60]
     assert out[1, 1].tolist() == [100, 100, 100]
@@ -79,8 +79,8 @@ def test_overlay_inside_mask_exact_alpha_blend():
 def test_overlay_alpha_zero_and_one():
     image = np.full((1, 1), 50, dtype=np.uint8)
     mask = np.ones((1, 1), dtype=bool)
-    assert viz.overlay(image, mask, alpha=0.0)[0, 0].tolist() == [50, 50, 50]
-    assert viz.overlay(image, mask, color=(10, 20, 30), alpha=1.0)[0, 0].tolist() == [10, 20, 30]
+    assert pictures.overlay(image, mask, alpha=0.0)[0, 0].tolist() == [50, 50, 50]
+    assert pictures.overlay(image, mask, color=(10, 20, 30), alpha=1.0)[0, 0].tolist() == [10, 20, 30]
 
 
 def test_overlay_uint8_and_float_agree():
@@ -88,9 +88,9 @@ def test_overlay_uint8_and_float_agree():
     as_uint8 = rng.integers(0, 256, size=(9, 11), dtype=np.uint8)
     as_float = as_uint8.astype(np.float64) / 255.0
     mask = rng.random((9, 11)) > 0.5
-    np.testing.assert_array_equal(viz.overlay(as_uint8, mask), viz.overlay(as_float, mask))
+    np.testing.assert_array_equal(pictures.overlay(as_uint8, mask), pictures.overlay(as_float, mask))
     np.testing.assert_array_equal(
-        viz.overlay(as_uint8, mask), viz.overlay(as_float.astype(np.float32), mask)
+        pictures.overlay(as_uint8, mask), pictures.overlay(as_float.astype(np.float32), mask)
     )
 
 
@@ -105,34 +105,34 @@ def _old_float_overlay(image: np.ndarray, mask: np.ndarray, color, alpha: float)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 @pytest.mark.parametrize(("color", "alpha"), [((255, 0, 0), 0.4), ((10, 200, 30), 0.73), ((0, 0, 255), 1.0)])
 def test_overlay_is_uint8_and_equals_the_old_full_size_float_blend(dtype, color, alpha, monkeypatch):
-    monkeypatch.setattr(viz, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
+    monkeypatch.setattr(pictures, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
     rng = np.random.default_rng(1)
     image = rng.random((300, 41))
     image = (image * 255).round().astype(np.uint8) if dtype == np.uint8 else image.astype(dtype)
     mask = rng.random((300, 41)) > 0.5
-    out = viz.overlay(image, mask, color=color, alpha=alpha)
+    out = pictures.overlay(image, mask, color=color, alpha=alpha)
     assert out.dtype == np.uint8 and out.shape == (300, 41, 3)
     np.testing.assert_array_equal(out, _old_float_overlay(image, mask, color, alpha))
 
 
 @pytest.mark.parametrize(("color", "alpha"), [((255, 0, 0), 0.4), ((10, 200, 30), 0.73), ((0, 0, 255), 1.0), ((9, 9, 9), 0.0)])
 def test_overlay_image_holds_the_same_pixels_as_overlay(color, alpha, monkeypatch):
-    monkeypatch.setattr(viz, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
+    monkeypatch.setattr(pictures, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (300, 41), dtype=np.uint8)
     mask = (rng.random((300, 41)) > 0.5).astype(np.uint8)
-    picture = viz.overlay_image(image, mask, color=color, alpha=alpha)
+    picture = pictures.overlay_image(image, mask, color=color, alpha=alpha)
     assert picture.mode == "RGB" and picture.size == (41, 300)
-    np.testing.assert_array_equal(np.asarray(picture), viz.overlay(image, mask, color=color, alpha=alpha))
+    np.testing.assert_array_equal(np.asarray(picture), pictures.overlay(image, mask, color=color, alpha=alpha))
 
 
 def test_overlay_image_takes_uint8_only_and_checks_the_mask():
     with pytest.raises(ValueError, match="uint8"):
-        viz.overlay_image(np.zeros((4, 4), np.float32), np.zeros((4, 4), bool))
+        pictures.overlay_image(np.zeros((4, 4), np.float32), np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match="binary"):
-        viz.overlay_image(np.zeros((4, 4), np.uint8), np.full((4, 4), 7, np.uint8))
+        pictures.overlay_image(np.zeros((4, 4), np.uint8), np.full((4, 4), 7, np.uint8))
     with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
-        viz.overlay_image(np.zeros((4, 4), np.uint8), np.zeros((4, 5), bool))
+        pictures.overlay_image(np.zeros((4, 4), np.uint8), np.zeros((4, 5), bool))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
@@ -140,7 +140,7 @@ def test_overlay_needs_a_few_bytes_a_pixel_not_a_float64_rgb(dtype):
     rng = np.random.default_rng(0)
     image = rng.random((2000, 2000)).astype(dtype) if dtype != np.uint8 else rng.integers(0, 256, (2000, 2000), np.uint8)
     mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
-    peak = traced_peak(viz.overlay, image, mask)
+    peak = traced_peak(pictures.overlay, image, mask)
     # the result is 3 bytes a pixel, the blocks' temporaries a few MB; the old float64 RGB
     # blend needed 24 bytes a pixel for that array alone, and as much again for its copies
     assert peak / image.size < 8
@@ -148,7 +148,7 @@ def test_overlay_needs_a_few_bytes_a_pixel_not_a_float64_rgb(dtype):
 
 def test_overlay_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"image shape \(128, 128\) != mask shape \(64, 64\)"):
-        viz.overlay(np.zeros((128, 128)), np.zeros((64, 64)))
+        pictures.overlay(np.zeros((128, 128)), np.zeros((64, 64)))
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def test_overlay_shape_mismatch_names_both_shapes():
 )
 def test_overlay_rejects_bad_inputs(image, mask, message):
     with pytest.raises(ValueError, match=message):
-        viz.overlay(image, mask)
+        pictures.overlay(image, mask)
 
 
 # --------------------------------------------------------------------------- error image
@@ -180,35 +180,35 @@ def _grey(value: int) -> list[int]:
 
 
 def test_error_image_exact_colours_on_a_hand_made_case():
-    rgb = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_PRED)
+    rgb = pictures.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_PRED)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
-    assert viz.FP_COLOR == (255, 0, 255) and viz.FN_COLOR == (0, 255, 0)  # magenta, green: as the title says
-    expected = [[_grey(10), list(viz.FN_COLOR), list(viz.FP_COLOR)],  # TP uncoloured, FN green, FP magenta
+    assert pictures.FP_COLOR == (255, 0, 255) and pictures.FN_COLOR == (0, 255, 0)  # magenta, green: as the title says
+    expected = [[_grey(10), list(pictures.FN_COLOR), list(pictures.FP_COLOR)],  # TP uncoloured, FN green, FP magenta
                 [_grey(40), _grey(50), _grey(60)]]  # TN, TP, TN: the X-ray's grey
     assert rgb.tolist() == expected
 
 
 def test_error_image_of_a_float_image_uses_the_rounded_grey_and_takes_bool_masks():
-    rgb = viz.error_image(_ERR_IMAGE / 255.0, _ERR_TRUTH.astype(bool), _ERR_PRED.astype(bool))
-    np.testing.assert_array_equal(rgb, viz.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_PRED))
+    rgb = pictures.error_image(_ERR_IMAGE / 255.0, _ERR_TRUTH.astype(bool), _ERR_PRED.astype(bool))
+    np.testing.assert_array_equal(rgb, pictures.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_PRED))
 
 
 def test_error_image_of_a_perfect_prediction_is_the_grey_x_ray():
-    rgb = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_TRUTH)
+    rgb = pictures.error_image(_ERR_IMAGE, _ERR_TRUTH, _ERR_TRUTH)
     np.testing.assert_array_equal(rgb, np.repeat(_ERR_IMAGE[..., None], 3, axis=2))
 
 
 def test_error_image_empty_and_all_lung_predictions():
-    empty = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, np.zeros((2, 3), np.uint8))
-    full = viz.error_image(_ERR_IMAGE, _ERR_TRUTH, np.ones((2, 3), np.uint8))
+    empty = pictures.error_image(_ERR_IMAGE, _ERR_TRUTH, np.zeros((2, 3), np.uint8))
+    full = pictures.error_image(_ERR_IMAGE, _ERR_TRUTH, np.ones((2, 3), np.uint8))
     truth = _ERR_TRUTH.astype(bool)
-    assert (empty[truth] == viz.FN_COLOR).all() and (empty[~truth] == empty[~truth][:, :1]).all()
-    assert (full[~truth] == viz.FP_COLOR).all() and (full[truth] == full[truth][:, :1]).all()
+    assert (empty[truth] == pictures.FN_COLOR).all() and (empty[~truth] == empty[~truth][:, :1]).all()
+    assert (full[~truth] == pictures.FP_COLOR).all() and (full[truth] == full[truth][:, :1]).all()
 
 
 def test_error_image_does_not_change_its_inputs():
     image, truth, pred = _ERR_IMAGE.copy(), _ERR_TRUTH.copy(), _ERR_PRED.copy()
-    viz.error_image(image, truth, pred)
+    pictures.error_image(image, truth, pred)
     assert (image == _ERR_IMAGE).all() and (truth == _ERR_TRUTH).all() and (pred == _ERR_PRED).all()
 
 
@@ -223,7 +223,7 @@ def test_error_image_does_not_change_its_inputs():
 )
 def test_error_image_rejects_bad_masks(truth, pred, message):
     with pytest.raises(ValueError, match=message):
-        viz.error_image(_ERR_IMAGE, truth, pred)
+        pictures.error_image(_ERR_IMAGE, truth, pred)
 
 
 # --------------------------------------------------------------------------- montage
@@ -231,8 +231,8 @@ def test_error_image_rejects_bad_masks(truth, pred, message):
 
 def test_save_montage_writes_png_that_grows_with_rows(tmp_path):
     one, three = tmp_path / "one.png", tmp_path / "three.png"
-    viz.save_montage([_row()], one, dpi=40)
-    viz.save_montage([_row(), _row(20, "median", np.uint8), _row(12, "worst")], three, dpi=40)
+    pictures.save_montage([_row()], one, dpi=40)
+    pictures.save_montage([_row(), _row(20, "median", np.uint8), _row(12, "worst")], three, dpi=40)
     (w1, h1), (w3, h3) = _png_size(one), _png_size(three)
     assert w1 == w3
     assert h3 > h1
@@ -241,20 +241,20 @@ def test_save_montage_writes_png_that_grows_with_rows(tmp_path):
 
 def test_save_montage_has_five_columns_the_last_one_the_errors(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(viz, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
-    viz.save_montage([_row(), _row(12, "worst")], tmp_path / "m.png", dpi=30)
+    monkeypatch.setattr(pictures, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    pictures.save_montage([_row(), _row(12, "worst")], tmp_path / "m.png", dpi=30)
     axes = drawn[0].axes
     assert len(axes) == 10
-    assert [ax.get_title() for ax in axes[:5]] == list(viz.MONTAGE_COLUMNS)
-    assert viz.MONTAGE_COLUMNS[:4] == ("X-ray", "ground truth", "prediction", "overlay")
-    assert viz.MONTAGE_COLUMNS[4] == "errors: FP magenta, FN green"
+    assert [ax.get_title() for ax in axes[:5]] == list(pictures.MONTAGE_COLUMNS)
+    assert pictures.MONTAGE_COLUMNS[:4] == ("X-ray", "ground truth", "prediction", "overlay")
+    assert pictures.MONTAGE_COLUMNS[4] == "errors: FP magenta, FN green"
     row = _row()
     shown = axes[4].get_images()[0].get_array()
-    np.testing.assert_array_equal(shown, viz.error_image(row["image"], row["truth"], row["pred"]))
+    np.testing.assert_array_equal(shown, pictures.error_image(row["image"], row["truth"], row["pred"]))
 
 
 def test_save_montage_png_is_five_tiles_wide(tmp_path):
-    viz.save_montage([_row()], tmp_path / "m.png", dpi=40)
+    pictures.save_montage([_row()], tmp_path / "m.png", dpi=40)
     assert _png_size(tmp_path / "m.png") == (5 * 100, 100)  # 2.5 in tiles at 40 dpi
 
 
@@ -266,44 +266,44 @@ def _flags(ax) -> tuple[list[str], bool]:
 @pytest.mark.parametrize(("pred_value", "label"), [(0, "empty prediction"), (1, "all lung")])
 def test_save_montage_labels_and_frames_an_empty_or_all_lung_prediction(tmp_path, monkeypatch, pred_value, label):
     drawn = []
-    monkeypatch.setattr(viz, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    monkeypatch.setattr(pictures, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
     flat = _row()
     flat["pred"] = np.full((16, 16), pred_value, np.uint8)
-    viz.save_montage([_row(), flat], tmp_path / "m.png", dpi=30)
+    pictures.save_montage([_row(), flat], tmp_path / "m.png", dpi=30)
     axes = drawn[0].axes
     assert _flags(axes[7]) == ([label], True)  # row 2, prediction column
     assert _flags(axes[2]) == ([], False)  # an ordinary prediction stays unmarked
     assert _flags(axes[6]) == ([], False)  # its truth has lung and background
     monkeypatch.undo()
-    viz.save_montage([flat], tmp_path / "flat.png", dpi=30)  # and the real figure renders
+    pictures.save_montage([flat], tmp_path / "flat.png", dpi=30)  # and the real figure renders
     _png_size(tmp_path / "flat.png")
 
 
 def test_save_montage_labels_an_empty_truth(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(viz, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    monkeypatch.setattr(pictures, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
     row = _row()
     row["truth"] = np.zeros((16, 16), np.uint8)
-    viz.save_montage([row], tmp_path / "m.png", dpi=30)
+    pictures.save_montage([row], tmp_path / "m.png", dpi=30)
     assert _flags(drawn[0].axes[1]) == (["empty truth"], True)
 
 
 def test_save_montage_accepts_uint8_images(tmp_path):
     row = _row()
     row["image"] = (row["image"] * 255).astype(np.uint8)
-    viz.save_montage([row], tmp_path / "m.png", dpi=30)
+    pictures.save_montage([row], tmp_path / "m.png", dpi=30)
     _png_size(tmp_path / "m.png")
 
 
 def test_save_montage_creates_parent_dirs(tmp_path):
     path = tmp_path / "a" / "b" / "montage.png"
-    viz.save_montage([_row()], path, dpi=30)
+    pictures.save_montage([_row()], path, dpi=30)
     assert path.is_file()
 
 
 def test_save_montage_empty_rows_raises(tmp_path):
     with pytest.raises(ValueError, match="empty"):
-        viz.save_montage([], tmp_path / "m.png")
+        pictures.save_montage([], tmp_path / "m.png")
     assert not (tmp_path / "m.png").exists()
 
 
@@ -312,20 +312,20 @@ def test_save_montage_row_shape_mismatch_names_row(tmp_path):
     bad["pred"] = np.zeros((8, 8), np.uint8)
     expected = r"rows\[1\] image shape \(16, 16\) != pred shape \(8, 8\)"
     with pytest.raises(ValueError, match=expected):
-        viz.save_montage([_row(), bad], tmp_path / "m.png")
+        pictures.save_montage([_row(), bad], tmp_path / "m.png")
 
 
 def test_save_montage_missing_key_raises(tmp_path):
     row = _row()
     del row["truth"]
     with pytest.raises(ValueError, match="truth"):
-        viz.save_montage([row], tmp_path / "m.png")
+        pictures.save_montage([row], tmp_path / "m.png")
 
 
 # --------------------------------------------------------------------------- curves
 
 
-@pytest.mark.parametrize("writer", [viz.save_loss_curves, viz.save_dice_curves])
+@pytest.mark.parametrize("writer", [pictures.save_loss_curves, pictures.save_dice_curves])
 @pytest.mark.parametrize("n_epochs", [1, 3])
 def test_curves_write_valid_png(tmp_path, writer, n_epochs):
     path = tmp_path / "curve.png"
@@ -335,17 +335,17 @@ def test_curves_write_valid_png(tmp_path, writer, n_epochs):
 
 def test_curves_accept_unsorted_epochs(tmp_path):
     hist = _history(3).iloc[::-1].reset_index(drop=True)
-    viz.save_dice_curves(hist, tmp_path / "d.png", dpi=30)
+    pictures.save_dice_curves(hist, tmp_path / "d.png", dpi=30)
     _png_size(tmp_path / "d.png")
 
 
 @pytest.mark.parametrize(
     ("writer", "column"),
     [
-        (viz.save_loss_curves, "val_loss"),
-        (viz.save_loss_curves, "train_loss"),
-        (viz.save_dice_curves, "val_dice"),
-        (viz.save_dice_curves, "val_iou"),
+        (pictures.save_loss_curves, "val_loss"),
+        (pictures.save_loss_curves, "train_loss"),
+        (pictures.save_dice_curves, "val_dice"),
+        (pictures.save_dice_curves, "val_iou"),
     ],
 )
 def test_curves_missing_column_raises_naming_it(tmp_path, writer, column):
@@ -357,18 +357,18 @@ def test_curves_missing_column_raises_naming_it(tmp_path, writer, column):
 
 def test_curves_empty_history_raises(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
-        viz.save_loss_curves(_history().iloc[:0], tmp_path / "c.png")
+        pictures.save_loss_curves(_history().iloc[:0], tmp_path / "c.png")
 
 
 def test_best_epoch_is_first_max_of_val_dice():
     hist = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_dice": [0.5, 0.9, 0.9, 0.7]})
-    assert viz._best_epoch(hist) == (2, 0.9)
+    assert pictures._best_epoch(hist) == (2, 0.9)
 
 
 def test_dice_curves_all_nan_raises(tmp_path):
     hist = _history().assign(val_dice=np.nan)
     with pytest.raises(ValueError, match="val_dice"):
-        viz.save_dice_curves(hist, tmp_path / "d.png")
+        pictures.save_dice_curves(hist, tmp_path / "d.png")
 
 
 # --------------------------------------------------------------------------- mask png
@@ -379,7 +379,7 @@ def test_save_mask_png_round_trips(tmp_path, dtype):
     rng = np.random.default_rng(1)
     mask = (rng.random((13, 17)) > 0.5).astype(dtype)
     path = tmp_path / "mask.png"
-    viz.save_mask_png(mask, path)
+    pictures.save_mask_png(mask, path)
     with Image.open(path) as img:
         assert img.format == "PNG"
         assert img.mode == "L"
@@ -390,19 +390,19 @@ def test_save_mask_png_round_trips(tmp_path, dtype):
 
 def test_save_mask_png_rejects_non_binary_and_wrong_suffix(tmp_path):
     with pytest.raises(ValueError, match="binary"):
-        viz.save_mask_png(np.full((4, 4), 255, np.uint8), tmp_path / "m.png")
+        pictures.save_mask_png(np.full((4, 4), 255, np.uint8), tmp_path / "m.png")
     with pytest.raises(ValueError, match=r"\.png"):
-        viz.save_mask_png(np.zeros((4, 4), bool), tmp_path / "m.jpg")
+        pictures.save_mask_png(np.zeros((4, 4), bool), tmp_path / "m.jpg")
 
 
 # --------------------------------------------------------------------------- atomic writes
 
 
 def test_no_temp_files_after_success(tmp_path):
-    viz.save_montage([_row()], tmp_path / "montage.png", dpi=30)
-    viz.save_loss_curves(_history(), tmp_path / "loss.png", dpi=30)
-    viz.save_dice_curves(_history(), tmp_path / "dice.png", dpi=30)
-    viz.save_mask_png(np.eye(4, dtype=bool), tmp_path / "mask.png")
+    pictures.save_montage([_row()], tmp_path / "montage.png", dpi=30)
+    pictures.save_loss_curves(_history(), tmp_path / "loss.png", dpi=30)
+    pictures.save_dice_curves(_history(), tmp_path / "dice.png", dpi=30)
+    pictures.save_mask_png(np.eye(4, dtype=bool), tmp_path / "mask.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "dice.png",
         "loss.png",
@@ -421,9 +421,9 @@ def _failing_savefig(self, fname, *args, **kwargs):
 @pytest.mark.parametrize(
     "write",
     [
-        lambda p: viz.save_montage([_row()], p, dpi=30),
-        lambda p: viz.save_loss_curves(_history(), p, dpi=30),
-        lambda p: viz.save_dice_curves(_history(), p, dpi=30),
+        lambda p: pictures.save_montage([_row()], p, dpi=30),
+        lambda p: pictures.save_loss_curves(_history(), p, dpi=30),
+        lambda p: pictures.save_dice_curves(_history(), p, dpi=30),
     ],
 )
 def test_failed_render_keeps_old_file_and_removes_temp(tmp_path, monkeypatch, write):
@@ -447,7 +447,7 @@ def test_failed_mask_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch
 
     monkeypatch.setattr(Image.Image, "save", boom)
     with pytest.raises(OSError, match="no space"):
-        viz.save_mask_png(np.eye(3, dtype=bool), path)
+        pictures.save_mask_png(np.eye(3, dtype=bool), path)
     assert path.read_bytes() == b"old mask"
     assert _leftovers(tmp_path) == []
 
@@ -460,31 +460,31 @@ def test_error_discovered_while_drawing_keeps_old_file(tmp_path, monkeypatch):
     def bad_overlay(*args, **kwargs):
         raise ValueError("bad pixel discovered while drawing")
 
-    monkeypatch.setattr(viz, "overlay", bad_overlay)
+    monkeypatch.setattr(pictures, "overlay", bad_overlay)
     with pytest.raises(ValueError, match="while drawing"):
-        viz.save_montage([_row()], path, dpi=30)
+        pictures.save_montage([_row()], path, dpi=30)
     assert path.read_bytes() == b"old montage"
     assert _leftovers(tmp_path) == []
 
 
 def test_figure_without_suffix_is_png_and_unknown_suffix_raises(tmp_path):
-    viz.save_loss_curves(_history(), tmp_path / "loss", dpi=30)
+    pictures.save_loss_curves(_history(), tmp_path / "loss", dpi=30)
     _png_size(tmp_path / "loss")
     with pytest.raises(ValueError, match="supported"):
-        viz.save_loss_curves(_history(), tmp_path / "loss.xyz", dpi=30)
+        pictures.save_loss_curves(_history(), tmp_path / "loss.xyz", dpi=30)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss"]
 
 
 def test_bad_dpi_raises(tmp_path):
     with pytest.raises(ValueError, match="dpi"):
-        viz.save_loss_curves(_history(), tmp_path / "l.png", dpi=0)
+        pictures.save_loss_curves(_history(), tmp_path / "l.png", dpi=0)
 
 
 @pytest.mark.parametrize("epochs", [[1], [1, 2, 3], list(range(0, 40))])
 def test_epoch_axis_ticks_are_integers(epochs):
     ax = Figure().subplots()
     ax.plot(epochs, np.zeros(len(epochs)), marker="o")
-    viz._epoch_axis(ax, pd.Series(epochs))
+    pictures._epoch_axis(ax, pd.Series(epochs))
     ticks = ax.get_xticks()
     assert len(ticks) > 0
     np.testing.assert_array_equal(ticks, np.round(ticks))
@@ -496,7 +496,7 @@ def test_overlay_image_needs_only_a_few_mb_beside_the_picture():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (2000, 2000), np.uint8)
     mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
-    peak = traced_peak(viz.overlay_image, image, mask)
+    peak = traced_peak(pictures.overlay_image, image, mask)
     # numpy's temporaries (the picture itself is Pillow's, outside tracemalloc): a block of rows
     # at a time, not a full-size index or RGBX array (8 and 16 MB here)
     assert peak < 4 * 2**20
@@ -516,10 +516,10 @@ def traced_peak(function, *args) -> int:
 
 def test_estimate_scatter_draws_a_picture_and_names_missing_columns(tmp_path):
     table = pd.DataFrame({"dice": [0.95, 0.8, 0.6], "dice_estimate": [0.94, 0.85, None]})  # no estimate: left out
-    viz.save_estimate_scatter(table, tmp_path / "scatter.png", dpi=50, min_dice=0.9)
+    pictures.save_estimate_scatter(table, tmp_path / "scatter.png", dpi=50, min_dice=0.9)
     with Image.open(tmp_path / "scatter.png") as picture:
         assert picture.size == (225, 225)  # 4.5 in at 50 dpi
         assert np.asarray(picture.convert("L")).std() > 0
     with pytest.raises(ValueError, match="dice_estimate"):
-        viz.save_estimate_scatter(table[["dice"]], tmp_path / "other.png")
+        pictures.save_estimate_scatter(table[["dice"]], tmp_path / "other.png")
     assert not (tmp_path / "other.png").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lungseg.model import UNet
+from lungseg.model.unet import UNet
 
 
 def perturbed_unet(model_args: dict, size: int, seed: int = 0) -> UNet:
@@ -28,7 +28,7 @@ def tiny_estimator(size: int = 16, seed: int = 0):
     falls as the soft Dice does: enough for the plumbing that stores and applies one."""
     import numpy as np
 
-    from lungseg.quality import FEATURES, DiceEstimator, ShapeModel
+    from lungseg.postprocessing.quality import FEATURES, DiceEstimator, ShapeModel
 
     rng = np.random.default_rng(seed)
     masks = np.zeros((6, size, size), np.uint8)

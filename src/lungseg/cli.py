@@ -2,16 +2,16 @@
 
 `lungseg check DATA_DIR` runs the same integrity checks as the preprocess stage and prints a
 summary; it exits 1 when the data has errors.
-`lungseg predict MODEL INPUT... --out DIR` segments new X-rays (lungseg.predict); it exits 1
+`lungseg predict MODEL INPUT... --out DIR` segments new X-rays (lungseg.inference.predict); it exits 1
 when some files could not be read.
 `lungseg evaluate --model MODEL --data DIR --out OUT` scores a trained model on any folder of
 image/mask pairs it never saw (external validation), exactly as the evaluate stage scores the
 test split.
 `lungseg calibrate MODEL --data DIR --out OUT` fits a checkpoint's Dice estimate on labelled
-X-rays (lungseg.training.recalibrate) and writes the calibrated copy into OUT.
-`lungseg export MODEL --out DIR` writes TorchScript and ONNX copies of a checkpoint (lungseg.export).
+X-rays (lungseg.training.recipe.recalibrate) and writes the calibrated copy into OUT.
+`lungseg export MODEL --out DIR` writes TorchScript and ONNX copies of a checkpoint (lungseg.inference.export).
 
-Every --out folder follows lungseg.outdir: never where an input is, and an existing folder with
+Every --out folder follows lungseg.inference.outdir: never where an input is, and an existing folder with
 files only with --overwrite. Problems that stop a command before it starts (a bad path, model,
 --out folder or setting) exit 2; Ctrl-C prints `interrupted` and exits 130 (EXIT_CODES)."""
 
@@ -21,12 +21,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from lungseg import config
+from lungseg.core import config
+from lungseg.core.errors import LungsegError, os_error_text
 from lungseg.data import images
 from lungseg.data.integrity import errors, summary, warnings_of
 from lungseg.data.layout import source_names
 from lungseg.data.preprocess import scan_folder
-from lungseg.errors import LungsegError, os_error_text
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 EXIT_CODES = """\
@@ -84,7 +84,7 @@ def check_folder(folder: str, settings: config.PreprocessConfig, verbose: bool, 
 
 def predict(args: argparse.Namespace) -> int:
     # imported here so that `lungseg check` does not pay for importing torch
-    from lungseg import predict as predicting
+    from lungseg.inference import predict as predicting
 
     limit_pixels(args)
     return predicting.run(args.model, args.inputs, args.out, device=args.device, threshold=args.threshold,
@@ -98,15 +98,16 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from lungseg import quality, viz
-    from lungseg.checkpoint import synthetic_warning
-    from lungseg.evaluate import estimate_table, evaluate_folder, headline, montage_rows, score_lines
-    from lungseg.inference import default_workers, load_predictor, torch_threads
-    from lungseg.io import write_csv, write_json
-    from lungseg.outdir import OutputNames, check_out
+    from lungseg.core.io import write_csv, write_json
+    from lungseg.evaluation import pictures
+    from lungseg.evaluation.scores import estimate_table, evaluate_folder, headline, montage_rows, score_lines
+    from lungseg.inference.outdir import OutputNames, check_out
+    from lungseg.inference.predictor import default_workers, load_predictor, torch_threads
+    from lungseg.model.checkpoint import synthetic_warning
+    from lungseg.postprocessing import quality
 
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
-    settings, preprocess, pictures, flags, data = config.load(params, "evaluate", "preprocess", "visualize", "quality",
+    settings, preprocess, visual, flags, data = config.load(params, "evaluate", "preprocess", "visualize", "quality",
                                                               "data", source=args.params)
     files = (*EVALUATE_FILES, "montage.png")  # the best, median and worst image, as the visualize stage draws them
     names = OutputNames(files=files)
@@ -134,12 +135,12 @@ def evaluate(args: argparse.Namespace) -> int:
     write_json(result.metrics, report)
     write_json(headline(result.metrics), metrics)
     if result.metrics["dice_estimate"]:
-        viz.save_estimate_scatter(estimate_table(result.scores), scatter, pictures.dpi, limits.min_dice)
+        pictures.save_estimate_scatter(estimate_table(result.scores), scatter, visual.dpi, limits.min_dice)
     else:  # a model without a calibration: an earlier run's scatter (--overwrite) would no longer match
         scatter.unlink(missing_ok=True)
     # the best, median and worst images, drawn as the visualize stage draws the test split's
     rows = montage_rows(result.scores, result.images, result.truths, result.masks, 3)
-    viz.save_montage(rows, out / "montage.png", pictures.dpi, pictures.overlay_alpha)
+    pictures.save_montage(rows, out / "montage.png", visual.dpi, visual.overlay_alpha)
     print(score_lines(result.metrics))
     return 0
 
@@ -258,8 +259,8 @@ def add_predict(commands) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
-    from lungseg.export import SUFFIXES, export_model
-    from lungseg.outdir import OutputNames, check_out, remove_stale
+    from lungseg.inference.export import SUFFIXES, export_model
+    from lungseg.inference.outdir import OutputNames, check_out, remove_stale
 
     # every format's name is lungseg's, so --overwrite with fewer formats deletes the others' old files
     names = OutputNames(files=tuple(f"{Path(args.model).stem}{suffix}" for suffix in SUFFIXES.values()))
@@ -290,12 +291,12 @@ def add_export(commands) -> None:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    from lungseg.checkpoint import load_checkpoint, save_checkpoint
+    from lungseg.core.errors import CheckpointError
     from lungseg.data.preprocess import preprocess_folder
-    from lungseg.errors import CheckpointError
-    from lungseg.exported import is_exported
-    from lungseg.outdir import OutputNames, check_out
-    from lungseg.training import recalibrate
+    from lungseg.inference.formats import is_exported
+    from lungseg.inference.outdir import OutputNames, check_out
+    from lungseg.model.checkpoint import load_checkpoint, save_checkpoint
+    from lungseg.training.recipe import recalibrate
 
     name = f"{Path(args.model).stem}.pth"
     out = check_out(args.out, OutputNames(files=(name,)), args.overwrite, input_folders=[args.data], input_files=[args.model])
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
               "name first, so none is left half-written", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        # one line instead of a traceback; every output is written atomically (lungseg.io), so
+        # one line instead of a traceback; every output is written atomically (lungseg.core.io), so
         # what was written before Ctrl-C is whole and the file being written is not there
         print("interrupted", file=sys.stderr)
         return INTERRUPTED

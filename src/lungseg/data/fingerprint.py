@@ -21,8 +21,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lungseg.core.io import write_json
 from lungseg.data.layout import find_layout
-from lungseg.io import write_json
 
 HASH_THREADS = 4  # hashlib releases the GIL on large buffers: files hash in parallel
 

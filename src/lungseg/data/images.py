@@ -39,9 +39,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lungseg.core.errors import LungsegError
 from lungseg.data import dicom
 from lungseg.data.dicom import DICOM_SUFFIXES, pixel_spacing  # noqa: F401  (pixel_spacing: re-exported)
-from lungseg.errors import LungsegError
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 IMAGE_SUFFIXES = PILLOW_SUFFIXES + DICOM_SUFFIXES

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lungseg.core.errors import DataError  # re-exported: layout.DataError
 from lungseg.data.images import IMAGE_SUFFIXES, is_image_file
-from lungseg.errors import DataError  # re-exported: layout.DataError
 
 # Where image/ and mask/ may sit inside the data folder, most specific first.
 PAIR_ROOTS = {"kaggle": Path("Chest-X-Ray/Chest-X-Ray"), "kaggle-flat": Path("Chest-X-Ray"), "plain": Path(".")}

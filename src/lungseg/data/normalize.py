@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 NORMALIZE_KEYS = ("percentile_low", "percentile_high", "clahe_clip_limit", "clahe_tiles")  # the methods' own settings
 CLAHE_HINT = "preprocess.normalize=clahe needs OpenCV, which is not installed: pip install -e '.[clahe]'"
@@ -92,7 +92,7 @@ def normalize_image(values: np.ndarray, settings) -> np.ndarray:
     """The uint8 image for the method `settings.normalize` names (see the functions above; `none`
     keeps intensities as read, 0..1 -> 0..255).
 
-    values: a resized float image in [0, 1]. settings: a lungseg.config.PreprocessConfig.
+    values: a resized float image in [0, 1]. settings: a lungseg.core.config.PreprocessConfig.
     """
     method = settings.normalize
     if method == "minmax":

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
+from lungseg.core.io import atomic_path, save_npy, worker_pool, write_csv, write_json
 from lungseg.data.images import ImageReadError, max_pixels, read_resized, set_max_pixels
 from lungseg.data.integrity import (
     Finding,
@@ -34,7 +35,6 @@ from lungseg.data.integrity import (
 from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason, source_names
 from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
 from lungseg.data.normalize import NORMALIZE_KEYS, check_available, normalize_image
-from lungseg.io import atomic_path, save_npy, worker_pool, write_csv, write_json
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lungseg.errors import DataError
+from lungseg.core.errors import DataError
 
 PARTS = ("train", "val", "test")
 

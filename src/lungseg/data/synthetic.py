@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lungseg.io import atomic_path, worker_pool
+from lungseg.core.io import atomic_path, worker_pool
 
 METADATA_COLUMNS = ["id", "gender", "age", "county", "ptb", "remarks"]
 METADATA_NAME = "MetaData.csv"
@@ -658,6 +658,6 @@ def generate_dataset(
         return _write_all(staging, n_images, seed, min_size, max_size, workers, hard)
 
 
-# the L and R of lungseg.augment's glyphs (kept in both: see the note there)
+# the L and R of lungseg.training.augment's glyphs (kept in both: see the note there)
 _GLYPH_L = np.array([[c == "#" for c in r] for r in ("#....", "#....", "#....", "#....", "#....", "#....", "#####")])
 _GLYPH_R = np.array([[c == "#" for c in r] for r in ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#")])

@@ -25,7 +25,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, Va
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
-from lungseg.errors import ParamsError  # re-exported: config.ParamsError
+from lungseg.core.errors import ParamsError  # re-exported: config.ParamsError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -246,7 +246,7 @@ class TrainConfig:
 
 @_section
 class AugmentConfig:
-    """Random changes to each training batch (lungseg.augment); all ranges are symmetric."""
+    """Random changes to each training batch (lungseg.training.augment); all ranges are symmetric."""
 
     enabled: Flag = True
     probability: Number = Field(0.8, ge=0, le=1)  # share of images changed at all; the rest are seen as they are
@@ -288,7 +288,7 @@ class EvaluateConfig:
 
 @_section
 class QualityConfig:
-    """Each prediction's estimated Dice and when it is flagged (lungseg.quality)."""
+    """Each prediction's estimated Dice and when it is flagged (lungseg.postprocessing.quality)."""
 
     min_dice: Number = Field(0.925, ge=0, le=1)  # flag a mask whose estimated Dice is below this
     min_piece: Number = Field(0.01, ge=0, lt=1)  # a component below this share of the lung is a speck, not a piece

@@ -10,8 +10,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from lungseg.config import DEVICES
-from lungseg.errors import ParamsError
+from lungseg.core.config import DEVICES
+from lungseg.core.errors import ParamsError
 
 
 def resolve_device(name: str = "auto", setting: str = "train.device, infer.device or --device") -> torch.device:

@@ -33,13 +33,13 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
-from lungseg import quality
-from lungseg.config import EvaluateConfig, PreprocessConfig
+from lungseg.core.config import EvaluateConfig, PreprocessConfig
 from lungseg.data.images import pixel_spacing, read_mask
 from lungseg.data.integrity import warnings_of
 from lungseg.data.layout import DataError
 from lungseg.data.preprocess import assemble, raise_on_errors, scan_folder
-from lungseg.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
+from lungseg.model.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
+from lungseg.postprocessing import quality
 
 # Resample means are computed this many index-matrix cells at a time, so 2000 resamples of a
 # 100,000-value set do not need a 200-million-cell matrix at once.
@@ -169,7 +169,7 @@ def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=
 
 def quality_columns(predictor, predictions: np.ndarray, probabilities: np.ndarray,
                     limits: quality.Limits = quality.DEFAULT_LIMITS) -> pd.DataFrame:
-    """lungseg.quality's columns (lung shares, balance, estimated Dice, flag) per image, as
+    """lungseg.postprocessing.quality's columns (lung shares, balance, estimated Dice, flag) per image, as
     `lungseg predict` writes them, here from the model-size masks.
 
     predictor: the Predictor (its dice_estimate). predictions: uint8 N x S x S final masks.
@@ -216,7 +216,7 @@ def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_thresho
     carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others.
     workers: threads scoring images side by side (decoding, resizing and the distance queries
     release the GIL); the rows and their order are the same for any number. Run several inside
-    lungseg.inference.torch_threads(1), or torch's own threads fight them for the cores.
+    lungseg.inference.predictor.torch_threads(1), or torch's own threads fight them for the cores.
     lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
     """
     image_paths = [None] * len(mask_paths) if image_paths is None else list(image_paths)
@@ -434,7 +434,7 @@ def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
 
 
 def montage_rows(scores: pd.DataFrame, images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, n: int) -> list[dict]:
-    """The rows lungseg.viz.save_montage draws for up to n examples chosen by pick_examples.
+    """The rows lungseg.evaluation.pictures.save_montage draws for up to n examples chosen by pick_examples.
 
     scores: per-image scores with id and dice; images, truths, predictions: uint8 N x S x S
     arrays in the same order as the rows of `scores`. n: how many examples.

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lungseg import paths
-from lungseg.errors import CheckpointError
-from lungseg.io import atomic_path
-from lungseg.model import UNet
+from lungseg.core import paths
+from lungseg.core.errors import CheckpointError
+from lungseg.core.io import atomic_path
+from lungseg.model.unet import UNet
 
 FORMAT = "lungseg-checkpoint"
 VERSION = 1
@@ -43,7 +43,7 @@ def not_a_model(path: str | Path) -> CheckpointError:
 
 
 def zip_names(path: str | Path) -> list[str] | None:
-    """The member names of a zip archive, None for a file that is not one (lungseg.exported
+    """The member names of a zip archive, None for a file that is not one (lungseg.inference.formats
     uses it too). Raises OSError when the file cannot be read."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -70,8 +70,8 @@ def is_torch_archive(path: str | Path) -> bool:
 def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none",
                     dice_estimator: dict | None = None, **info) -> dict:
     """Bundle the weights (copied to CPU) with the architecture and preprocessing they need, the
-    threshold and post-processing (lungseg.postprocess) that turn their output into a mask, and
-    the calibration of its Dice estimate (lungseg.quality.DiceEstimator.to_dict; None: none)."""
+    threshold and post-processing (lungseg.postprocessing.postprocess) that turn their output into a mask, and
+    the calibration of its Dice estimate (lungseg.postprocessing.quality.DiceEstimator.to_dict; None: none)."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     checkpoint = {"format": FORMAT, "version": VERSION, "model": dict(model_args), "preprocess": dict(preprocess),
                   "threshold": float(threshold), "postprocess": postprocess, "info": info, "state_dict": state}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from lungseg.metrics import dice_per_image
+from lungseg.model.metrics import dice_per_image
 
 # In order of preference: on a tie the simpler (earlier) option wins.
 OPTIONS = ("none", "fill_holes", "largest_two", "largest_two+fill_holes")
@@ -74,7 +74,7 @@ def apply(masks: np.ndarray, option: str) -> np.ndarray:
     """Apply one option to a mask (H x W) or a stack of masks (N x H x W); returns uint8 0/1."""
     if option not in OPTIONS:
         raise ValueError(f"unknown post-processing {option!r}; expected one of {', '.join(OPTIONS)}")
-    # nonzero is lung, as in lungseg.metrics: a straight uint8 cast would keep 0/255 masks as
+    # nonzero is lung, as in lungseg.model.metrics: a straight uint8 cast would keep 0/255 masks as
     # 0/255 under 'none' and wrap a 256 to 0
     masks = np.asarray(masks).astype(bool).astype(np.uint8)
     if option == "none":

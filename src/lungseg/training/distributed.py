@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from lungseg.errors import ParamsError
+from lungseg.core.errors import ParamsError
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # set by torchrun for every process it starts
 

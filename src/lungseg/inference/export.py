@@ -1,8 +1,8 @@
 """Export a trained checkpoint to TorchScript and ONNX, each checked against eager PyTorch.
 
 Both files are self-describing: they carry the checkpoint's threshold, post-processing,
-preprocessing settings and model arguments (lungseg.exported, which also reads them back), so
-`lungseg.inference.load_predictor` can run them alone.
+preprocessing settings and model arguments (lungseg.inference.formats, which also reads them back), so
+`lungseg.inference.predictor.load_predictor` can run them alone.
 
 An export is written to a temporary file, its logits are compared with the checkpoint's eager
 fp32 model on random inputs, and only if they agree within PARITY_TOLERANCE is it renamed into
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from lungseg.checkpoint import build_model, load_checkpoint
-from lungseg.errors import ExportError
-from lungseg.exported import is_exported, load_exported, onnx_properties, require, torchscript_extra_files
-from lungseg.io import atomic_path
+from lungseg.core.errors import ExportError
+from lungseg.core.io import atomic_path
+from lungseg.inference.formats import is_exported, load_exported, onnx_properties, require, torchscript_extra_files
+from lungseg.model.checkpoint import build_model, load_checkpoint
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference|; fp32 re-orderings give ~1e-8 here, a wrong graph gives >1e-2
 ONNX_OPSET = 18  # the dynamo exporter's native opset (no version conversion); onnxruntime >= 1.14 runs it

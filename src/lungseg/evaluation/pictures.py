@@ -8,7 +8,7 @@ Design choices:
 
 * Figures are built with :class:`matplotlib.figure.Figure` directly (never pyplot), so
   no GUI backend is selected, no global figure registry grows, and it runs headless in CI.
-* Every writer is atomic (:func:`lungseg.io.atomic_path`): a crash or bad input mid-render never
+* Every writer is atomic (:func:`lungseg.core.io.atomic_path`): a crash or bad input mid-render never
   leaves a truncated PNG at the final path, which DVC would otherwise happily cache.
 * Inputs are validated up front with ``ValueError`` messages that say what is wrong.
 """
@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from lungseg.io import atomic_path
+from lungseg.core.io import atomic_path
 
 __all__ = ["overlay", "overlay_image", "error_image", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
 
@@ -470,7 +470,7 @@ def save_mask_png(mask: np.ndarray, path, sweep: bool = True) -> None:
     """Write a binary mask (bool or 0/1) as an 8-bit greyscale PNG with values 0/255.
 
     The file is always PNG; ``path`` must end in ``.png`` so the name does not lie. sweep: as
-    in lungseg.io.atomic_path (False when the caller swept the folder once).
+    in lungseg.core.io.atomic_path (False when the caller swept the folder once).
     """
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"mask path must end in .png, got {str(path)!r}")

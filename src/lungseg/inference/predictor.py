@@ -3,7 +3,7 @@ choice of post-processing: batching, device, threshold, post-processing, and res
 probabilities back to each image's original size.
 
 `load_predictor` is the one place any model file (a checkpoint, or a TorchScript or ONNX
-export read through lungseg.exported) becomes a Predictor, with lungseg's errors."""
+export read through lungseg.inference.formats) becomes a Predictor, with lungseg's errors."""
 
 from __future__ import annotations
 
@@ -17,12 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lungseg import postprocess
-from lungseg.checkpoint import build_model, load_checkpoint, not_a_model
-from lungseg.errors import CheckpointError, LungsegError
-from lungseg.exported import is_onnx, is_torchscript, load_onnx, load_torchscript
-from lungseg.quality import DiceEstimator
-from lungseg.runtime import (
+from lungseg.core.errors import CheckpointError, LungsegError
+from lungseg.core.runtime import (
     autocast_dtype,
     configure,
     forward_in_batches,
@@ -30,6 +26,10 @@ from lungseg.runtime import (
     prepare_model,
     resolve_device,
 )
+from lungseg.inference.formats import is_onnx, is_torchscript, load_onnx, load_torchscript
+from lungseg.model.checkpoint import build_model, load_checkpoint, not_a_model
+from lungseg.postprocessing import postprocess
+from lungseg.postprocessing.quality import DiceEstimator
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Predictor:
     image_size: int
     dtype: torch.dtype | None = None
     layout: torch.memory_format = torch.contiguous_format
-    postprocess: str = "none"  # chosen on validation data by the train stage (lungseg.postprocess)
+    postprocess: str = "none"  # chosen on validation data by the train stage (lungseg.postprocessing.postprocess)
     preprocess: dict | None = None  # the settings the training images were prepared with
     info: dict = field(default_factory=dict)  # what the checkpoint records of its training (checkpoint.training_data)
     estimator: DiceEstimator | None = None  # fitted on validation by the train stage; None in older models
@@ -102,7 +102,7 @@ class Predictor:
         return self.to_masks(self.probabilities(images, batch_size))
 
     def dice_estimate(self, probability: np.ndarray, mask: np.ndarray | None = None) -> float | None:
-        """The expected Dice of the mask made from one S x S probability map (lungseg.quality),
+        """The expected Dice of the mask made from one S x S probability map (lungseg.postprocessing.quality),
         measured at model size as it was calibrated; None for a model without a calibration.
         mask: that model-size mask when the caller has it already (else made here)."""
         if self.estimator is None:
@@ -147,7 +147,7 @@ def _from_onnx_file(path: str | Path, device: str, threshold: float | None) -> P
 
 
 def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: dict, threshold: float | None) -> Predictor:
-    """A Predictor from an exported model and the metadata it carries (lungseg.exported.metadata)."""
+    """A Predictor from an exported model and the metadata it carries (lungseg.inference.formats.metadata)."""
     chosen = metadata["threshold"] if threshold is None else threshold
     return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
                      torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]),

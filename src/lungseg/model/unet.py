@@ -1,7 +1,7 @@
 """The U-Net: building blocks first, then their assembly.
 
 Pure torch.nn: no files, no params.yaml. The network returns logits; turning them into a
-mask (sigmoid, threshold) is the job of `lungseg.inference`.
+mask (sigmoid, threshold) is the job of `lungseg.inference.predictor`.
 """
 
 from __future__ import annotations

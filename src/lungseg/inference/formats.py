@@ -4,13 +4,13 @@ how an export is recognised, and how each format is read back.
 Both formats carry the same JSON document (`metadata`): the checkpoint's threshold,
 post-processing, preprocessing settings and model arguments. TorchScript keeps it as the
 extra file TORCHSCRIPT_EXTRA inside its archive, ONNX as the metadata_props entry
-METADATA_KEY. The writer (lungseg.export) puts it there with `torchscript_extra_files` and
-`onnx_properties`; the reader (lungseg.inference) gets it back, checked, from
+METADATA_KEY. The writer (lungseg.inference.export) puts it there with `torchscript_extra_files` and
+`onnx_properties`; the reader (lungseg.inference.predictor) gets it back, checked, from
 `load_torchscript` and `load_onnx`. An ONNX export is recognised by its suffix, a TorchScript
 export by its content (`is_torchscript`), so a .pt TorchScript file still loads.
 
 An ONNX model runs as if it were the PyTorch one (`OnnxModel`: a module that takes and returns
-torch tensors), so `lungseg.inference.Predictor` and `runtime.forward_in_batches` use it
+torch tensors), so `lungseg.inference.predictor.Predictor` and `runtime.forward_in_batches` use it
 unchanged. onnx, onnxruntime and onnxscript are optional (the `onnx` extra); they are imported
 only when needed, and their absence is a clear ExportError instead of an ImportError deep in a call.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungseg.checkpoint import not_a_model, with_normalize, zip_names
-from lungseg.errors import CheckpointError, ExportError
+from lungseg.core.errors import CheckpointError, ExportError
+from lungseg.model.checkpoint import not_a_model, with_normalize, zip_names
 
 FORMAT = "lungseg-export"
 VERSION = 1
@@ -41,7 +41,7 @@ NEEDED = ("threshold", "postprocess", "preprocess", "model")  # what inference r
 def metadata(checkpoint: dict) -> dict:
     """What inference needs besides the graph, as both export formats carry it.
 
-    checkpoint: a checkpoint as lungseg.checkpoint.load_checkpoint returns it.
+    checkpoint: a checkpoint as lungseg.model.checkpoint.load_checkpoint returns it.
     """
     size = int(checkpoint["preprocess"]["image_size"])
     return {"format": FORMAT, "version": VERSION, "model": dict(checkpoint["model"]),
@@ -182,7 +182,7 @@ def require(*packages: str) -> None:
 def providers(device: str = "cpu") -> list[str]:
     """onnxruntime execution providers for a device name: 'cpu', 'cuda', or 'auto' (CUDA when
     this onnxruntime build has it). The CPU provider always comes last as the fallback.
-    RuntimeError for a device this onnxruntime cannot use (lungseg.inference.load_predictor
+    RuntimeError for a device this onnxruntime cannot use (lungseg.inference.predictor.load_predictor
     reports it as a LungsegError naming the model and the device)."""
     import onnxruntime
 

@@ -1,5 +1,5 @@
 """The training recipe, in one place: preprocessed arrays and configs in, a trained U-Net out,
-with its post-processing chosen and its Dice estimate (lungseg.quality) fitted on validation.
+with its post-processing chosen and its Dice estimate (lungseg.postprocessing.quality) fitted on validation.
 
 The train stage, the benchmarks and the tests all call `train_model`, so they train exactly
 the same way: the same runtime choices (device, precision, memory layout, compile), the same
@@ -18,18 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lungseg import distributed, postprocess
-from lungseg.augment import Augmenter
-from lungseg.checkpoint import build_model
-from lungseg.config import AugmentConfig, QualityConfig, low_res_problems
-from lungseg.data.preprocess import ProcessedSet
-from lungseg.data.split import ids_in
-from lungseg.engine import TensorPair, TrainingError, fit, is_out_of_memory, out_of_memory_advice, predicted_masks
-from lungseg.errors import ParamsError
-from lungseg.metrics import dice_per_image
-from lungseg.model import UNet
-from lungseg.quality import DiceEstimator, ShapeModel, measures
-from lungseg.runtime import (
+from lungseg.core.config import AugmentConfig, QualityConfig, low_res_problems
+from lungseg.core.errors import ParamsError
+from lungseg.core.runtime import (
     autocast_dtype,
     configure,
     forward_in_batches,
@@ -38,6 +29,23 @@ from lungseg.runtime import (
     memory_format,
     prepare_model,
     should_compile,
+)
+from lungseg.data.preprocess import ProcessedSet
+from lungseg.data.split import ids_in
+from lungseg.model.checkpoint import build_model
+from lungseg.model.metrics import dice_per_image
+from lungseg.model.unet import UNet
+from lungseg.postprocessing import postprocess
+from lungseg.postprocessing.quality import DiceEstimator, ShapeModel, measures
+from lungseg.training import distributed
+from lungseg.training.augment import Augmenter
+from lungseg.training.loop import (
+    TensorPair,
+    TrainingError,
+    fit,
+    is_out_of_memory,
+    out_of_memory_advice,
+    predicted_masks,
 )
 
 
@@ -50,7 +58,7 @@ class Trained:
     history: pd.DataFrame  # one row per epoch (engine.fit)
     best_epoch: int
     best_dice: float  # validation Dice of best_epoch, before post-processing
-    postprocess: str | None  # the option chosen on validation (lungseg.postprocess); None on ranks other than 0
+    postprocess: str | None  # the option chosen on validation (lungseg.postprocessing.postprocess); None on ranks other than 0
     postprocess_scores: dict[str, float]  # mean validation Dice of every option; empty on ranks other than 0
     dice_estimator: DiceEstimator | None = None  # fitted on validation (calibrate); None on other ranks
 
@@ -115,7 +123,7 @@ def degraded_views(images: torch.Tensor, masks: torch.Tensor, draws: int, seed: 
 
 def calibrate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, train_masks: np.ndarray, threshold: float,
               postprocess_option: str, batch_size: int, dtype=None, draws: int = 8, seed: int = 0) -> DiceEstimator | None:
-    """A DiceEstimator for `model` (lungseg.quality), fitted as CheXmask calibrated its quality
+    """A DiceEstimator for `model` (lungseg.postprocessing.quality), fitted as CheXmask calibrated its quality
     estimate: on masks of known Dice over a wide range of quality. Validation masks are mostly
     good, so the validation images are also seen `draws` more times, each degraded the way other
     hospitals' X-rays differ (DEGRADE); the truth follows the geometry, and opacities leave it as
@@ -147,7 +155,7 @@ def recalibrate(checkpoint: dict, images: np.ndarray, masks: np.ndarray, draws: 
     """A copy of `checkpoint` whose Dice estimate is fitted on other labelled images: for a model
     saved before estimates existed, or to make the estimate speak of masks drawn as at your site.
 
-    checkpoint: as lungseg.checkpoint.load_checkpoint returns it (not changed).
+    checkpoint: as lungseg.model.checkpoint.load_checkpoint returns it (not changed).
     images, masks: uint8 N x S x S, prepared with the checkpoint's own preprocessing; their masks
         also make the shape model. draws, seed: the degraded copies of each image (calibrate).
     source: a name for the images, recorded with the calibration.
@@ -173,11 +181,11 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
         model_config, train_config, augment_config, infer_config: the params sections model,
             train, augment and infer (infer_config.threshold turns probabilities into masks).
         device: where to train; with a `worker`, the worker's device.
-        worker: this process's place in a DDP run (lungseg.distributed), or None for one process.
+        worker: this process's place in a DDP run (lungseg.training.distributed), or None for one process.
             Each rank trains on its shards; rank 0 alone chooses the post-processing, on the
             whole validation set.
         on_epoch: called as each epoch ends with (history row, best epoch, best Dice) (e.g.
-            lungseg.tracking.EpochLog); pass it on rank 0 only.
+            lungseg.training.tracking.EpochLog); pass it on rank 0 only.
         verbose: print one line about the data and device (rank 0), and a progress bar when
             stdout is a terminal.
         quality_config: the params section quality (how the Dice estimate is calibrated);

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from lungseg.errors import DataError
+from lungseg.core.errors import DataError
 
 SHOWN = 3  # files named in a one-line refusal
 

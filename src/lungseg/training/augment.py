@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lungseg.config import AugmentConfig
+from lungseg.core.config import AugmentConfig
 
 # 5 x 7 bitmaps of what is burned into radiographs: side markers, letters of labels, a label box
 # (lungseg.data.synthetic draws the L and R too: a shared module would be one more dependency

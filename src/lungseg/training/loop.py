@@ -4,7 +4,7 @@ The data sits on the device as tensors for the whole run (a 128 px set is a few 
 image is decoded or copied inside the loop. Losses are summed on the device and read once per
 epoch, so the loop never waits for the GPU between steps.
 
-Given a `worker` (lungseg.distributed), the same loop trains one rank of a DistributedDataParallel
+Given a `worker` (lungseg.training.distributed), the same loop trains one rank of a DistributedDataParallel
 run: its data are that rank's shards, and the epoch's loss and the validation scores are
 combined over the ranks. Without one (the default) nothing of that runs: no DDP wrapper, no
 collectives, and the results are those of the one-process loop.
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lungseg import distributed
-from lungseg.config import TrainConfig
-from lungseg.errors import TrainingError
-from lungseg.losses import BceDiceLoss
-from lungseg.metrics import dice_per_image, iou_per_image
-from lungseg.runtime import autocast, forward_in_batches
+from lungseg.core.config import TrainConfig
+from lungseg.core.errors import TrainingError
+from lungseg.core.runtime import autocast, forward_in_batches
+from lungseg.model.losses import BceDiceLoss
+from lungseg.model.metrics import dice_per_image, iou_per_image
+from lungseg.training import distributed
 
 
 @dataclass
@@ -177,19 +177,19 @@ def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: Trai
     128 px one on CPU); the later epochs, and every validation, use the images as given.
 
     `augment`, if given, maps each training batch (images, masks) to a changed copy
-    (lungseg.augment.Augmenter); validation always sees the images as they are.
+    (lungseg.training.augment.Augmenter); validation always sees the images as they are.
 
     With `compile_model`, steps run through torch.compile (the first epoch then includes the
     compile time, which the history's `seconds` column shows); weights are always read from
     `model` itself, so checkpoints look the same either way.
 
-    With `worker`, this process is one rank of a distributed run (lungseg.distributed): `train`
+    With `worker`, this process is one rank of a distributed run (lungseg.training.distributed): `train`
     and `val` are its shards, config.batch_size is the global batch, and the model trains
     wrapped in DDP (its BatchNorms become SyncBatchNorm on CUDA, in place). Every rank returns
     the same history and best epoch.
 
     `on_epoch(row, best_epoch, best_dice)`, if given, is called as each epoch ends with its
-    history row and the best epoch so far (lungseg.tracking.EpochLog writes them to disk).
+    history row and the best epoch so far (lungseg.training.tracking.EpochLog writes them to disk).
     """
     if worker is not None:
         model = distributed.sync_batchnorm(model, worker)

@@ -18,7 +18,7 @@ Dice it should expect against an expert's mask:
 
 How far each measure moves the Dice differs from model to model (a 704-image model is surer of
 its edges than a 240-image one), so the weights are fitted for each model on its own validation
-images, clean and degraded the way other hospitals' X-rays differ (lungseg.training.calibrate),
+images, clean and degraded the way other hospitals' X-rays differ (lungseg.training.recipe.calibrate),
 and stored with it. The fit is a ridge regression of log(1 - Dice) on the standardised
 measures: errors are multiplicative (a mask twice as unsure loses about twice as much), and the
 log keeps a few ruined images from pulling the estimate of good ones down.
@@ -27,10 +27,10 @@ The flag (`assess`) names the masks to look at twice: an estimated Dice below `m
 (params.yaml: quality.min_dice), and what a chest X-ray's lungs cannot be, whatever the model:
 none, one, or three or more pieces. It says "look at this one", not "this one is wrong".
 
-Lung sides follow the PA convention of lungseg.predict: the patient's RIGHT lung is the one on
+Lung sides follow the PA convention of lungseg.inference.predict: the patient's RIGHT lung is the one on
 the image's LEFT, counted over the two largest 8-connected components of the final mask.
 
-Memory: the mask may be 10000 x 8000; it is labelled once (int32, lungseg.postprocess) and never
+Memory: the mask may be 10000 x 8000; it is labelled once (int32, lungseg.postprocessing.postprocess) and never
 copied as float. The probability map is the model-size one (S x S float32), never the native one.
 """
 
@@ -43,8 +43,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from lungseg import postprocess
-from lungseg.config import QualityConfig
+from lungseg.core.config import QualityConfig
+from lungseg.postprocessing import postprocess
 
 MAX_COMPONENTS = 2  # two lungs; more pieces are flagged "3+ components"
 MIN_DICE, MIN_PIECE = QualityConfig().min_dice, QualityConfig().min_piece  # params.yaml's defaults

@@ -1,13 +1,13 @@
 """`lungseg predict MODEL INPUT... --out DIR`: lung masks, overlays and a table for new X-rays.
 
-Every image goes through the one inference path (lungseg.inference.Predictor), prepared exactly
+Every image goes through the one inference path (lungseg.inference.predictor.Predictor), prepared exactly
 as the training images were, and its mask is resized back to the image's original size:
 
     DIR/masks/<stem>.png      the mask, 0/255, 8-bit greyscale, original size
     DIR/overlays/<stem>.png   the X-ray in grey with the lungs in red (unless --no-overlays)
     DIR/predictions.csv       one row per input, in input order
 
-DIR is checked before anything is written (lungseg.outdir): it may not hold or lie inside an
+DIR is checked before anything is written (lungseg.inference.outdir): it may not hold or lie inside an
 input, and an existing one must hold no files unless --overwrite is given; a run with
 --overwrite then deletes the masks and overlays of the earlier run that it did not write.
 
@@ -27,7 +27,7 @@ Memory: what the threads hold at once is bounded by pixel budgets (PixelBudget):
 decoded or written up to WORKING_PIXELS, where an image larger than that runs alone, and display
 greys waiting for their write up to KEPT_PIXELS, beyond which an image's grey is read again when
 its overlay is written. No image is ever a full-size float64 or RGB float array: the overlay is
-built from the 8-bit grey picture in uint8 (lungseg.viz.overlay_image), so a 10000 x 8000
+built from the 8-bit grey picture in uint8 (lungseg.evaluation.pictures.overlay_image), so a 10000 x 8000
 X-ray peaks well under 1.5 GB (bench/predict_memory.py).
 
 Lung sides: in a standard PA (postero-anterior) chest X-ray the patient faces the viewer, so the
@@ -39,7 +39,7 @@ and the other count is 0. AP or mirrored images swap the two. right_lung_cm2 and
 give the same areas in cm2 for images whose file carries a pixel spacing (DICOM PixelSpacing or
 ImagerPixelSpacing) and are empty for the others.
 
-Quality (lungseg.quality): right_share and left_share are each lung's share
+Quality (lungseg.postprocessing.quality): right_share and left_share are each lung's share
 of the image, balance the smaller lung over the larger, dice_estimate the Dice this mask should
 expect against an expert's (from the model's own output, calibrated on its validation images;
 empty with --no-estimate or for a model trained before estimates existed), and flag says why a
@@ -65,10 +65,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from lungseg import quality
-from lungseg.budget import PixelBudget
-from lungseg.checkpoint import synthetic_warning
-from lungseg.config import PreprocessConfig
+from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import DataError, os_error_text
+from lungseg.core.io import atomic_path, sweep_folder, write_csv
 from lungseg.data.images import (
     IMAGE_SUFFIXES,
     WIDE_MODES,
@@ -84,11 +83,12 @@ from lungseg.data.images import (
 )
 from lungseg.data.normalize import check_available, stretch_to_uint8
 from lungseg.data.preprocess import finish_image
-from lungseg.errors import DataError, os_error_text
-from lungseg.inference import Predictor, default_workers, load_predictor, torch_threads
-from lungseg.io import atomic_path, sweep_folder, write_csv
-from lungseg.outdir import OutputNames, check_out, remove_stale
-from lungseg.viz import overlay_image, save_mask_png
+from lungseg.evaluation.pictures import overlay_image, save_mask_png
+from lungseg.inference.budget import PixelBudget
+from lungseg.inference.outdir import OutputNames, check_out, remove_stale
+from lungseg.inference.predictor import Predictor, default_workers, load_predictor, torch_threads
+from lungseg.model.checkpoint import synthetic_warning
+from lungseg.postprocessing import quality
 
 COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fraction",
            "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error",
@@ -219,7 +219,7 @@ def unique_names(sources: list[str]) -> list[str]:
 
 
 def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """The INPUT arguments that are folders, and those that are files (for lungseg.outdir)."""
+    """The INPUT arguments that are folders, and those that are files (for lungseg.inference.outdir)."""
     is_folder = [Path(given).is_dir() for given in inputs]
     return ([given for given, folder in zip(inputs, is_folder) if folder],
             [given for given, folder in zip(inputs, is_folder) if not folder])
@@ -356,7 +356,7 @@ def _stretch_8bit(grey: np.ndarray) -> np.ndarray:
 
 def save_rgb_png(picture: Image.Image, path: Path, sweep: bool = True) -> None:
     """Write an RGB Pillow image as a PNG at OVERLAY_PNG_LEVEL, atomically. sweep: as in
-    lungseg.io.atomic_path (False when the caller swept the folder once)."""
+    lungseg.core.io.atomic_path (False when the caller swept the folder once)."""
     with atomic_path(path, sweep=sweep) as tmp:
         picture.save(tmp, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
 
@@ -505,7 +505,7 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         quiet: bool = False, overwrite: bool = False, workers: int | None = None, estimate: bool = True,
         limits: quality.Limits = quality.DEFAULT_LIMITS) -> int:
     """The whole command; returns the exit code: 0 all written, 1 some files could not be read.
-    Problems with the inputs, --out (lungseg.outdir) or the model raise LungsegError before
+    Problems with the inputs, --out (lungseg.inference.outdir) or the model raise LungsegError before
     anything is written. With `overwrite`, an earlier run's outputs in `out` may be replaced,
     and those this run did not write are deleted once it is done. workers: reading and writing
     threads (default: one per core; the results are the same for any number). estimate: fill the

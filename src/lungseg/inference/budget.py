@@ -1,5 +1,5 @@
 """A budget of image pixels that threads share, so that the images held in memory at once stay
-bounded however large each one is (lungseg.predict reads and writes in worker threads)."""
+bounded however large each one is (lungseg.inference.predict reads and writes in worker threads)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class PixelBudget:
     """How many image pixels the worker threads may hold at once. A blocking take lets an image
     larger than the whole budget through when nothing else is held, so the largest runs alone; a
     non-blocking take (for a display copy kept until its write) never goes over. Takes are not
-    queued: a large one gets its turn because the caller (lungseg.predict) submits only a few
+    queued: a large one gets its turn because the caller (lungseg.inference.predict) submits only a few
     batches ahead, not because of the budget."""
 
     def __init__(self, limit: int):

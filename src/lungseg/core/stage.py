@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from lungseg import config
-from lungseg.errors import LungsegError
+from lungseg.core import config
+from lungseg.core.errors import LungsegError
 
 EXIT_BAD_INPUT = 2  # a problem with the user's params, data or files
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a process ended by SIGINT

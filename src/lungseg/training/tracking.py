@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 SERIES = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
 
