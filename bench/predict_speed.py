@@ -37,7 +37,8 @@ from common import ROOT, print_table, write_results
 from PIL import Image
 
 from lungseg.core.config import EvaluateConfig, PreprocessConfig
-from lungseg.data.images import ImageReadError, pixel_spacing
+from lungseg.core.errors import ImageReadError
+from lungseg.data.images import pixel_spacing
 from lungseg.data.preprocess import prepare_image
 from lungseg.data.synthetic import SITES, generate_dataset, make_phantom
 from lungseg.evaluation.pictures import overlay

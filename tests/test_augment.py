@@ -3,7 +3,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lungseg.core.config import AugmentConfig, ParamsError, load
+from lungseg.core.config import AugmentConfig, load
+from lungseg.core.errors import ParamsError
 from lungseg.training.augment import Augmenter
 
 CPU = torch.device("cpu")

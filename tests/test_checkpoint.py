@@ -12,10 +12,10 @@ import torch
 from tiny_models import perturbed_unet
 
 from lungseg.core import paths
+from lungseg.core.errors import CheckpointError
 from lungseg.inference.predictor import Predictor, load_predictor
 from lungseg.model.checkpoint import (
     NOT_A_MODEL,
-    CheckpointError,
     build_model,
     load_checkpoint,
     make_checkpoint,

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from lungseg.core import config
-from lungseg.core.config import SECTIONS, ParamsError, load, read_params, validate
+from lungseg.core.config import SECTIONS, load, read_params, validate
+from lungseg.core.errors import ParamsError
 
 
 @pytest.fixture(scope="module")

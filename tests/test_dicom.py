@@ -26,8 +26,8 @@ from pydicom.uid import (
 
 from lungseg.cli import main as cli
 from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import ImageReadError
 from lungseg.data.images import (
-    ImageReadError,
     is_image_file,
     pixel_spacing,
     read_grayscale,

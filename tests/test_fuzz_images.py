@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lungseg.data.images import ImageReadError, read_grayscale, read_resized
+from lungseg.core.errors import ImageReadError
+from lungseg.data.images import read_grayscale, read_resized
 
 MODES = ["L", "LA", "P", "RGB", "RGBA", "I;16", "1"]
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from lungseg.core.errors import ImageReadError
 from lungseg.data.images import (
     DEFAULT_MAX_PIXELS,
-    ImageReadError,
     is_image_file,
     read_grayscale,
     read_mask,

@@ -9,8 +9,8 @@ from PIL import Image
 
 from lungseg.cli import main as cli
 from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import DataError
 from lungseg.data.integrity import errors, summary, warnings_of
-from lungseg.data.layout import DataError
 from lungseg.data.metadata import normalise_age, normalise_gender, normalise_ptb, read_metadata
 from lungseg.data.preprocess import preprocess_folder, scan_folder
 

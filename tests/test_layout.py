@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungseg.data.layout import DataError, find_layout, list_pairs, pair_files, skip_reason
+from lungseg.core.errors import DataError
+from lungseg.data.layout import find_layout, list_pairs, pair_files, skip_reason
 from lungseg.data.metadata import read_metadata
 
 # --------------------------------------------------------------------------- find_layout

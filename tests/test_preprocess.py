@@ -13,8 +13,8 @@ import yaml
 from PIL import Image
 
 from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import DataError
 from lungseg.data.images import max_pixels, set_max_pixels
-from lungseg.data.layout import DataError
 from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed, scan_folder
 
 SIZE = 16

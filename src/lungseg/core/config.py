@@ -25,7 +25,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, Va
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
-from lungseg.core.errors import ParamsError  # re-exported: config.ParamsError
+from lungseg.core.errors import ParamsError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]

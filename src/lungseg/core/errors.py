@@ -39,3 +39,19 @@ class TrainingError(LungsegError):
 
 class ExportError(LungsegError):
     """A model cannot be exported (missing optional packages, or the exported copy disagrees with PyTorch)."""
+
+
+class ImageReadError(LungsegError):
+    """A file that cannot be read as an image; the message names the file and the reason
+    (a LungsegError, so every command and stage prints it without a traceback)."""
+
+
+class WriteFailed(Exception):
+    """A write into --out failed mid-run (a full disk, a folder made read-only): the run stops.
+
+    error: the OSError. rows: the CSV rows of the images finished before it, in job order.
+    """
+
+    def __init__(self, error: OSError, rows: list[dict]):
+        super().__init__(str(error))
+        self.error, self.rows = error, rows

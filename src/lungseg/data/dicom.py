@@ -32,6 +32,8 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
+from lungseg.core.errors import ImageReadError
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PREAMBLE_SIZE = 128
 MAGIC = b"DICM"
@@ -66,10 +68,7 @@ def is_dicom(path: str | Path) -> bool:
     return suffix in DICOM_SUFFIXES or (suffix == "" and has_preamble(path))
 
 
-def _error(path: str | Path, reason: str) -> ValueError:
-    # imported here because lungseg.data.images imports this module while it loads
-    from lungseg.data.images import ImageReadError
-
+def _error(path: str | Path, reason: str) -> ImageReadError:
     return ImageReadError(f"{path}: {reason}")
 
 
@@ -81,8 +80,6 @@ def _named(path: str | Path) -> Iterator[None]:
     with many exception types; and it warns about every odd value, while a file that cannot be
     used is reported once, as an error.
     """
-    from lungseg.data.images import ImageReadError  # see _error
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

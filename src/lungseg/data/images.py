@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lungseg.core.errors import LungsegError
+from lungseg.core.errors import ImageReadError
 from lungseg.data import dicom
 from lungseg.data.dicom import DICOM_SUFFIXES, pixel_spacing  # noqa: F401  (pixel_spacing: re-exported)
 
@@ -68,11 +68,6 @@ _max_pixels = DEFAULT_MAX_PIXELS
 # lungseg checks every image's size from its header against _max_pixels before decoding; Pillow's
 # own check would warn (DecompressionBombWarning) or fail with its own text first, so it is off.
 Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageReadError(LungsegError):
-    """A file that cannot be read as an image; the message names the file and the reason
-    (a LungsegError, so every command and stage prints it without a traceback)."""
 
 
 def set_max_pixels(limit: int) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungseg.data.layout import DataError
+from lungseg.core.errors import DataError
 
 GENDERS = {"m": "male", "male": "male", "man": "male", "f": "female", "female": "female", "femal": "female",
            "fem": "female", "woman": "female", "o": "other", "other": "other"}

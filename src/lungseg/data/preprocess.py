@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.config import PreprocessConfig
+from lungseg.core.errors import DataError, ImageReadError
 from lungseg.core.io import atomic_path, save_npy, worker_pool, write_csv, write_json
-from lungseg.data.images import ImageReadError, max_pixels, read_resized, set_max_pixels
+from lungseg.data.images import max_pixels, read_resized, set_max_pixels
 from lungseg.data.integrity import (
     Finding,
     empty_masks_finding,
@@ -32,7 +33,7 @@ from lungseg.data.integrity import (
     outline_finding,
     warning,
 )
-from lungseg.data.layout import DataError, Layout, find_layout, pair_files, skip_reason, source_names
+from lungseg.data.layout import Layout, find_layout, pair_files, skip_reason, source_names
 from lungseg.data.metadata import clean_metadata, read_raw_metadata_with_notes, unreadable_values
 from lungseg.data.normalize import NORMALIZE_KEYS, check_available, normalize_image
 

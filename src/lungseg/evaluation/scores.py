@@ -34,9 +34,9 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from lungseg.core.config import EvaluateConfig, PreprocessConfig
+from lungseg.core.errors import DataError
 from lungseg.data.images import pixel_spacing, read_mask
 from lungseg.data.integrity import warnings_of
-from lungseg.data.layout import DataError
 from lungseg.data.preprocess import assemble, raise_on_errors, scan_folder
 from lungseg.model.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
 from lungseg.postprocessing import quality

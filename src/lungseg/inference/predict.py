@@ -66,12 +66,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from lungseg.core.config import PreprocessConfig
-from lungseg.core.errors import DataError, os_error_text
+from lungseg.core.errors import DataError, ImageReadError, WriteFailed, os_error_text
 from lungseg.core.io import atomic_path, sweep_folder, write_csv
 from lungseg.data.images import (
     IMAGE_SUFFIXES,
     WIDE_MODES,
-    ImageReadError,
     as_8bit_gray,
     is_image_file,
     open_image,
@@ -422,17 +421,6 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- the command
-
-
-class WriteFailed(Exception):
-    """A write into --out failed mid-run (a full disk, a folder made read-only): the run stops.
-
-    error: the OSError. rows: the CSV rows of the images finished before it, in job order.
-    """
-
-    def __init__(self, error: OSError, rows: list[dict]):
-        super().__init__(str(error))
-        self.error, self.rows = error, rows
 
 
 def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_size: int, quiet: bool = False,

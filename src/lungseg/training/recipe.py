@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from lungseg.core.config import AugmentConfig, QualityConfig, low_res_problems
-from lungseg.core.errors import ParamsError
+from lungseg.core.errors import ParamsError, TrainingError
 from lungseg.core.runtime import (
     autocast_dtype,
     configure,
@@ -39,14 +39,7 @@ from lungseg.postprocessing import postprocess
 from lungseg.postprocessing.quality import DiceEstimator, ShapeModel, measures
 from lungseg.training import distributed
 from lungseg.training.augment import Augmenter
-from lungseg.training.loop import (
-    TensorPair,
-    TrainingError,
-    fit,
-    is_out_of_memory,
-    out_of_memory_advice,
-    predicted_masks,
-)
+from lungseg.training.loop import TensorPair, fit, is_out_of_memory, out_of_memory_advice, predicted_masks
 
 
 @dataclass

@@ -186,7 +186,7 @@ OUT_OF_MEMORY = textwrap.dedent("""
     import resource, sys
     import torch
     sys.path.insert(0, {tests!r})
-    from test_training import INFER, phantom_set, train_config
+    from test_recipe import INFER, phantom_set, train_config
     from lungseg.core.config import AugmentConfig, ModelConfig
     from lungseg.core.errors import TrainingError
     from lungseg.training.recipe import train_model
