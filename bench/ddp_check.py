@@ -36,7 +36,8 @@ from common import ROOT, print_table, stage_history, write_results
 
 from lungseg.core.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
 from lungseg.core.io import write_csv, write_json
-from lungseg.data.preprocess import ProcessedSet, save_processed
+from lungseg.data.preprocess import preparation
+from lungseg.data.processed import ProcessedSet, save_processed
 from lungseg.data.synthetic import make_phantom
 from lungseg.training import distributed
 from lungseg.training.recipe import train_model
@@ -64,7 +65,7 @@ def phantom_set(images: np.ndarray, masks: np.ndarray) -> tuple[ProcessedSet, pd
 def make_project(root: Path, n_images: int, size: int, params: dict) -> Path:
     """Phantoms at `size` px, 80% train and 20% validation, and a params.yaml."""
     processed, split = phantom_set(*phantoms(n_images, size))
-    save_processed(processed.images, processed.masks, processed.index, PreprocessConfig(image_size=size), root / "data" / "processed")
+    save_processed(processed.images, processed.masks, processed.index, preparation(PreprocessConfig(image_size=size)), root / "data" / "processed")
     write_csv(split, root / "data" / "split.csv")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root

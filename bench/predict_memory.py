@@ -7,7 +7,7 @@ into a temporary folder, then measures, each in a fresh process:
 
   lungseg predict                the command, with overlays (the new uint8 overlay)
   lungseg predict --no-overlays  the same without overlays: the masks, table and lung sides alone
-  overlay step, new              read the X-ray for display + lungseg.evaluation.pictures.overlay + save the PNG
+  overlay step, new              read the X-ray for display + lungseg.inference.overlay.overlay + save the PNG
   overlay step, old (baseline)   the same step as predict did it before: the X-ray as float32,
                                  the overlay built as a full-size float64 RGB array
 
@@ -101,7 +101,7 @@ def old_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
 
 def new_overlay_step(xray: Path, mask_path: Path, out: Path) -> None:
     """The overlay as lungseg predict makes it now (predict.display_grey, viz.overlay_image)."""
-    from lungseg.evaluation.pictures import overlay_image
+    from lungseg.inference.overlay import overlay_image
     from lungseg.inference.predict import display_grey, save_rgb_png
 
     mask = read_mask(mask_path)

@@ -41,9 +41,9 @@ from lungseg.core.errors import ImageReadError
 from lungseg.data.images import pixel_spacing
 from lungseg.data.preprocess import prepare_image
 from lungseg.data.synthetic import SITES, generate_dataset, make_phantom
-from lungseg.evaluation.pictures import overlay
 from lungseg.evaluation.scores import evaluate_folder
 from lungseg.inference import predict
+from lungseg.inference.overlay import overlay
 from lungseg.inference.predictor import Predictor, default_workers, load_predictor, torch_threads
 from lungseg.postprocessing import quality
 

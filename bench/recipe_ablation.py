@@ -27,8 +27,9 @@ from common import print_table, require_real_sample, write_results
 
 from lungseg.core.config import AugmentConfig, InferConfig, ModelConfig, PreprocessConfig, TrainConfig
 from lungseg.core.runtime import resolve_device
-from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed
-from lungseg.data.split import ids_in, split_ids
+from lungseg.data.preprocess import preparation, preprocess_folder
+from lungseg.data.processed import ProcessedSet, ids_in, load_processed, save_processed
+from lungseg.data.split import split_ids
 from lungseg.model.metrics import dice_per_image
 from lungseg.postprocessing import postprocess
 from lungseg.training.loop import predicted_masks
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--name", default="recipe_ablation")
     args = parser.parse_args()
     if args.save_processed:
-        save_processed(*preprocess_folder(require_real_sample(), PreprocessConfig()), PreprocessConfig(), args.save_processed)
+        save_processed(*preprocess_folder(require_real_sample(), PreprocessConfig()), preparation(PreprocessConfig()), args.save_processed)
         return print(f"wrote {args.save_processed}")
     images, masks, index = load_data(args)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)

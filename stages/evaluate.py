@@ -8,8 +8,7 @@ import numpy as np
 from lungseg.core import config, paths, stage
 from lungseg.core.io import atomic_path, write_csv, write_json
 from lungseg.data.images import set_max_pixels
-from lungseg.data.preprocess import index_root, load_processed
-from lungseg.data.split import ids_in, read_split
+from lungseg.data.processed import ids_in, index_root, load_processed, read_split
 from lungseg.evaluation.scores import (
     estimate_table,
     evaluate_set,

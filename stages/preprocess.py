@@ -6,7 +6,8 @@ import sys
 from lungseg.core import config, paths, stage
 from lungseg.data.images import set_max_pixels
 from lungseg.data.integrity import summary, warnings_of
-from lungseg.data.preprocess import assemble_sources, raise_on_errors, save_processed, scan_folder
+from lungseg.data.preprocess import assemble_sources, preparation, raise_on_errors, scan_folder
+from lungseg.data.processed import save_processed
 
 
 def main(params: dict) -> None:
@@ -19,7 +20,7 @@ def main(params: dict) -> None:
             print(summary(warnings_of(scan.findings)).to_string(index=False), file=sys.stderr)
     raise_on_errors(*scans)  # every folder's errors, before anything is written
     images, masks, index = assemble_sources(scans, settings, list(data.names))
-    save_processed(images, masks, index, settings, paths.PROCESSED_DIR)
+    save_processed(images, masks, index, preparation(settings), paths.PROCESSED_DIR)
     folders = ", ".join(data.dirs)
     print(f"preprocessed {len(index)} pairs from {folders} to {paths.PROCESSED_DIR} ({images.shape[1]} px)")
 

@@ -2,7 +2,7 @@
 
 from lungseg.core import config, paths, stage
 from lungseg.core.io import write_csv
-from lungseg.data.preprocess import load_processed
+from lungseg.data.processed import load_processed
 from lungseg.data.split import split_ids
 
 

@@ -10,8 +10,7 @@ commands: src/lungseg/training/distributed.py.
 from lungseg.core import config, paths, stage
 from lungseg.core.io import write_json
 from lungseg.core.runtime import resolve_device
-from lungseg.data.preprocess import load_processed
-from lungseg.data.split import read_split
+from lungseg.data.processed import load_processed, read_split
 from lungseg.model.checkpoint import make_checkpoint, save_checkpoint, training_data
 from lungseg.training import distributed
 from lungseg.training.recipe import Trained, train_model

@@ -5,9 +5,10 @@ import pandas as pd
 
 from lungseg.core import config, paths, stage
 from lungseg.core.io import atomic_path
-from lungseg.data.preprocess import load_processed
+from lungseg.data.processed import load_processed
 from lungseg.evaluation import pictures
-from lungseg.evaluation.scores import montage_rows
+from lungseg.evaluation.pictures import montage_rows
+from lungseg.inference.overlay import save_mask_png
 from lungseg.training.tracking import read_history
 
 
@@ -28,7 +29,7 @@ def main(params: dict) -> None:
     with atomic_path(paths.PREDS_DIR) as tmp:
         tmp.mkdir()
         for image_id, mask in predictions.items():
-            pictures.save_mask_png(mask, tmp / f"{image_id}.png")
+            save_mask_png(mask, tmp / f"{image_id}.png")
     history = read_history(paths.LIVE_DIR)
     pictures.save_loss_curves(history, paths.LOSS_CURVES, settings.dpi)
     pictures.save_dice_curves(history, paths.DICE_CURVES, settings.dpi)

@@ -19,7 +19,8 @@ from lungseg.core import config
 from lungseg.core.config import PreprocessConfig, TrainConfig
 from lungseg.core.errors import ParamsError, TrainingError
 from lungseg.core.io import write_csv
-from lungseg.data.preprocess import save_processed
+from lungseg.data.preprocess import preparation
+from lungseg.data.processed import save_processed
 from lungseg.data.synthetic import make_phantom
 from lungseg.model.checkpoint import build_model, load_checkpoint
 from lungseg.model.losses import BceDiceLoss
@@ -163,7 +164,7 @@ def make_project(root: Path, **train) -> Path:
     ids = [f"p{i:02d}" for i in range(len(images))]
     index = pd.DataFrame({"id": ids, "image_file": [f"{i}.png" for i in ids], "mask_file": [f"{i}.png" for i in ids],
                           "height": SIZE, "width": SIZE})
-    save_processed(images, masks, index, PreprocessConfig(image_size=SIZE), root / "data" / "processed")
+    save_processed(images, masks, index, preparation(PreprocessConfig(image_size=SIZE)), root / "data" / "processed")
     write_csv(pd.DataFrame({"id": ids, "split": [part for part, n in PARTS.items() for _ in range(n)]}), root / "data" / "split.csv")
     params = {section: dict(values) for section, values in PARAMS.items()}
     params["train"].update(train)

@@ -13,7 +13,8 @@ from lungseg.core import config
 from lungseg.core.config import PreprocessConfig
 from lungseg.core.errors import LungsegError, ParamsError
 from lungseg.data.normalize import clahe, equalize, minmax, normalize_image, percentile_stretch
-from lungseg.data.preprocess import load_processed, prepare_image, preprocess_folder, save_processed
+from lungseg.data.preprocess import preparation, prepare_image, preprocess_folder
+from lungseg.data.processed import load_processed, save_processed
 from lungseg.inference.formats import metadata, parse_metadata
 from lungseg.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lungseg.model.unet import UNet
@@ -145,7 +146,7 @@ def test_training_arrays_and_predict_inputs_are_identical(method, tmp_path, writ
     folder = _labelled_folder(tmp_path, write_pair_folder)
     chosen = settings(normalize=method, percentile_low=2.0, percentile_high=97.0, clahe_tiles=4)
     images, masks, index = preprocess_folder(folder.root, chosen)
-    save_processed(images, masks, index, chosen, tmp_path / "processed")
+    save_processed(images, masks, index, preparation(chosen), tmp_path / "processed")
     stored = load_processed(tmp_path / "processed").settings
     model_args = {"depth": 1, "base_width": 2}
     save_checkpoint(make_checkpoint(UNet(**model_args), model_args, stored, 0.5), tmp_path / "model.pth")

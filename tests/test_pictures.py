@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from lungseg.evaluation import pictures
+from lungseg.inference import overlay
 
 # --------------------------------------------------------------------------- helpers
 
@@ -52,7 +53,7 @@ def _leftovers(folder) -> list[str]:
 
 
 def test_overlay_shape_and_dtype():
-    out = pictures.overlay(np.zeros((5, 7), np.float32), np.zeros((5, 7), bool))
+    out = overlay.overlay(np.zeros((5, 7), np.float32), np.zeros((5, 7), bool))
     assert out.shape == (5, 7, 3)
     assert out.dtype == np.uint8
 
@@ -61,7 +62,7 @@ def test_overlay_outside_mask_is_grey_image_value():
     image = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     mask = np.zeros((3, 4), dtype=bool)
     mask[0, 0] = True
-    out = pictures.overlay(image, mask)
+    out = overlay.overlay(image, mask)
     outside = ~mask
     for c in range(3):
         np.testing.assert_array_equal(out[..., c][outside], image[outside])
@@ -70,7 +71,7 @@ def test_overlay_outside_mask_is_grey_image_value():
 def test_overlay_inside_mask_exact_alpha_blend():
     image = np.full((2, 2), 100, dtype=np.uint8)
     mask = np.array([[1, 0], [0, 0]], dtype=np.uint8)
-    out = pictures.overlay(image, mask, color=(255, 0, 0), alpha=0.4)
+    out = overlay.overlay(image, mask, color=(255, 0, 0), alpha=0.4)
     # R = 0.6*100 + 0.4*255 = 162; G = B = 0.6*100 = 60
     assert out[0, 0].tolist() == [162, 60, 60]
     assert out[1, 1].tolist() == [100, 100, 100]
@@ -79,8 +80,8 @@ def test_overlay_inside_mask_exact_alpha_blend():
 def test_overlay_alpha_zero_and_one():
     image = np.full((1, 1), 50, dtype=np.uint8)
     mask = np.ones((1, 1), dtype=bool)
-    assert pictures.overlay(image, mask, alpha=0.0)[0, 0].tolist() == [50, 50, 50]
-    assert pictures.overlay(image, mask, color=(10, 20, 30), alpha=1.0)[0, 0].tolist() == [10, 20, 30]
+    assert overlay.overlay(image, mask, alpha=0.0)[0, 0].tolist() == [50, 50, 50]
+    assert overlay.overlay(image, mask, color=(10, 20, 30), alpha=1.0)[0, 0].tolist() == [10, 20, 30]
 
 
 def test_overlay_uint8_and_float_agree():
@@ -88,9 +89,9 @@ def test_overlay_uint8_and_float_agree():
     as_uint8 = rng.integers(0, 256, size=(9, 11), dtype=np.uint8)
     as_float = as_uint8.astype(np.float64) / 255.0
     mask = rng.random((9, 11)) > 0.5
-    np.testing.assert_array_equal(pictures.overlay(as_uint8, mask), pictures.overlay(as_float, mask))
+    np.testing.assert_array_equal(overlay.overlay(as_uint8, mask), overlay.overlay(as_float, mask))
     np.testing.assert_array_equal(
-        pictures.overlay(as_uint8, mask), pictures.overlay(as_float.astype(np.float32), mask)
+        overlay.overlay(as_uint8, mask), overlay.overlay(as_float.astype(np.float32), mask)
     )
 
 
@@ -105,34 +106,34 @@ def _old_float_overlay(image: np.ndarray, mask: np.ndarray, color, alpha: float)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 @pytest.mark.parametrize(("color", "alpha"), [((255, 0, 0), 0.4), ((10, 200, 30), 0.73), ((0, 0, 255), 1.0)])
 def test_overlay_is_uint8_and_equals_the_old_full_size_float_blend(dtype, color, alpha, monkeypatch):
-    monkeypatch.setattr(pictures, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
+    monkeypatch.setattr(overlay, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
     rng = np.random.default_rng(1)
     image = rng.random((300, 41))
     image = (image * 255).round().astype(np.uint8) if dtype == np.uint8 else image.astype(dtype)
     mask = rng.random((300, 41)) > 0.5
-    out = pictures.overlay(image, mask, color=color, alpha=alpha)
+    out = overlay.overlay(image, mask, color=color, alpha=alpha)
     assert out.dtype == np.uint8 and out.shape == (300, 41, 3)
     np.testing.assert_array_equal(out, _old_float_overlay(image, mask, color, alpha))
 
 
 @pytest.mark.parametrize(("color", "alpha"), [((255, 0, 0), 0.4), ((10, 200, 30), 0.73), ((0, 0, 255), 1.0), ((9, 9, 9), 0.0)])
 def test_overlay_image_holds_the_same_pixels_as_overlay(color, alpha, monkeypatch):
-    monkeypatch.setattr(pictures, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
+    monkeypatch.setattr(overlay, "_OVERLAY_BLOCK", 41 * 7)  # 7 rows a block: blocks must join up, the last one short
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (300, 41), dtype=np.uint8)
     mask = (rng.random((300, 41)) > 0.5).astype(np.uint8)
-    picture = pictures.overlay_image(image, mask, color=color, alpha=alpha)
+    picture = overlay.overlay_image(image, mask, color=color, alpha=alpha)
     assert picture.mode == "RGB" and picture.size == (41, 300)
-    np.testing.assert_array_equal(np.asarray(picture), pictures.overlay(image, mask, color=color, alpha=alpha))
+    np.testing.assert_array_equal(np.asarray(picture), overlay.overlay(image, mask, color=color, alpha=alpha))
 
 
 def test_overlay_image_takes_uint8_only_and_checks_the_mask():
     with pytest.raises(ValueError, match="uint8"):
-        pictures.overlay_image(np.zeros((4, 4), np.float32), np.zeros((4, 4), bool))
+        overlay.overlay_image(np.zeros((4, 4), np.float32), np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match="binary"):
-        pictures.overlay_image(np.zeros((4, 4), np.uint8), np.full((4, 4), 7, np.uint8))
+        overlay.overlay_image(np.zeros((4, 4), np.uint8), np.full((4, 4), 7, np.uint8))
     with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
-        pictures.overlay_image(np.zeros((4, 4), np.uint8), np.zeros((4, 5), bool))
+        overlay.overlay_image(np.zeros((4, 4), np.uint8), np.zeros((4, 5), bool))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
@@ -140,7 +141,7 @@ def test_overlay_needs_a_few_bytes_a_pixel_not_a_float64_rgb(dtype):
     rng = np.random.default_rng(0)
     image = rng.random((2000, 2000)).astype(dtype) if dtype != np.uint8 else rng.integers(0, 256, (2000, 2000), np.uint8)
     mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
-    peak = traced_peak(pictures.overlay, image, mask)
+    peak = traced_peak(overlay.overlay, image, mask)
     # the result is 3 bytes a pixel, the blocks' temporaries a few MB; the old float64 RGB
     # blend needed 24 bytes a pixel for that array alone, and as much again for its copies
     assert peak / image.size < 8
@@ -148,7 +149,7 @@ def test_overlay_needs_a_few_bytes_a_pixel_not_a_float64_rgb(dtype):
 
 def test_overlay_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"image shape \(128, 128\) != mask shape \(64, 64\)"):
-        pictures.overlay(np.zeros((128, 128)), np.zeros((64, 64)))
+        overlay.overlay(np.zeros((128, 128)), np.zeros((64, 64)))
 
 
 @pytest.mark.parametrize(
@@ -162,7 +163,7 @@ def test_overlay_shape_mismatch_names_both_shapes():
 )
 def test_overlay_rejects_bad_inputs(image, mask, message):
     with pytest.raises(ValueError, match=message):
-        pictures.overlay(image, mask)
+        overlay.overlay(image, mask)
 
 
 # --------------------------------------------------------------------------- error image
@@ -379,7 +380,7 @@ def test_save_mask_png_round_trips(tmp_path, dtype):
     rng = np.random.default_rng(1)
     mask = (rng.random((13, 17)) > 0.5).astype(dtype)
     path = tmp_path / "mask.png"
-    pictures.save_mask_png(mask, path)
+    overlay.save_mask_png(mask, path)
     with Image.open(path) as img:
         assert img.format == "PNG"
         assert img.mode == "L"
@@ -390,9 +391,9 @@ def test_save_mask_png_round_trips(tmp_path, dtype):
 
 def test_save_mask_png_rejects_non_binary_and_wrong_suffix(tmp_path):
     with pytest.raises(ValueError, match="binary"):
-        pictures.save_mask_png(np.full((4, 4), 255, np.uint8), tmp_path / "m.png")
+        overlay.save_mask_png(np.full((4, 4), 255, np.uint8), tmp_path / "m.png")
     with pytest.raises(ValueError, match=r"\.png"):
-        pictures.save_mask_png(np.zeros((4, 4), bool), tmp_path / "m.jpg")
+        overlay.save_mask_png(np.zeros((4, 4), bool), tmp_path / "m.jpg")
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -402,7 +403,7 @@ def test_no_temp_files_after_success(tmp_path):
     pictures.save_montage([_row()], tmp_path / "montage.png", dpi=30)
     pictures.save_loss_curves(_history(), tmp_path / "loss.png", dpi=30)
     pictures.save_dice_curves(_history(), tmp_path / "dice.png", dpi=30)
-    pictures.save_mask_png(np.eye(4, dtype=bool), tmp_path / "mask.png")
+    overlay.save_mask_png(np.eye(4, dtype=bool), tmp_path / "mask.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "dice.png",
         "loss.png",
@@ -447,7 +448,7 @@ def test_failed_mask_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch
 
     monkeypatch.setattr(Image.Image, "save", boom)
     with pytest.raises(OSError, match="no space"):
-        pictures.save_mask_png(np.eye(3, dtype=bool), path)
+        overlay.save_mask_png(np.eye(3, dtype=bool), path)
     assert path.read_bytes() == b"old mask"
     assert _leftovers(tmp_path) == []
 
@@ -496,7 +497,7 @@ def test_overlay_image_needs_only_a_few_mb_beside_the_picture():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (2000, 2000), np.uint8)
     mask = (rng.random((2000, 2000)) > 0.5).astype(np.uint8)
-    peak = traced_peak(pictures.overlay_image, image, mask)
+    peak = traced_peak(overlay.overlay_image, image, mask)
     # numpy's temporaries (the picture itself is Pillow's, outside tracemalloc): a block of rows
     # at a time, not a full-size index or RGBX array (8 and 16 MB here)
     assert peak < 4 * 2**20

@@ -15,7 +15,8 @@ from PIL import Image
 from lungseg.core.config import PreprocessConfig
 from lungseg.core.errors import DataError
 from lungseg.data.images import max_pixels, set_max_pixels
-from lungseg.data.preprocess import ProcessedSet, load_processed, preprocess_folder, save_processed, scan_folder
+from lungseg.data.preprocess import preparation, preprocess_folder, scan_folder
+from lungseg.data.processed import ProcessedSet, load_processed, save_processed
 
 SIZE = 16
 
@@ -90,7 +91,7 @@ def test_mask_of_a_different_size_names_the_mask_and_writes_nothing(tmp_path, wr
     out = tmp_path / "processed"
     with pytest.raises(DataError) as caught:
         images, masks, index = preprocess_folder(folder.root, settings())
-        save_processed(images, masks, index, settings(), out)  # must never be reached
+        save_processed(images, masks, index, preparation(settings()), out)  # must never be reached
     message = str(caught.value)
     assert str(bad_mask) in message
     assert "differs" in message
@@ -187,7 +188,7 @@ def test_save_and_load_round_trip(tmp_path, write_pair_folder):
     chosen = settings(mask_threshold=100)
     images, masks, index = preprocess_folder(folder.root, chosen)
     out = tmp_path / "processed"
-    save_processed(images, masks, index, chosen, out)
+    save_processed(images, masks, index, preparation(chosen), out)
     assert sorted(p.name for p in out.iterdir()) == ["images.npy", "index.csv", "masks.npy", "settings.json"]
     loaded = load_processed(out)
     np.testing.assert_array_equal(loaded.images, images)
@@ -208,7 +209,7 @@ def test_save_processed_replaces_an_older_output(tmp_path, write_pair_folder):
     (out / "stale.txt").write_text("from an earlier run")
     folder = write_pair_folder(tmp_path / "data", layout="plain", n=2)
     images, masks, index = preprocess_folder(folder.root, settings())
-    save_processed(images, masks, index, settings(), out)
+    save_processed(images, masks, index, preparation(settings()), out)
     assert not (out / "stale.txt").exists()
     assert len(load_processed(out).images) == 2
 

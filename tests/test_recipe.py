@@ -16,7 +16,7 @@ import torch
 from lungseg.core import config
 from lungseg.core.config import AugmentConfig, InferConfig, ModelConfig, TrainConfig
 from lungseg.core.errors import ParamsError
-from lungseg.data.preprocess import ProcessedSet
+from lungseg.data.processed import ProcessedSet
 from lungseg.data.synthetic import make_phantom
 from lungseg.model.losses import BceDiceLoss
 from lungseg.model.unet import UNet

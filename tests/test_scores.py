@@ -10,6 +10,7 @@ from scipy import stats as scipy_stats
 from lungseg.core.config import EvaluateConfig
 from lungseg.core.errors import DataError
 from lungseg.evaluation import scores as evaluate
+from lungseg.evaluation.pictures import pick_examples
 from lungseg.evaluation.scores import (
     NOT_GIVEN,
     bootstrap_ci,
@@ -19,7 +20,6 @@ from lungseg.evaluation.scores import (
     headline,
     mean_with_ci,
     per_image_scores,
-    pick_examples,
     subgroup_means,
     summary,
     threshold_masks,
@@ -237,7 +237,7 @@ def test_quality_columns_flag_an_empty_and_a_one_lung_prediction_like_predict():
 
 
 def test_montage_titles_give_the_estimate_beside_the_true_dice_on_a_second_line():
-    from lungseg.evaluation.scores import montage_rows
+    from lungseg.evaluation.pictures import montage_rows
 
     scores = pd.DataFrame({"id": ["a", "b", "c"], "dice": [0.9, 0.8, 0.7], "dice_estimate": [0.91, None, 0.65]})
     images = np.zeros((3, 8, 8), np.uint8)

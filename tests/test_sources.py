@@ -21,15 +21,8 @@ from lungseg.core import config
 from lungseg.core.config import PreprocessConfig
 from lungseg.core.errors import DataError, ParamsError
 from lungseg.data.layout import source_names
-from lungseg.data.preprocess import (
-    ID_SEPARATOR,
-    assemble,
-    assemble_sources,
-    index_root,
-    load_processed,
-    raise_on_errors,
-    scan_folder,
-)
+from lungseg.data.preprocess import ID_SEPARATOR, assemble, assemble_sources, raise_on_errors, scan_folder
+from lungseg.data.processed import index_root, load_processed
 from lungseg.data.split import PARTS, part_sizes, split_ids
 
 SETTINGS = PreprocessConfig(image_size=16, workers=1)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from lungseg.core.errors import DataError
-from lungseg.data.split import PARTS, ids_in, part_sizes, split_ids
+from lungseg.data.processed import ids_in
+from lungseg.data.split import PARTS, part_sizes, split_ids
 
 FRACTIONS = (0.8, 0.1, 0.1)
 

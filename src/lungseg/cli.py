@@ -100,7 +100,8 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 def evaluate(args: argparse.Namespace) -> int:
     from lungseg.core.io import write_csv, write_json
     from lungseg.evaluation import pictures
-    from lungseg.evaluation.scores import estimate_table, evaluate_folder, headline, montage_rows, score_lines
+    from lungseg.evaluation.pictures import montage_rows
+    from lungseg.evaluation.scores import estimate_table, evaluate_folder, headline, score_lines
     from lungseg.inference.outdir import OutputNames, check_out
     from lungseg.inference.predictor import default_workers, load_predictor, torch_threads
     from lungseg.model.checkpoint import synthetic_warning

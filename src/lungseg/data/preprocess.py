@@ -8,7 +8,6 @@ the training code divides by 255 to get the [0, 1] range the model sees.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import pandas as pd
 
 from lungseg.core.config import PreprocessConfig
 from lungseg.core.errors import DataError, ImageReadError
-from lungseg.core.io import atomic_path, save_npy, worker_pool, write_csv, write_json
+from lungseg.core.io import worker_pool
 from lungseg.data.images import max_pixels, read_resized, set_max_pixels
 from lungseg.data.integrity import (
     Finding,
@@ -246,55 +245,8 @@ def assemble_sources(scans: list[Scan], settings: PreprocessConfig,
     return np.concatenate(images), np.concatenate(masks), index
 
 
-def index_root(folders) -> Path:
-    """The folder the index's image_file and mask_file paths are relative to (assemble_sources):
-    the data folder itself when there is one, the project folder when there are several.
-
-    folders: one data folder, or DataConfig.dirs.
-    """
-    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-    return Path(folders[0]) if len(folders) == 1 else Path(".")
-
-
-def save_processed(images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, settings: PreprocessConfig, out_dir: str | Path) -> None:
-    """Write arrays, index and the settings that made them into `out_dir`, as one atomic directory swap.
-
-    The settings travel with the arrays so that a checkpoint can record how its inputs were made
-    without the train stage depending on the preprocess params.
-    """
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_npy(images, tmp / "images.npy")
-        save_npy(masks, tmp / "masks.npy")
-        write_csv(index, tmp / "index.csv")
-        write_json(recipe(settings), tmp / "settings.json")
-
-
-def recipe(settings: PreprocessConfig) -> dict:
+def preparation(settings: PreprocessConfig) -> dict:
     """The settings a model needs to prepare new images as its training images were (stored in
     settings.json, then in the checkpoint and exports): size, mask threshold, normalisation."""
     keys = ("image_size", "normalize", "mask_threshold", *NORMALIZE_KEYS)
     return {key: getattr(settings, key) for key in keys}
-
-
-@dataclass
-class ProcessedSet:
-    images: np.ndarray  # uint8 N x S x S
-    masks: np.ndarray  # uint8 N x S x S, 0/1
-    index: pd.DataFrame  # one row per image, same order; ids as strings
-    settings: dict  # how the arrays were made (recipe: image_size, normalize, mask_threshold, ...)
-
-    def subset(self, ids) -> "ProcessedSet":
-        """The rows whose id is in `ids`, in the order of `ids`."""
-        position = pd.Series(np.arange(len(self.index)), index=self.index["id"])
-        rows = position.loc[list(ids)].to_numpy()
-        return ProcessedSet(self.images[rows], self.masks[rows], self.index.iloc[rows].reset_index(drop=True), self.settings)
-
-
-def load_processed(folder: str | Path) -> ProcessedSet:
-    """Read what save_processed wrote."""
-    folder = Path(folder)
-    index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False)  # ids and metadata stay text
-    index[["height", "width"]] = index[["height", "width"]].astype(int)
-    settings = json.loads((folder / "settings.json").read_text())
-    return ProcessedSet(np.load(folder / "images.npy"), np.load(folder / "masks.npy"), index, settings)

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.errors import DataError
-
-PARTS = ("train", "val", "test")
+from lungseg.data.processed import PARTS
 
 
 def part_sizes(n: int, fractions: tuple[float, float, float]) -> list[int]:
@@ -60,14 +59,3 @@ def _strata(index: pd.DataFrame, column: str | None) -> dict[str, list]:
         return {"all": list(index.index)}
     keys = index[columns].astype(str).agg("|".join, axis=1)
     return {str(k): list(v) for k, v in index.groupby(keys).groups.items()}
-
-
-def ids_in(split_table: pd.DataFrame, part: str) -> list[str]:
-    """The ids assigned to `part` ('train', 'val' or 'test'), in table order."""
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    return split_table.loc[split_table["split"] == part, "id"].astype(str).tolist()
-
-
-def read_split(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)

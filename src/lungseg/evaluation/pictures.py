@@ -1,4 +1,5 @@
-"""Pictures for the ``visualize`` stage: overlays, montages, training curves, mask PNGs.
+"""Pictures for the ``visualize`` stage and `lungseg evaluate`: montages, error maps, training
+curves, the estimate scatter, and which images a montage shows.
 
 This module only turns in-memory arrays and tables into image files. It knows nothing
 about the data layout, params.yaml, torch or DVC: the caller loads everything and
@@ -16,7 +17,6 @@ Design choices:
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +25,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
 from lungseg.core.io import atomic_path
-
-__all__ = ["overlay", "overlay_image", "error_image", "save_montage", "save_loss_curves", "save_dice_curves", "save_mask_png"]
+from lungseg.inference.overlay import check_alpha, check_image, check_mask, check_same_shape, overlay
 
 # Error colours, safe for the common colour-vision deficiencies (magenta vs green stay apart for
 # deuteranopes and protanopes). Drawn solid, so a one-pixel error is visible in a small tile.
@@ -67,60 +65,6 @@ def _check_dpi(dpi: int) -> None:
         raise ValueError(f"dpi must be a positive integer, got {dpi!r}")
 
 
-def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Return ``image`` as an array after checking it is HxW uint8 or float in [0, 1]."""
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (HxW greyscale), got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    if not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"{name} must be uint8 or float in [0, 1], got dtype {image.dtype}")
-    if image.size and not np.isfinite(image).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if image.size and (image.min() < 0.0 or image.max() > 1.0):
-        raise ValueError(
-            f"float {name} must lie in [0, 1], got range [{image.min():g}, {image.max():g}]"
-        )
-    return image
-
-
-def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
-    """Return ``mask`` as a bool array after checking it is HxW and binary (bool or 0/1)."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (HxW), got shape {mask.shape}")
-    if mask.dtype == np.uint8 and (not mask.size or mask.max() <= 1):
-        # the masks lungseg makes: checked and viewed without a full-size temporary
-        return np.ascontiguousarray(mask).view(bool)
-    if mask.dtype != bool:
-        # Reject probabilities / 0-255 masks instead of silently thresholding them:
-        # the caller decides the threshold, not the plotting code.
-        bad = ~np.isin(mask, (0, 1))
-        if bad.any():
-            raise ValueError(
-                f"{name} must be binary (bool or 0/1), found value {mask[bad].flat[0]!r}"
-            )
-    return mask.astype(bool)
-
-
-def _check_same_shape(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{a_name} shape {a.shape} != {b_name} shape {b.shape}")
-
-
-def _check_color(color: Sequence[int]) -> np.ndarray:
-    rgb = np.asarray(color, dtype=float)
-    if rgb.shape != (3,) or (rgb < 0).any() or (rgb > 255).any():
-        raise ValueError(f"color must be 3 values in 0..255 (RGB), got {color!r}")
-    return rgb
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-
-
 def _check_history(history: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Return ``history`` sorted by epoch after checking it has rows and ``columns``."""
     if not isinstance(history, pd.DataFrame):
@@ -140,109 +84,12 @@ def _check_row(row: dict, i: int) -> dict:
     missing = [k for k in ("image", "truth", "pred") if k not in row]
     if missing:
         raise ValueError(f"rows[{i}] missing key(s) {missing}; it has {sorted(row)}")
-    image = _check_image(row["image"], f"rows[{i}]['image']")
-    truth = _check_mask(row["truth"], f"rows[{i}]['truth']")
-    pred = _check_mask(row["pred"], f"rows[{i}]['pred']")
-    _check_same_shape(image, truth, f"rows[{i}] image", "truth")
-    _check_same_shape(image, pred, f"rows[{i}] image", "pred")
+    image = check_image(row["image"], f"rows[{i}]['image']")
+    truth = check_mask(row["truth"], f"rows[{i}]['truth']")
+    pred = check_mask(row["pred"], f"rows[{i}]['pred']")
+    check_same_shape(image, truth, f"rows[{i}] image", "truth")
+    check_same_shape(image, pred, f"rows[{i}] image", "pred")
     return {"image": image, "truth": truth, "pred": pred, "title": str(row.get("title", ""))}
-
-
-# --------------------------------------------------------------------------- overlay
-
-
-_OVERLAY_BLOCK = 1 << 18  # pixels blended at a time: temporaries stay a few MB whatever the image size
-
-
-def _blend_tables(rgb_color: np.ndarray, alpha: float) -> np.ndarray:
-    """3 x 256 uint8: entry [c, g] is ``round((1 - alpha) * g + alpha * color[c])``, computed in
-    float64 once per grey level instead of once per pixel."""
-    levels = np.arange(256, dtype=np.float64)
-    blended = (1.0 - alpha) * levels[None, :] + alpha * rgb_color[:, None]
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def _blend_block(grey: np.ndarray, inside: np.ndarray, rgb_color: np.ndarray, alpha: float,
-                 tables: np.ndarray, out: np.ndarray) -> None:
-    """Blend one block of rows into ``out`` (rows x W x 3 uint8).
-
-    grey: the block of the image (uint8, or float in [0, 1]). inside: its bool mask.
-    rgb_color, alpha: as for overlay. tables: _blend_tables for uint8 images.
-    """
-    if grey.dtype == np.uint8:
-        for channel in range(3):
-            out[..., channel] = np.where(inside, tables[channel][grey], grey)
-        return
-    # float: the float64 formula, on this block only, so results match the full-size blend exactly
-    scaled = grey.astype(np.float64) * 255.0
-    outside = np.clip(np.rint(scaled), 0, 255)
-    for channel in range(3):
-        blended = np.clip(np.rint((1.0 - alpha) * scaled + alpha * rgb_color[channel]), 0, 255)
-        out[..., channel] = np.where(inside, blended, outside)
-
-
-def overlay(
-    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4
-) -> np.ndarray:
-    """Blend ``mask`` pixels of a greyscale ``image`` toward ``color``.
-
-    image: HxW float in [0, 1] or uint8. mask: HxW bool or 0/1.
-    Returns HxWx3 uint8 RGB: outside the mask R == G == B == the grey value; inside,
-    each channel is ``round((1 - alpha) * grey + alpha * color[c])`` (grey on the 0..255 scale).
-
-    Built block of rows by block of rows into the uint8 result, uint8 images through per-level
-    tables: besides the result (3 bytes a pixel) it needs a few MB, never a full-size float64
-    RGB (24 bytes a pixel, 1.8 GB for a 10000 x 8000 X-ray).
-    """
-    image = _check_image(image)
-    mask = _check_mask(mask)
-    _check_same_shape(image, mask, "image", "mask")
-    rgb_color = _check_color(color)
-    _check_alpha(alpha)
-
-    tables = _blend_tables(rgb_color, alpha)
-    rgb = np.empty((*image.shape, 3), dtype=np.uint8)
-    rows = max(1, _OVERLAY_BLOCK // max(image.shape[1], 1))
-    for start in range(0, len(image), rows):
-        block = slice(start, start + rows)
-        _blend_block(image[block], mask[block], rgb_color, alpha, tables, rgb[block])
-    return rgb
-
-
-def overlay_image(grey: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4) -> Image.Image:
-    """:func:`overlay` of a uint8 image as a Pillow RGB image, ready to save: the same pixels, made
-    faster for writing many overlays.
-
-    grey: HxW uint8. mask: HxW bool or 0/1. color, alpha: as for :func:`overlay`.
-    Each pixel is looked up once in a 512-entry table of packed RGBX words (grey level, plus 256
-    inside the mask), block of rows by block of rows, and the blocks are pasted into the picture:
-    besides the picture (Pillow keeps RGB in 4 bytes a pixel) it needs a few MB.
-    """
-    grey = _check_image(grey, "grey")
-    if grey.dtype != np.uint8:
-        raise ValueError(f"grey must be uint8, got dtype {grey.dtype}")
-    mask = _check_mask(mask)
-    _check_same_shape(grey, mask, "grey", "mask")
-    _check_alpha(alpha)
-    table = _packed_table(_blend_tables(_check_color(color), alpha))
-    height, width = grey.shape
-    picture = Image.new("RGB", (width, height))
-    rows = max(1, _OVERLAY_BLOCK // max(width, 1))
-    for start in range(0, height, rows):
-        index = grey[start:start + rows].astype(np.uint16)
-        index |= mask[start:start + rows].view(np.uint8).astype(np.uint16) << 8
-        block = table[index]  # uint32 rows x W, bytes R, G, B, 0 in memory order
-        picture.paste(Image.frombytes("RGB", (width, len(block)), block, "raw", "RGBX"), (0, start))
-    return picture
-
-
-def _packed_table(tables: np.ndarray) -> np.ndarray:
-    """512 little-endian RGBX words: entries 0..255 the grey levels as is, 256..511 blended
-    (tables: _blend_tables' 3 x 256)."""
-    levels = np.arange(256, dtype=np.uint32)
-    outside = levels | levels << 8 | levels << 16
-    inside = tables[0].astype(np.uint32) | tables[1].astype(np.uint32) << 8 | tables[2].astype(np.uint32) << 16
-    return np.concatenate([outside, inside]).astype("<u4")
 
 
 def _grey_uint8(image: np.ndarray) -> np.ndarray:
@@ -261,11 +108,11 @@ def error_image(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.nd
     (green); true positives and true negatives stay uncoloured, R == G == B == the grey value
     (a float image on the 0..255 scale, rounded, as in :func:`overlay`).
     """
-    image = _check_image(image)
-    truth = _check_mask(truth, "truth")
-    pred = _check_mask(pred, "pred")
-    _check_same_shape(image, truth, "image", "truth")
-    _check_same_shape(image, pred, "image", "pred")
+    image = check_image(image)
+    truth = check_mask(truth, "truth")
+    pred = check_mask(pred, "pred")
+    check_same_shape(image, truth, "image", "truth")
+    check_same_shape(image, pred, "image", "pred")
     rgb = np.repeat(_grey_uint8(image)[..., None], 3, axis=2)
     rgb[pred & ~truth] = FP_COLOR
     rgb[truth & ~pred] = FN_COLOR
@@ -335,7 +182,7 @@ def save_montage(rows: list[dict], path, dpi: int = 100, alpha: float = 0.4) -> 
     """
     if not rows:
         raise ValueError("rows is empty: need at least one example to draw a montage")
-    _check_alpha(alpha)
+    check_alpha(alpha)
     # Validate every row before drawing anything: fail fast with a precise message.
     checked = [_check_row(row, i) for i, row in enumerate(rows)]
 
@@ -463,18 +310,38 @@ def save_estimate_scatter(table: pd.DataFrame, path, dpi: int = 100, min_dice: f
 # zlib settings for mask PNGs: a 0/255 mask is long runs of two values, which zlib's run-length
 # strategy at level 1 packs as small as the default level 6 does (1 KB a 512 px mask, 17 KB a
 # 3000 px one) in less time; the pixels are the same whatever the settings
-MASK_PNG = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 
 
-def save_mask_png(mask: np.ndarray, path, sweep: bool = True) -> None:
-    """Write a binary mask (bool or 0/1) as an 8-bit greyscale PNG with values 0/255.
+# --------------------------------------------------------------------------- which images a montage shows
 
-    The file is always PNG; ``path`` must end in ``.png`` so the name does not lie. sweep: as
-    in lungseg.core.io.atomic_path (False when the caller swept the folder once).
+
+def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
+    """Up to n (label, row) pairs: the best, median and worst image by Dice, then others evenly
+    spaced along the ranking, so a montage shows the whole range of quality."""
+    ranked = scores.sort_values("dice", ascending=False, kind="stable").reset_index(drop=True)
+    last = len(ranked) - 1
+    candidates = [(0, "best"), (last, "worst"), (last // 2, "median")]
+    candidates += [(int(p), "sample") for p in np.linspace(0, last, max(n, 1)).round()]
+    chosen: dict[int, str] = {}
+    for position, label in candidates:
+        if len(chosen) >= n:
+            break
+        chosen.setdefault(position, label)
+    return [(label, ranked.iloc[position]) for position, label in sorted(chosen.items())]
+
+
+def montage_rows(scores: pd.DataFrame, images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, n: int) -> list[dict]:
+    """The rows lungseg.evaluation.pictures.save_montage draws for up to n examples chosen by pick_examples.
+
+    scores: per-image scores with id and dice; images, truths, predictions: uint8 N x S x S
+    arrays in the same order as the rows of `scores`. n: how many examples.
     """
-    if Path(path).suffix.lower() != ".png":
-        raise ValueError(f"mask path must end in .png, got {str(path)!r}")
-    mask = _check_mask(mask)
-    pixels = mask.view(np.uint8) * np.uint8(255)  # a bool array is 0/1 bytes
-    with atomic_path(path, sweep) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG", **MASK_PNG)  # 2-D uint8 -> mode "L"
+    position = {image_id: i for i, image_id in enumerate(scores["id"].astype(str))}
+    rows = []
+    for label, row in pick_examples(scores, n):
+        i = position[str(row["id"])]
+        estimate = row.get("dice_estimate")
+        estimated = "" if estimate is None or pd.isna(estimate) else f" · est. {float(estimate):.3f}"
+        rows.append({"image": images[i], "truth": truths[i], "pred": predictions[i],  # two lines: fits a row's height
+                     "title": f"{label} · id {row['id']}\nDice {row['dice']:.3f}{estimated}", "name": f"{label}_{row['id']}"})
+    return rows

@@ -416,36 +416,3 @@ def score_lines(metrics: dict) -> str:
         lines.append(f"estimated Dice: mean absolute error {agreement['mae']:.3f}, Spearman {rho}; "
                      f"{metrics.get('flagged', 0)} of {agreement['n_images']} flagged")
     return "\n".join(lines + [f"post-processing: {metrics['postprocess']}"])
-
-
-def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
-    """Up to n (label, row) pairs: the best, median and worst image by Dice, then others evenly
-    spaced along the ranking, so a montage shows the whole range of quality."""
-    ranked = scores.sort_values("dice", ascending=False, kind="stable").reset_index(drop=True)
-    last = len(ranked) - 1
-    candidates = [(0, "best"), (last, "worst"), (last // 2, "median")]
-    candidates += [(int(p), "sample") for p in np.linspace(0, last, max(n, 1)).round()]
-    chosen: dict[int, str] = {}
-    for position, label in candidates:
-        if len(chosen) >= n:
-            break
-        chosen.setdefault(position, label)
-    return [(label, ranked.iloc[position]) for position, label in sorted(chosen.items())]
-
-
-def montage_rows(scores: pd.DataFrame, images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, n: int) -> list[dict]:
-    """The rows lungseg.evaluation.pictures.save_montage draws for up to n examples chosen by pick_examples.
-
-    scores: per-image scores with id and dice; images, truths, predictions: uint8 N x S x S
-    arrays in the same order as the rows of `scores`. n: how many examples.
-    """
-    position = {image_id: i for i, image_id in enumerate(scores["id"].astype(str))}
-    rows = []
-    for label, row in pick_examples(scores, n):
-        i = position[str(row["id"])]
-        estimate = row.get("dice_estimate")
-        estimated = "" if estimate is None or pd.isna(estimate) else f" · est. {float(estimate):.3f}"
-        rows.append({"image": images[i], "truth": truths[i], "pred": predictions[i],  # two lines: fits a row's height
-                     "title": f"{label} · id {row['id']}\nDice {row['dice']:.3f}{estimated}", "name": f"{label}_{row['id']}"})
-    return rows
-

@@ -27,7 +27,7 @@ Memory: what the threads hold at once is bounded by pixel budgets (PixelBudget):
 decoded or written up to WORKING_PIXELS, where an image larger than that runs alone, and display
 greys waiting for their write up to KEPT_PIXELS, beyond which an image's grey is read again when
 its overlay is written. No image is ever a full-size float64 or RGB float array: the overlay is
-built from the 8-bit grey picture in uint8 (lungseg.evaluation.pictures.overlay_image), so a 10000 x 8000
+built from the 8-bit grey picture in uint8 (lungseg.inference.overlay.overlay_image), so a 10000 x 8000
 X-ray peaks well under 1.5 GB (bench/predict_memory.py).
 
 Lung sides: in a standard PA (postero-anterior) chest X-ray the patient faces the viewer, so the
@@ -82,9 +82,9 @@ from lungseg.data.images import (
 )
 from lungseg.data.normalize import check_available, stretch_to_uint8
 from lungseg.data.preprocess import finish_image
-from lungseg.evaluation.pictures import overlay_image, save_mask_png
 from lungseg.inference.budget import PixelBudget
 from lungseg.inference.outdir import OutputNames, check_out, remove_stale
+from lungseg.inference.overlay import overlay_image, save_mask_png
 from lungseg.inference.predictor import Predictor, default_workers, load_predictor, torch_threads
 from lungseg.model.checkpoint import synthetic_warning
 from lungseg.postprocessing import quality

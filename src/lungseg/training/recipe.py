@@ -30,8 +30,7 @@ from lungseg.core.runtime import (
     prepare_model,
     should_compile,
 )
-from lungseg.data.preprocess import ProcessedSet
-from lungseg.data.split import ids_in
+from lungseg.data.processed import ProcessedSet, ids_in
 from lungseg.model.checkpoint import build_model
 from lungseg.model.metrics import dice_per_image
 from lungseg.model.unet import UNet
