@@ -27,7 +27,7 @@ from lungseg.model.losses import BceDiceLoss
 from lungseg.model.unet import UNet
 from lungseg.training import distributed
 from lungseg.training.loop import fit, validate, validation_sums
-from lungseg.training.recipe import tensors
+from lungseg.training.recipe import plan, tensors
 from lungseg.training.tracking import read_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,11 @@ PARAMS = {
 
 
 # --------------------------------------------------------------------------- splitting the work
+
+def fit_with(model, train, val, config, threshold=0.5, worker=None, **options):
+    """loop.fit with the train stage's recipe for `config` (lungseg.training.recipe.plan)."""
+    return fit(model, train, val, plan(model, train, config, worker), threshold, worker=worker, **options)
+
 
 
 @pytest.mark.parametrize("items", [list(range(11)), np.arange(11), torch.arange(11)], ids=["list", "array", "tensor"])
@@ -122,7 +127,7 @@ def test_a_one_rank_distributed_fit_repeats_the_one_process_fit(single_rank_grou
     results = []
     for worker in (None, single_rank_group):
         torch.manual_seed(0)
-        results.append(fit(UNet(depth=2, base_width=4), train, val, settings, 0.5, show_progress=False, worker=worker))
+        results.append(fit_with(UNet(depth=2, base_width=4), train, val, settings, 0.5, show_progress=False, worker=worker))
     plain, ranked = (r.history[["train_loss", "val_loss", "val_dice", "val_iou"]].to_numpy() for r in results)
     np.testing.assert_allclose(ranked, plain, rtol=1e-5)
     assert results[0].best_epoch == results[1].best_epoch
@@ -134,7 +139,7 @@ def test_a_non_finite_loss_on_a_rank_stops_the_run_naming_the_epoch_and_step(sin
     broken.images[:] = float("nan")
     torch.manual_seed(0)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1 of 2"):
-        fit(UNet(depth=2, base_width=4), broken, tensors(images[8:], masks[8:]), TrainConfig(epochs=2, batch_size=4), 0.5,
+        fit_with(UNet(depth=2, base_width=4), broken, tensors(images[8:], masks[8:]), TrainConfig(epochs=2, batch_size=4), 0.5,
             show_progress=False, worker=single_rank_group)
 
 

@@ -13,7 +13,13 @@ from lungseg.evaluation.scores import fit_threshold, threshold_masks
 from lungseg.model.metrics import dice_per_image
 from lungseg.model.unet import UNet
 from lungseg.training import recipe
-from lungseg.training.loop import TensorPair, downsampled, fit, is_out_of_memory, out_of_memory_advice
+from lungseg.training.loop import TensorPair, fit, is_out_of_memory
+from lungseg.training.recipe import downsampled, out_of_memory_advice, plan
+
+
+def fit_with(model, train, val, config, threshold=0.5, worker=None, **options):
+    """loop.fit with the train stage's recipe for `config` (lungseg.training.recipe.plan)."""
+    return fit(model, train, val, plan(model, train, config, worker), threshold, worker=worker, **options)
 
 SIZE = 64
 
@@ -44,7 +50,7 @@ def train(phantoms, epochs=8, seed=0, dtype=None):
     torch.manual_seed(seed)
     model = UNet(depth=3, base_width=8)
     config = TrainConfig(epochs=epochs, batch_size=4, seed=seed)
-    return model, fit(model, tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
+    return model, fit_with(model, tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
                       dtype=dtype, show_progress=False)
 
 
@@ -63,7 +69,7 @@ def test_history_has_one_row_per_epoch_with_every_column(trained):
 def test_on_epoch_sees_each_row_as_it_ends_with_the_best_epoch_so_far(phantoms):
     seen = []
     config = TrainConfig(epochs=3, batch_size=4, seed=0)
-    result = fit(UNet(depth=3, base_width=4), tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
+    result = fit_with(UNet(depth=3, base_width=4), tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
                  show_progress=False, on_epoch=lambda row, best_epoch, best_dice: seen.append((dict(row), best_epoch, best_dice)))
     assert [row["epoch"] for row, _, _ in seen] == [1, 2, 3]
     assert [row for row, _, _ in seen] == result.history.to_dict("records")
@@ -141,7 +147,7 @@ def test_low_res_epochs_train_on_the_small_images_and_validate_on_the_full_ones(
 
     torch.manual_seed(0)
     config = TrainConfig(epochs=3, batch_size=12, seed=0, low_res_epochs=2, low_res_size=SIZE // 2)
-    result = fit(UNet(depth=3, base_width=8), tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
+    result = fit_with(UNet(depth=3, base_width=8), tensors(phantoms["train"]), tensors(phantoms["val"]), config, threshold=0.5,
                  show_progress=False, augment=observe)
     assert seen == [SIZE // 2] * 6 + [SIZE] * 3  # 36 images, batch 12: 3 steps an epoch
     assert list(result.history["epoch"]) == [1, 2, 3] and result.history["val_dice"].notna().all()
@@ -152,7 +158,7 @@ def test_a_non_finite_loss_stops_training_naming_the_epoch_and_step(phantoms):
     images[:] = float("nan")  # every batch is broken, so the first step of the first epoch is
     torch.manual_seed(0)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1 of 9.*train\.lr"):
-        fit(UNet(depth=3, base_width=8), TensorPair(images, masks), tensors(phantoms["val"]),
+        fit_with(UNet(depth=3, base_width=8), TensorPair(images, masks), tensors(phantoms["val"]),
             TrainConfig(epochs=2, batch_size=4), threshold=0.5, show_progress=False)
 
 

@@ -113,6 +113,11 @@ def _labels(value):
 
 @_section
 class DataConfig:
+    """params.yaml's `data` section: the data folders, and which labels of a label map are lung.
+
+    Each field is described by the comment beside it.
+    """
+
     # a folder in the Kaggle layout or with image/ and mask/ inside
     dir: Annotated[str, BeforeValidator(_folder)] = "data/raw/synthetic"
     # further such folders, each under a name of its own: the source name of its images
@@ -145,6 +150,19 @@ class DataConfig:
 
 @_section
 class SyntheticConfig:
+    """params.yaml's `synthetic` section: the phantom data set (lungseg.data.synthetic.generate_dataset).
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        n_images: phantoms to write.
+        seed: seed of the phantoms' random generators (each image's comes from seed and its index).
+        min_size: smallest image side in px.
+        max_size: largest image side in px (>= min_size).
+        low_contrast_fraction: share of phantoms with low contrast (a grey, washed-out picture).
+        rotated_fraction: share of phantoms with a rotated patient.
+    """
+
     n_images: Int = Field(200, ge=1)
     seed: Int = 0
     min_size: Int = Field(512, ge=16)
@@ -166,6 +184,14 @@ class SyntheticConfig:
 
 @_section
 class PreprocessConfig:
+    """params.yaml's `preprocess` section: how a data folder becomes training arrays (lungseg.data.preprocess).
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        image_size: side in px of the square arrays the model sees (S).
+    """
+
     image_size: Int = Field(128, ge=8)
     mask_threshold: Int = Field(127, ge=0, le=254)  # 0..255 scale: a resized mask pixel is lung when above it
     # how intensities become 0..255 (lungseg.data.normalize): minmax, percentile, equalize, clahe or none
@@ -191,6 +217,17 @@ class PreprocessConfig:
 
 @_section
 class SplitConfig:
+    """params.yaml's `split` section: the train/val/test split (lungseg.data.split).
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        train: share of the images in the training part (train + val + test = 1).
+        val: share in the validation part.
+        test: share in the test part.
+        seed: seed of the shuffle within each stratum.
+    """
+
     train: Number = Field(0.8, gt=0)
     val: Number = Field(0.1, gt=0)
     test: Number = Field(0.1, gt=0)
@@ -199,6 +236,7 @@ class SplitConfig:
 
     @property
     def fractions(self) -> tuple[float, float, float]:
+        """(train, val, test) shares."""
         return (self.train, self.val, self.test)
 
     @model_validator(mode="after")
@@ -210,12 +248,30 @@ class SplitConfig:
 
 @_section
 class ModelConfig:
+    """params.yaml's `model` section: the U-Net's shape.
+
+    Each field is described by the comment beside it.
+    """
+
     depth: Int = Field(4, ge=1)  # number of 2x poolings
     base_width: Int = Field(8, ge=1)  # channels at full resolution; doubles at each level
 
 
 @_section
 class TrainConfig:
+    """params.yaml's `train` section: how the model is trained (lungseg.training).
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        epochs: passes over the training part.
+        batch_size: images per step, the global batch however many processes train (nproc).
+        lr: the Adam learning rate (where a cosine schedule starts).
+        bce_weight: weight of the binary cross-entropy term of the loss.
+        dice_weight: weight of the Dice term of the loss (bce_weight + dice_weight > 0).
+        seed: seed of the initial weights, the image order and the augmentations (+ rank under DDP).
+    """
+
     epochs: Int = Field(8, ge=1)
     batch_size: Int = Field(2, ge=1)
     lr: Number = Field(1e-3, gt=0)
@@ -271,6 +327,14 @@ class AugmentConfig:
 
 @_section
 class InferConfig:
+    """params.yaml's `infer` section: how predictions are made.
+
+    Attributes:
+        threshold: on sigmoid(logits): a pixel is lung above it.
+        batch_size: images per forward pass.
+        device: as train.device (auto: CUDA, then Apple MPS, then CPU).
+    """
+
     threshold: Number = Field(0.5, gt=0, lt=1)  # on sigmoid(logits)
     batch_size: Int = Field(32, ge=1)
     device: DeviceName = "auto"
@@ -278,6 +342,15 @@ class InferConfig:
 
 @_section
 class EvaluateConfig:
+    """params.yaml's `evaluate` section: how the test part is scored (lungseg.evaluation).
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        confidence: level of the bootstrap confidence intervals of the means.
+        bootstrap_seed: seed of the bootstrap resampling.
+    """
+
     subgroups: Names = ("county", "ptb")  # metadata columns to report means per value of
     baseline_steps: Int = Field(64, ge=2)  # intensity thresholds tried by the threshold baseline
     native: Flag = True  # also score at each image's original resolution (reads the original masks)
@@ -297,6 +370,15 @@ class QualityConfig:
 
 @_section
 class VisualizeConfig:
+    """params.yaml's `visualize` section: the pictures of the results.
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        overlay_alpha: opacity of the mask overlays in the montage.
+        dpi: resolution of the saved figures.
+    """
+
     n_examples: Int = Field(6, ge=1)  # montage rows: best, median, worst, then evenly spaced by Dice
     overlay_alpha: Number = Field(0.4, gt=0, le=1)
     dpi: Int = Field(100, ge=10)
@@ -322,8 +404,16 @@ def _cross_problems(configs: dict) -> list[str]:
 
 
 def low_res_problems(train: TrainConfig, image_size: int, depth: int) -> list[str]:
-    """What keeps the U-Net from training at train.low_res_size on images of image_size px with
-    `depth` poolings (nothing when train.low_res_epochs is 0)."""
+    """What keeps the U-Net from training at train.low_res_size on images of image_size px with `depth` poolings.
+
+    Args:
+        train: the train section (low_res_epochs, low_res_size).
+        image_size: preprocess.image_size.
+        depth: model.depth, the number of 2x poolings.
+
+    Returns:
+        One `section.key=value: what is expected` line per problem; empty when train.low_res_epochs is 0 or all is well.
+    """
     size, step = train.low_res_size, 2**depth
     if not train.low_res_epochs:
         return []
@@ -337,6 +427,17 @@ def low_res_problems(train: TrainConfig, image_size: int, depth: int) -> list[st
 
 
 def read_params(path: str | Path = "params.yaml") -> dict:
+    """Read params.yaml as it is written, unchecked (load and validate check it).
+
+    Args:
+        path: the params file.
+
+    Returns:
+        The mapping of section names to their raw values.
+
+    Raises:
+        ParamsError: the file is missing, unreadable, not YAML, or not a mapping of sections.
+    """
     path = Path(path)
     try:
         params = yaml.safe_load(path.read_text())
@@ -352,15 +453,36 @@ def read_params(path: str | Path = "params.yaml") -> dict:
 
 
 def load(params: dict, *names: str, source: str = "params.yaml"):
-    """Build the config objects for sections `names`; raise one ParamsError listing every problem."""
+    """Build the config objects for sections `names`.
+
+    Args:
+        params: read_params' mapping; a missing section takes every default.
+        *names: the sections to build (keys of SECTIONS).
+        source: the file named in the error message.
+
+    Returns:
+        The config object of one section, or a tuple of them in the order of `names`.
+
+    Raises:
+        ParamsError: one, listing every problem in those sections and the rules between them.
+    """
     configs, problems = _check(params, names)
     _raise_if(problems, source)
     return configs[0] if len(configs) == 1 else tuple(configs)
 
 
 def validate(params: dict, source: str = "params.yaml") -> None:
-    """Check the whole file at once (every stage does this first, so a bad value anywhere stops
-    `dvc repro` before any work, with every problem listed)."""
+    """Check the whole file at once.
+
+    Every stage does this first, so a bad value anywhere stops `dvc repro` before any work, with every problem listed.
+
+    Args:
+        params: read_params' mapping.
+        source: the file named in the error message.
+
+    Raises:
+        ParamsError: one, listing every problem, unknown sections included.
+    """
     unknown = [f"{name}: unknown section" + _did_you_mean(str(name), SECTIONS) for name in params if name not in SECTIONS]
     _raise_if(unknown + _check(params, SECTIONS)[1], source)
 

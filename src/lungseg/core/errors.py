@@ -5,7 +5,14 @@ import errno
 
 
 def os_error_text(error: OSError) -> str:
-    """An OSError as one short phrase: 'No space left on device (ENOSPC)'."""
+    """An OSError as one short phrase: 'No space left on device (ENOSPC)'.
+
+    Args:
+        error: the OSError.
+
+    Returns:
+        Its reason and errno name.
+    """
     return f"{error.strerror or error} ({errno.errorcode.get(error.errno, str(error.errno))})"
 
 
@@ -18,7 +25,12 @@ class ParamsError(LungsegError):
 
 
 class DataError(LungsegError):
-    """One or more problems with the input data; the message lists each with its file."""
+    """One or more problems with the input data; the message lists each with its file.
+
+    Args:
+        summary: the first line of the message.
+        problems: one line per problem, kept in `problems`; the message lists the first MAX_LISTED of them.
+    """
 
     MAX_LISTED = 20
 
@@ -42,14 +54,18 @@ class ExportError(LungsegError):
 
 
 class ImageReadError(LungsegError):
-    """A file that cannot be read as an image; the message names the file and the reason
-    (a LungsegError, so every command and stage prints it without a traceback)."""
+    """A file that cannot be read as an image; the message names the file and the reason.
+
+    A LungsegError, so every command and stage prints it without a traceback.
+    """
 
 
 class WriteFailed(Exception):
     """A write into --out failed mid-run (a full disk, a folder made read-only): the run stops.
 
-    error: the OSError. rows: the CSV rows of the images finished before it, in job order.
+    Args:
+        error: the OSError.
+        rows: the CSV rows of the images finished before it, in job order.
     """
 
     def __init__(self, error: OSError, rows: list[dict]):

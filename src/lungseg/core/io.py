@@ -33,9 +33,14 @@ def atomic_path(path: str | Path, sweep: bool = True) -> Iterator[Path]:
     Works for files and for whole directories (an existing directory at `path` is replaced).
     The temporary name keeps the suffix, so writers that infer the format from it still work.
 
-    sweep: first delete the temporaries of `path` that killed writers left behind. Finding them
-    lists the whole folder, so a writer of thousands of files into one folder sweeps it once
-    (sweep_folder) and passes False here.
+    Args:
+        path: the final file or directory; its parent folder is created if missing.
+        sweep: first delete the temporaries of `path` that killed writers left behind. Finding them
+            lists the whole folder, so a writer of thousands of files into one folder sweeps it once
+            (sweep_folder) and passes False here.
+
+    Yields:
+        The temporary path to write (nothing exists there yet).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,13 +69,22 @@ def _replace(new: Path, target: Path) -> None:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of `path` left by writers that were killed (SIGKILL skips every cleanup).
-    Their names carry the writer's pid; those of live processes are left alone."""
+
+    Their names carry the writer's pid; those of live processes are left alone.
+
+    Args:
+        path: the final path the temporaries were for.
+    """
     for pattern in (f".{path.stem}.tmp-*{path.suffix}", f".{path.name}.old-*"):
         _remove_dead_writers(path.parent.glob(pattern))
 
 
 def sweep_folder(folder: str | Path) -> None:
-    """Delete every temporary in `folder` (not below it) that a killed writer left behind."""
+    """Delete every temporary in `folder` (not below it) that a killed writer left behind.
+
+    Args:
+        folder: the folder to sweep; a missing one is left alone.
+    """
     folder = Path(folder)
     if folder.is_dir():
         _remove_dead_writers(item for item in folder.iterdir() if item.name.startswith("."))
@@ -101,16 +115,34 @@ def _remove(path: Path) -> None:
 
 
 def write_json(data, path: str | Path) -> None:
+    """Write `data` as indented JSON, atomically (atomic_path).
+
+    Args:
+        data: anything json.dumps takes.
+        path: the file to write.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> None:
+    """Write `table` as CSV without its row index, atomically (atomic_path).
+
+    Args:
+        table: the table.
+        path: the file to write.
+    """
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
 
 def save_npy(array: np.ndarray, path: str | Path) -> None:
+    """Write `array` as a .npy file, atomically (atomic_path).
+
+    Args:
+        array: the array.
+        path: the file to write, its name as given (no second .npy is appended).
+    """
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:  # a handle, so numpy does not append a second .npy
             np.save(handle, array)
@@ -130,7 +162,13 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
     parent-death signal, so it works on macOS too and does not fire when only the thread that
     started the worker ends.
 
-    workers: processes. initializer, initargs: run in each worker after the watchdog starts.
+    Args:
+        workers: processes.
+        initializer: run in each worker after the watchdog starts, as initializer(*initargs).
+        initargs: its arguments.
+
+    Returns:
+        The pool; shut it down (or use it as a context manager) as any ProcessPoolExecutor.
     """
     return ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
 

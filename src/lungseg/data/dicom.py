@@ -47,9 +47,13 @@ INSTALL_RLE = "pip install pylibjpeg pylibjpeg-rle"
 
 
 def has_preamble(path: str | Path) -> bool:
-    """True when `path` is a readable file whose bytes 128..131 are 'DICM'.
+    """Whether `path` is a readable file whose bytes 128..131 are 'DICM' (the DICOM Part 10 preamble).
 
-    path: any path; folders and unreadable files give False.
+    Args:
+        path: any path; folders and unreadable files give False.
+
+    Returns:
+        True when the preamble is there.
     """
     try:
         with open(path, "rb") as handle:
@@ -59,10 +63,13 @@ def has_preamble(path: str | Path) -> bool:
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True for a path lungseg reads with pydicom: a .dcm or .dicom name (any case), or no
-    extension and the DICOM preamble.
+    """Whether lungseg reads `path` with pydicom.
 
-    path: the file; only an extension-less one is opened.
+    Args:
+        path: the file; only an extension-less one is opened.
+
+    Returns:
+        True for a .dcm or .dicom name (any case), or no extension and the DICOM preamble.
     """
     suffix = Path(path).suffix.lower()
     return suffix in DICOM_SUFFIXES or (suffix == "" and has_preamble(path))
@@ -123,7 +130,14 @@ def _dcmread(path: str | Path, header_only: bool) -> Dataset:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of a DICOM image from its header only (the pixel data is not read).
 
-    path: a DICOM file.
+    Args:
+        path: a DICOM file.
+
+    Returns:
+        (height, width) in pixels, from Rows and Columns.
+
+    Raises:
+        ImageReadError: the file cannot be read as DICOM or has no image size.
     """
     with _named(path):
         return _size(path, _dcmread(path, header_only=True))
@@ -138,10 +152,16 @@ def _size(path: str | Path, dataset: Dataset) -> tuple[int, int]:
 
 
 def pixel_spacing(path: str | Path) -> tuple[float, float] | None:
-    """Millimetres per pixel, (row, column), of a DICOM image, from PixelSpacing or else
-    ImagerPixelSpacing; None for a file that is not DICOM or has neither (or an unusable value).
+    """Millimetres per pixel of a DICOM image, from PixelSpacing or else ImagerPixelSpacing.
 
-    path: any image file; a DICOM one is read up to its pixel data only.
+    Args:
+        path: any image file; a DICOM one is read up to its pixel data only.
+
+    Returns:
+        (row, column) spacing in mm; None for a file that is not DICOM or has neither (or an unusable value).
+
+    Raises:
+        ImageReadError: a DICOM file whose header cannot be read.
     """
     if not is_dicom(path):
         return None
@@ -164,12 +184,20 @@ def _two_positive_numbers(value) -> tuple[float, float] | None:
 
 def read_image(path: str | Path, is_mask: bool = False,
                check_size: Callable[[str | Path, int, int], None] | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode a DICOM file into a Pillow image: mode 'F' in [0, 1] for an X-ray, mode 'L' 0/255
-    for a mask (lung where the stored value is not zero); return it with its (height, width).
+    """Decode a DICOM file into a Pillow image, as the module docstring describes.
 
-    path: a DICOM file, read once. is_mask: read it as a mask (MONOCHROME2 only) instead of an X-ray.
-    check_size: called as check_size(path, height, width) with the header's size before the
-    pixels are decoded; it raises to refuse the file (images._check_pixels, the pixel limit).
+    Args:
+        path: a DICOM file, read once.
+        is_mask: read it as a mask (MONOCHROME2 only) instead of an X-ray.
+        check_size: called as check_size(path, height, width) with the header's size before the
+            pixels are decoded; it raises to refuse the file (images._check_pixels, the pixel limit).
+
+    Returns:
+        The image, mode 'F' in [0, 1] for an X-ray, mode 'L' 0/255 for a mask (lung where the stored value is
+        not zero); and its (height, width).
+
+    Raises:
+        ImageReadError: naming the file, for any file that cannot be read, decoded or used (see the module docstring).
     """
     with _named(path):
         dataset = _dcmread(path, header_only=False)

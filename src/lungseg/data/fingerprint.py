@@ -28,10 +28,17 @@ HASH_THREADS = 4  # hashlib releases the GIL on large buffers: files hash in par
 
 
 def data_files(folder: str | Path) -> list[Path]:
-    """The files lungseg may read from a data folder, in a fixed order: every visible file of its
-    image/ and mask/ folders (not only those lungseg.data.layout pairs), then its MetaData.csv.
+    """The files lungseg may read from a data folder, in a fixed order.
 
-    folder: a data folder in either layout (lungseg.data.layout). Raises DataError if it is not one.
+    Args:
+        folder: a data folder in either layout (lungseg.data.layout).
+
+    Returns:
+        Every visible file of its image/ and mask/ folders (not only those lungseg.data.layout pairs), sorted,
+        then its MetaData.csv if it has one.
+
+    Raises:
+        DataError: `folder` is not a data folder.
     """
     layout = find_layout(folder)
     files = [path for directory in (layout.image_dir, layout.mask_dir) for path in sorted(directory.iterdir())
@@ -40,12 +47,27 @@ def data_files(folder: str | Path) -> list[Path]:
 
 
 def stat_key(path: Path) -> list[int]:
-    """What says a file is unchanged without reading it: size, modification time (ns), inode."""
+    """What says a file is unchanged without reading it.
+
+    Args:
+        path: the file.
+
+    Returns:
+        [size, modification time (ns), inode].
+    """
     info = path.stat()
     return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
 def file_md5(path: Path) -> str:
+    """The md5 of a file's bytes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
@@ -53,7 +75,8 @@ def file_md5(path: Path) -> str:
 class HashCache:
     """File digests remembered by stat_key, in a JSON file that may be deleted at any time.
 
-    path: the cache file, or None to hash every file every time.
+    Args:
+        path: the cache file, or None to hash every file every time. A missing or damaged one starts empty.
     """
 
     def __init__(self, path: str | Path | None):
@@ -71,7 +94,14 @@ class HashCache:
         return known if isinstance(known, dict) else {}
 
     def digests(self, files: list[Path]) -> list[str]:
-        """The md5 of each file, read only where its stat_key differs from the cached one."""
+        """The md5 of each file, read only where its stat_key differs from the cached one.
+
+        Args:
+            files: the files to hash.
+
+        Returns:
+            Their hex digests, in the order of `files`.
+        """
         keys = [stat_key(path) for path in files]
         names = [str(path.resolve()) for path in files]
         cached = [self.known.get(name) for name in names]
@@ -83,8 +113,10 @@ class HashCache:
         return result
 
     def save(self) -> None:
-        """Write the entries of the files seen since this cache was opened, and keep the earlier
-        ones of files that still exist (switching data.dir back and forth rehashes nothing)."""
+        """Write the entries of the files seen since this cache was opened (nothing without a path).
+
+        The earlier entries of files that still exist are kept, so switching data.dir back and forth rehashes nothing.
+        """
         if self.path is not None:
             kept = {name: entry for name, entry in self.known.items() if name not in self.seen and Path(name).is_file()}
             write_json({**kept, **self.seen}, self.path)
@@ -96,10 +128,17 @@ def _matches(entry, key: list[int]) -> bool:
 
 
 def folder_fingerprint(folder: str | Path, cache: HashCache) -> dict:
-    """The number of files lungseg reads from `folder` and one md5 over their relative names and
-    contents.
+    """The number of files lungseg reads from `folder` and one md5 over their relative names and contents.
 
-    folder: a data folder. cache: where file digests are remembered between runs.
+    Args:
+        folder: a data folder.
+        cache: where file digests are remembered between runs.
+
+    Returns:
+        {"files": the number of files (data_files), "md5": the hex digest}.
+
+    Raises:
+        DataError: `folder` is not a data folder.
     """
     folder = Path(folder)
     files = data_files(folder)
@@ -110,9 +149,17 @@ def folder_fingerprint(folder: str | Path, cache: HashCache) -> dict:
 
 
 def fingerprint_folder(folder: str | Path, cache_path: str | Path | None) -> dict:
-    """The folder as given, the number of files lungseg reads there, and their md5.
+    """The folder as given, the number of files lungseg reads there, and their md5; the cache is saved.
 
-    folder: a data folder. cache_path: the HashCache file, or None.
+    Args:
+        folder: a data folder.
+        cache_path: the HashCache file, or None.
+
+    Returns:
+        {"dir": `folder` as given, "files": ..., "md5": ...} (folder_fingerprint).
+
+    Raises:
+        DataError: `folder` is not a data folder.
     """
     cache = HashCache(cache_path)
     entry = {"dir": os.fspath(folder), **folder_fingerprint(folder, cache)}

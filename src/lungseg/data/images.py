@@ -73,7 +73,11 @@ Image.MAX_IMAGE_PIXELS = None
 def set_max_pixels(limit: int) -> None:
     """Refuse, from now on in this process, images with more than `limit` pixels (width x height).
 
-    limit: a positive pixel count; DEFAULT_MAX_PIXELS unless a command or params.yaml asks otherwise.
+    Args:
+        limit: a positive pixel count; DEFAULT_MAX_PIXELS unless a command or params.yaml asks otherwise.
+
+    Raises:
+        ValueError: `limit` is not a positive whole number.
     """
     global _max_pixels
     if isinstance(limit, bool) or int(limit) != limit or limit < 1:
@@ -88,11 +92,16 @@ def max_pixels() -> int:
 
 
 def is_image_file(path: str | Path) -> bool:
-    """True for a file lungseg reads as an image: a name ending in one of IMAGE_SUFFIXES (any
-    case), or a file without an extension that carries the DICOM preamble. Names starting with
-    '.' (.DS_Store, macOS '._x.png' companions) never are.
+    """Whether lungseg reads `path` as an image.
 
-    path: the file; only an extension-less one is opened, to look for the preamble.
+    Names starting with '.' (.DS_Store, macOS '._x.png' companions) never are.
+
+    Args:
+        path: the file; only an extension-less one is opened, to look for the preamble.
+
+    Returns:
+        True for a name ending in one of IMAGE_SUFFIXES (any case), or a file without an extension that carries
+        the DICOM preamble.
     """
     path = Path(path)
     if path.name.startswith("."):
@@ -163,6 +172,8 @@ def _oriented_size(image: Image.Image, orientation: int) -> tuple[int, int]:
 
 @dataclass
 class Opened:
+    """An image file decoded upright (fields: see comments)."""
+
     image: Image.Image  # decoded, upright
     size: tuple[int, int]  # (height, width) at full size, upright
     orientation: int  # the EXIF orientation it had on disk (1: upright or none; always 1 for DICOM)
@@ -190,19 +201,36 @@ def _open(path: str | Path, draft_size: int | None = None, is_mask: bool = False
 
 
 def open_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Open and fully decode `path` upright (EXIF orientation applied); return the image and its
-    full size as (height, width).
+    """Open and fully decode `path` upright (EXIF orientation applied).
 
-    With `draft_size`, a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale while staying at
-    least that large (DCT scaling); other formats ignore it. Every decoding failure, including
-    a truncated file or one over the pixel limit, becomes an ImageReadError here rather than later.
+    Every decoding failure, including a truncated file or one over the pixel limit, becomes an
+    ImageReadError here rather than later.
+
+    Args:
+        path: the image file.
+        draft_size: a JPEG is then decoded directly at 1/2, 1/4 or 1/8 scale while staying at
+            least that large (DCT scaling); other formats ignore it.
+
+    Returns:
+        The decoded image, and its full size as (height, width).
+
+    Raises:
+        ImageReadError: naming the file, when it cannot be decoded or is over the pixel limit.
     """
     opened = _open(path, draft_size)
     return opened.image, opened.size
 
 
 def to_float_gray(image: Image.Image) -> np.ndarray:
-    """Convert a decoded PIL image of any mode to a float32 HxW array in [0, 1]."""
+    """Convert a decoded PIL image of any mode to a float32 HxW array in [0, 1].
+
+    Args:
+        image: the image; 16-bit data is scaled by 65535, 32-bit and float by the smallest range that holds it,
+            anything else as 8-bit grey (as_8bit_gray) by 255.
+
+    Returns:
+        float32 H x W in [0, 1].
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image, dtype=np.float32) / 65535.0
     if image.mode in ("I", "F"):
@@ -211,7 +239,14 @@ def to_float_gray(image: Image.Image) -> np.ndarray:
 
 
 def as_8bit_gray(image: Image.Image) -> Image.Image:
-    """An 8-bit image of any mode as 'L': palettes through RGBA, colours by luma."""
+    """An 8-bit image of any mode as 'L': palettes through RGBA, colours by luma.
+
+    Args:
+        image: an 8-bit image.
+
+    Returns:
+        `image` itself when it is 'L' already, else an 'L' copy.
+    """
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     # ITU-R 601 luma; alpha is dropped (X-rays carry no meaningful transparency)
@@ -230,9 +265,16 @@ def _scale_wide(values: np.ndarray) -> np.ndarray:
 
 
 def mask_labels(image: Image.Image) -> list[int] | None:
-    """The non-zero labels of a greyscale label map (every value at most MAX_LABEL, a 0/1 mask
-    included), or None for a mask of grey levels: read as usual, labels would be 1/255 or
-    1/65535 bright and vanish under any threshold."""
+    """The non-zero labels of a greyscale label map (every value at most MAX_LABEL, a 0/1 mask included).
+
+    Read as grey levels, labels would be 1/255 or 1/65535 bright and vanish under any threshold.
+
+    Args:
+        image: a decoded mask.
+
+    Returns:
+        The labels present, in increasing order; None for a mask of grey levels (or not greyscale).
+    """
     if image.mode not in ("L", *WIDE_MODES):
         return None
     low, high = image.getextrema()
@@ -259,6 +301,8 @@ def _resizable(image: Image.Image) -> Image.Image:
 
 
 class MaskRead(NamedTuple):
+    """A mask read for resizing (fields: see comments)."""
+
     image: Image.Image  # 'L' 0..255 or 'F' in [0, 1], ready to resize
     colours: int  # non-black colours of a palette or colour mask (0 for others)
     rule: str  # how a mask other than plain grey levels was read, for `lungseg check` ("" for plain ones)
@@ -324,6 +368,8 @@ def _binary(lung: np.ndarray) -> Image.Image:
 
 @dataclass
 class Resized:
+    """An image or mask as read_resized returns it (fields: see comments)."""
+
     values: np.ndarray  # float32 size x size in [0, 1]
     original_size: tuple[int, int]  # (height, width) at full size, upright
     levels: int  # distinct grey levels at full size (a clean mask has 2)
@@ -338,19 +384,37 @@ def read_resized(path: str | Path, size: int, is_mask: bool = False, lung_labels
     Images use Lanczos; masks use bilinear (no ringing), so that thresholding the result at 0.5
     keeps the pixels that were mostly lung. Masks are read by the rules in the module docstring.
 
-    path: the image or mask file. size: the side of the square result. is_mask: read as a mask.
-    lung_labels: for a label-map mask, the labels that are lung (data.lung_labels; () = every one).
+    Args:
+        path: the image or mask file.
+        size: the side of the square result.
+        is_mask: read as a mask.
+        lung_labels: for a label-map mask, the labels that are lung (data.lung_labels; () = every one).
+
+    Returns:
+        The resized values with the full size, grey levels, orientation, colours and rule they were read with.
+
+    Raises:
+        ImageReadError: naming the file, when it cannot be decoded or is over the pixel limit.
     """
     with _named(path):
         return _shrink(_open(path, draft_size=4 * size, is_mask=is_mask), size, is_mask, lung_labels)
 
 
 def read_resized_and_full(path: str | Path, size: int) -> tuple[Resized, Image.Image]:
-    """read_resized(path, size) for an X-ray, and the full-size upright image it came from, decoded
-    once for both (lungseg predict shows that image under its overlay). A JPEG that read_resized
-    decodes at reduced scale is decoded a second time at full size, as open_image would.
+    """read_resized(path, size) for an X-ray, and the full-size upright image it came from, decoded once for both.
 
-    path: the X-ray file. size: the side of the square resized image.
+    lungseg predict shows that image under its overlay. A JPEG that read_resized decodes at reduced
+    scale is decoded a second time at full size, as open_image would.
+
+    Args:
+        path: the X-ray file.
+        size: the side of the square resized image.
+
+    Returns:
+        read_resized's result, and the full-size upright image.
+
+    Raises:
+        ImageReadError: naming the file, when it cannot be decoded or is over the pixel limit.
     """
     with _named(path):
         opened = _open(path, draft_size=4 * size)
@@ -376,12 +440,21 @@ def _count_levels(image: Image.Image) -> int:
 
 
 def read_mask(path: str | Path, threshold: int = 127, lung_labels: tuple[int, ...] = ()) -> np.ndarray:
-    """A mask at full size, upright, as uint8 0/1: lung where the pixel is above `threshold` on a
-    0..255 scale, by the rules in the module docstring (16-bit masks are scaled first; 0/1
-    masks, palette indices and colours are recognised, as in read_resized).
+    """A mask at full size, upright, as uint8 0/1, read by the rules in the module docstring.
 
-    path: the mask file. threshold: 0..255; palette and colour masks are already 0/255.
-    lung_labels: for a label map, the labels that are lung (data.lung_labels; () = every one).
+    Lung is where the pixel is above `threshold` on a 0..255 scale (16-bit masks are scaled first;
+    0/1 masks, palette indices and colours are recognised, as in read_resized).
+
+    Args:
+        path: the mask file.
+        threshold: 0..255; palette and colour masks are already 0/255.
+        lung_labels: for a label map, the labels that are lung (data.lung_labels; () = every one).
+
+    Returns:
+        uint8 H x W, 1 = lung.
+
+    Raises:
+        ImageReadError: naming the file, when it cannot be decoded or is over the pixel limit.
     """
     with _named(path):
         full = _mask_resizable(_open(path, is_mask=True).image, lung_labels).image
@@ -391,14 +464,34 @@ def read_mask(path: str | Path, threshold: int = 127, lung_labels: tuple[int, ..
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:
-    """Read an image file at full size, upright, as a float32 HxW array in [0, 1]."""
+    """Read an image file at full size, upright, as a float32 HxW array in [0, 1].
+
+    Args:
+        path: the image file.
+
+    Returns:
+        float32 H x W in [0, 1] (to_float_gray).
+
+    Raises:
+        ImageReadError: naming the file, when it cannot be decoded or is over the pixel limit.
+    """
     with _named(path):
         return to_float_gray(_open(path).image)
 
 
 def read_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file as the readers return it (EXIF orientation applied),
-    from its header only; refuses an image over the pixel limit, as the readers do."""
+    """(height, width) of an image file as the readers return it (EXIF orientation applied), from its header only.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        (height, width) in pixels, upright.
+
+    Raises:
+        ImageReadError: naming the file, when its header cannot be read or it is over the pixel limit (as the
+            readers refuse it).
+    """
     if dicom.is_dicom(path):
         size = dicom.image_size(path)
     else:

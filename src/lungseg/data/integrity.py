@@ -41,27 +41,61 @@ MASK_RULES = ("lungseg reads lung as a grey value above preprocess.mask_threshol
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing found about a data folder (fields: see comments)."""
+
     level: str  # "error", "warning" or "note" (how a file was read: nothing wrong)
     kind: str  # what is wrong, short: the summary groups by it
     detail: str  # the file(s) and values concerned
 
 
 def error(kind: str, detail: str) -> Finding:
+    """An error: it stops preprocessing.
+
+    Args:
+        kind: what is wrong, short (the summary groups by it).
+        detail: the file(s) and values concerned.
+
+    Returns:
+        The Finding.
+    """
     return Finding("error", kind, detail)
 
 
 def warning(kind: str, detail: str) -> Finding:
+    """A warning: reported, and the run goes on.
+
+    Args:
+        kind: what is wrong, short (the summary groups by it).
+        detail: the file(s) and values concerned.
+
+    Returns:
+        The Finding.
+    """
     return Finding("warning", kind, detail)
 
 
 def note(kind: str, detail: str) -> Finding:
+    """A note: how a file was read, nothing wrong.
+
+    Args:
+        kind: what it says, short (the summary groups by it).
+        detail: the file(s) and values concerned.
+
+    Returns:
+        The Finding.
+    """
     return Finding("note", kind, detail)
 
 
 def outline_finding(mask_path: Path, mask: np.ndarray) -> Finding | None:
-    """The error for a mask whose lungs are drawn as outlines, not filled; None for others.
+    """The error for a mask whose lungs are drawn as outlines, not filled.
 
-    mask: the preprocessed 0/1 mask (model size).
+    Args:
+        mask_path: the mask file, named in the error.
+        mask: the preprocessed 0/1 mask (model size).
+
+    Returns:
+        The error Finding; None for a mask that is not an outline.
     """
     lung = np.asarray(mask).astype(bool)
     area = int(lung.sum())
@@ -78,14 +112,21 @@ def outline_finding(mask_path: Path, mask: np.ndarray) -> Finding | None:
 
 def mask_findings(mask_path: Path, fraction: float, levels: int, threshold: int, colours: int = 0,
                   rule: str = "", outline: Finding | None = None) -> list[Finding]:
-    """Warnings about one preprocessed mask: empty, almost full, or not a clean two-level mask;
-    and a note saying how a mask other than plain grey levels was read.
+    """Warnings about one preprocessed mask: empty, almost full, or not a clean two-level mask.
 
-    mask_path: the mask file. fraction: its share of lung pixels after resizing and thresholding.
-    levels: distinct grey levels at full size. threshold: the mask threshold (0..255).
-    colours: non-black colours of a palette or colour mask (images.Resized.colours; 0 for others).
-    rule: how it was read (images.Resized.rule; "" for plain grey levels).
-    outline: outline_finding's error for this mask, if any.
+    Also a note saying how a mask other than plain grey levels was read, and its outline error if any.
+
+    Args:
+        mask_path: the mask file.
+        fraction: its share of lung pixels after resizing and thresholding.
+        levels: distinct grey levels at full size.
+        threshold: the mask threshold (0..255).
+        colours: non-black colours of a palette or colour mask (images.Resized.colours; 0 for others).
+        rule: how it was read (images.Resized.rule; "" for plain grey levels).
+        outline: outline_finding's error for this mask, if any.
+
+    Returns:
+        The findings, the note first; empty for a clean mask.
     """
     found = [note("mask read by rule", f"{mask_path}: {rule}")] if rule else []
     if outline is not None:
@@ -108,7 +149,15 @@ def orientation_finding(image_path: Path, mask_path: Path, image_orientation: in
 
     Both are read turned as a viewer shows them; a mask drawn on the image as stored would then
     be turned differently from it.
-    image_path, mask_path: the pair. image_orientation, mask_orientation: their EXIF orientation tags.
+
+    Args:
+        image_path: the image of the pair.
+        mask_path: its mask.
+        image_orientation: the image's EXIF orientation tag.
+        mask_orientation: the mask's EXIF orientation tag.
+
+    Returns:
+        The warning; None when the orientations are the same.
     """
     if image_orientation == mask_orientation:
         return None
@@ -118,11 +167,16 @@ def orientation_finding(image_path: Path, mask_path: Path, image_orientation: in
 
 
 def empty_masks_finding(empty: list[Path], n_masks: int) -> Finding | None:
-    """One error when every mask, or more than half of them, is empty: the masks are then almost
-    surely in a format read differently from what was meant, not unlabelled.
+    """One error when every mask, or more than half of them, is empty.
 
-    empty: the mask files with no lung pixel after resizing and thresholding.
-    n_masks: how many masks were read.
+    The masks are then almost surely in a format read differently from what was meant, not unlabelled.
+
+    Args:
+        empty: the mask files with no lung pixel after resizing and thresholding.
+        n_masks: how many masks were read.
+
+    Returns:
+        The error, naming the first few empty masks and how lungseg reads masks; None otherwise.
     """
     if not empty or (len(empty) < n_masks and len(empty) <= MOSTLY_EMPTY * n_masks):
         return None
@@ -136,7 +190,17 @@ def empty_masks_finding(empty: list[Path], n_masks: int) -> Finding | None:
 
 
 def metadata_findings(metadata_ids: list[str], file_ids: list[str], unreadable: dict[str, list[str]], path: Path) -> list[Finding]:
-    """Warnings about MetaData.csv against the files actually there."""
+    """Warnings about MetaData.csv against the files actually there.
+
+    Args:
+        metadata_ids: the ids MetaData.csv lists.
+        file_ids: the ids with an image or mask file.
+        unreadable: per column, the values that could not be understood (metadata.unreadable_values).
+        path: the MetaData.csv file, named in the warnings.
+
+    Returns:
+        One warning per id without files, per file id without a row, and per column with unreadable values.
+    """
     found = [warning("MetaData id without files", f"{path}: id {i!r} has no image") for i in sorted(set(metadata_ids) - set(file_ids))]
     found += [warning("file without MetaData row", f"id {i!r} is not in {path}") for i in sorted(set(file_ids) - set(metadata_ids))]
     found += [warning("unreadable metadata value", f"{path}: column {column}: {values[:10]}") for column, values in unreadable.items()]
@@ -144,7 +208,14 @@ def metadata_findings(metadata_ids: list[str], file_ids: list[str], unreadable: 
 
 
 def summary(findings: list[Finding]) -> pd.DataFrame:
-    """One row per kind of finding: level, kind, count and a first example."""
+    """One row per kind of finding: level, kind, count and a first example.
+
+    Args:
+        findings: the findings to summarise.
+
+    Returns:
+        A table with columns level, kind, count and example, in the order the kinds first occur.
+    """
     if not findings:
         return pd.DataFrame(columns=["level", "kind", "count", "example"])
     table = pd.DataFrame([f.__dict__ for f in findings])
@@ -153,8 +224,24 @@ def summary(findings: list[Finding]) -> pd.DataFrame:
 
 
 def errors(findings: list[Finding]) -> list[Finding]:
+    """The findings of level "error", in order.
+
+    Args:
+        findings: any findings.
+
+    Returns:
+        The errors among them.
+    """
     return [f for f in findings if f.level == "error"]
 
 
 def warnings_of(findings: list[Finding]) -> list[Finding]:
+    """The findings of level "warning", in order.
+
+    Args:
+        findings: any findings.
+
+    Returns:
+        The warnings among them.
+    """
     return [f for f in findings if f.level == "warning"]

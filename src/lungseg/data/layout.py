@@ -26,6 +26,15 @@ METADATA_NAME = "MetaData.csv"
 
 @dataclass(frozen=True)
 class Layout:
+    """Where a data folder keeps its files.
+
+    Attributes:
+        kind: which layout: a key of PAIR_ROOTS ("kaggle", "kaggle-flat" or "plain").
+        image_dir: the image/ folder.
+        mask_dir: the mask/ folder.
+        metadata_path: its MetaData.csv, in the data folder itself or in the folder holding image/; None if none.
+    """
+
     kind: str
     image_dir: Path
     mask_dir: Path
@@ -33,7 +42,17 @@ class Layout:
 
 
 def find_layout(data_dir: str | Path) -> Layout:
-    """Detect which layout `data_dir` uses, or explain what was expected and where we looked."""
+    """Detect which layout `data_dir` uses.
+
+    Args:
+        data_dir: the data folder.
+
+    Returns:
+        The first layout of PAIR_ROOTS whose image/ and mask/ folders are both there.
+
+    Raises:
+        DataError: the folder does not exist or holds no layout; it says what was expected and where we looked.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         # a relative path also as resolved: a queued experiment resolves it in its own copy of the project
@@ -58,8 +77,16 @@ def _find_metadata(data_dir: Path, pair_root: Path) -> Path | None:
 
 
 def file_id(path: Path) -> str:
-    """A file's id: its stem in Unicode's composed form (NFC), so that a name macOS stored
-    decomposed (NFD) pairs with the same name written elsewhere: they look identical."""
+    """A file's id: its stem in Unicode's composed form (NFC).
+
+    So a name macOS stored decomposed (NFD) pairs with the same name written elsewhere: they look identical.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The id.
+    """
     return unicodedata.normalize("NFC", path.stem)
 
 
@@ -84,7 +111,11 @@ def _images_by_id(folder: Path) -> tuple[dict[str, Path], list[str], list[Path]]
 def skip_reason(path: Path) -> str:
     """Why a file in image/ or mask/ was not read, for `lungseg check`.
 
-    path: a file listed in Pairing.skipped.
+    Args:
+        path: a file listed in Pairing.skipped.
+
+    Returns:
+        One line naming the file and the reason.
     """
     if path.name.startswith("."):
         return f"{path}: hidden file, not read"
@@ -96,6 +127,8 @@ def skip_reason(path: Path) -> str:
 
 @dataclass
 class Pairing:
+    """The image/mask pairs of a layout, and what kept other files from pairing (fields: see comments)."""
+
     pairs: pd.DataFrame  # id, image_path, mask_path of every complete pair
     problems: list[str]  # a message for every file unpaired or sharing its id with another
     ids_with_files: set[str]  # every id with an image or a mask file
@@ -103,7 +136,17 @@ class Pairing:
 
 
 def pair_files(layout: Layout) -> Pairing:
-    """Pair the image and mask files of `layout` by id, listing each folder once."""
+    """Pair the image and mask files of `layout` by id, listing each folder once.
+
+    Args:
+        layout: find_layout's result.
+
+    Returns:
+        The pairs (in natural order of id), the problems and the files not read.
+
+    Raises:
+        DataError: image/ holds no image at all.
+    """
     images, problems, skipped = _images_by_id(layout.image_dir)
     masks, mask_problems, mask_skipped = _images_by_id(layout.mask_dir)
     problems += mask_problems
@@ -129,7 +172,17 @@ def _missing(folder: Path, file_id_: str, skipped: list[Path]) -> str:
 
 
 def list_pairs(layout: Layout) -> pd.DataFrame:
-    """Table of id, image_path, mask_path for every pair; raises DataError naming every unpaired file."""
+    """Table of id, image_path, mask_path for every pair.
+
+    Args:
+        layout: find_layout's result.
+
+    Returns:
+        pair_files' pairs.
+
+    Raises:
+        DataError: naming every unpaired or duplicate file, if there is one; or image/ holds no image.
+    """
     pairing = pair_files(layout)
     if pairing.problems:
         raise DataError(f"{len(pairing.problems)} problem(s) pairing images and masks under {layout.image_dir.parent}:",
@@ -138,11 +191,16 @@ def list_pairs(layout: Layout) -> pd.DataFrame:
 
 
 def source_names(folders) -> list[str]:
-    """A short name for each data folder, for the index's `source` column and prefixed ids: the
-    folder's own name, with -2, -3... added to the later ones of folders that share a name.
+    """A short name for each data folder, for the index's `source` column and prefixed ids.
 
-    folders: the data folders (DataConfig.dirs, or those `lungseg check` is given). Raises
-    DataError when two of them are the same folder (it would be read twice).
+    Args:
+        folders: the data folders (DataConfig.dirs, or those `lungseg check` is given).
+
+    Returns:
+        Each folder's own name, with -2, -3... added to the later ones of folders that share a name.
+
+    Raises:
+        DataError: two of them are the same folder (it would be read twice).
     """
     resolved = [Path(folder).resolve() for folder in folders]
     repeated = sorted({str(folder) for folder in folders if resolved.count(Path(folder).resolve()) > 1})

@@ -49,13 +49,27 @@ def _clean(value: str) -> str:
 
 
 def normalise_gender(value: str) -> str:
-    """'male', 'female', 'other', '' when blank, or 'unknown' when unreadable."""
+    """A gender as written ('Male,', 'femal', 'M') in one spelling.
+
+    Args:
+        value: the value as written.
+
+    Returns:
+        'male', 'female', 'other', '' when blank, or 'unknown' when unreadable.
+    """
     key = _clean(value).lower()
     return GENDERS.get(key, "unknown") if key else ""
 
 
 def normalise_age(value: str) -> str:
-    """Age in years as text ('1.33' for '16month', '45' for '045Y'); '' when blank or unreadable."""
+    """An age as written ('16month', '045Y', '39yr') in years.
+
+    Args:
+        value: the value as written.
+
+    Returns:
+        Age in years as text ('1.33' for '16month', '45' for '045Y'); '' when blank or unreadable.
+    """
     match = AGE_PATTERN.match(_clean(value).lower())
     if not match:
         return ""
@@ -64,7 +78,14 @@ def normalise_age(value: str) -> str:
 
 
 def normalise_ptb(value: str) -> str:
-    """Tuberculosis flag as '0' or '1'; '' when blank or unreadable."""
+    """A tuberculosis flag as written ('1', 'yes', 'false') as '0' or '1'.
+
+    Args:
+        value: the value as written.
+
+    Returns:
+        '0' or '1'; '' when blank or unreadable.
+    """
     return PTB_VALUES.get(_clean(value).lower(), "")
 
 
@@ -72,13 +93,34 @@ NORMALISERS = {"gender": normalise_gender, "age": normalise_age, "ptb": normalis
 
 
 def read_metadata(path: Path | None, ids: list[str], columns: list[str]) -> pd.DataFrame:
-    """Table with `id` plus `columns` for each id (and `<column>_raw` for the normalised ones);
-    empty strings where there is no metadata."""
+    """Read MetaData.csv into a clean table keyed by image id.
+
+    Args:
+        path: the MetaData.csv file, or None when there is none.
+        ids: the image ids, one row each, in this order.
+        columns: the metadata columns to keep.
+
+    Returns:
+        Table with `id` plus `columns` for each id (and `<column>_raw` for the normalised ones);
+        empty strings where there is no metadata.
+
+    Raises:
+        DataError: the file cannot be read or used (read_raw_metadata_with_notes).
+    """
     return clean_metadata(None if path is None else read_raw_metadata(path, columns), ids, columns)
 
 
 def clean_metadata(raw: pd.DataFrame | None, ids: list[str], columns: list[str]) -> pd.DataFrame:
-    """The table read_metadata returns, from a MetaData table already read (None: no file)."""
+    """The table read_metadata returns, from a MetaData table already read.
+
+    Args:
+        raw: read_raw_metadata's table (None: no file).
+        ids: the image ids, one row each, in this order.
+        columns: the metadata columns to keep; gender, age and ptb are normalised.
+
+    Returns:
+        `id` plus `columns` (and `<column>_raw` for the normalised ones); empty strings where there is no metadata.
+    """
     table = pd.DataFrame({"id": ids})
     if raw is None:
         return table.assign(**{name: "" for name in _output_columns(columns)})
@@ -105,12 +147,35 @@ class RawMetadata:
 
 
 def read_raw_metadata(path: Path, columns: list[str]) -> pd.DataFrame:
-    """MetaData.csv as written (all text): `id` plus `columns`, checked for unique ids."""
+    """MetaData.csv as written (all text): `id` plus `columns`, checked for unique ids.
+
+    Args:
+        path: the MetaData.csv file.
+        columns: the columns to keep besides `id`.
+
+    Returns:
+        The table, one row per id.
+
+    Raises:
+        DataError: as read_raw_metadata_with_notes.
+    """
     return read_raw_metadata_with_notes(path, columns).table
 
 
 def read_raw_metadata_with_notes(path: Path, columns: list[str]) -> RawMetadata:
-    """read_raw_metadata, plus the encoding used and the notes (a guessed encoding) to show."""
+    """read_raw_metadata, plus the encoding used and the notes (a guessed encoding) to show.
+
+    Args:
+        path: the MetaData.csv file.
+        columns: the columns to keep besides `id`.
+
+    Returns:
+        The table, the encoding it was read with, and the notes.
+
+    Raises:
+        DataError: naming the file (and line), when it is unreadable, binary, empty, only a header, or not CSV;
+            lacks a column asked for or repeats one; has a row of the wrong width; or an id is empty or repeated.
+    """
     text, encoding, notes = _decode(path, _read_bytes(path))
     records = _records(path, text)
     wanted = list(dict.fromkeys(["id", *columns]))
@@ -226,7 +291,15 @@ def _check_ids(path: Path, raw: pd.DataFrame, lines: list[int]) -> None:
 
 
 def unreadable_values(raw: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:
-    """Per normalised column, the distinct non-blank values that could not be understood."""
+    """Per normalised column, the distinct non-blank values that could not be understood.
+
+    Args:
+        raw: read_raw_metadata's table.
+        columns: the columns kept; only gender, age and ptb (NORMALISERS) are checked.
+
+    Returns:
+        {column: its unreadable values, in order of appearance}, for the columns that have any.
+    """
     result = {}
     for column in columns:
         if column not in NORMALISERS or column not in raw.columns:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lungseg.core.config import PreprocessConfig
 from lungseg.core.errors import LungsegError
 
 NORMALIZE_KEYS = ("percentile_low", "percentile_high", "clahe_clip_limit", "clahe_tiles")  # the methods' own settings
@@ -22,39 +23,64 @@ CLAHE_HINT = "preprocess.normalize=clahe needs OpenCV, which is not installed: p
 
 
 def stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map `low`..`high` linearly onto 0..255 (uint8, rounded to nearest, values beyond clipped):
-    the min-max stretch of training images and of predict's overlays.
+    """Map `low`..`high` linearly onto 0..255 (uint8, rounded to nearest, values beyond clipped).
 
-    values: floats (or a 256-entry table of 8-bit levels). low, high: the values that become 0
-    and 255; the image's own min and max for a min-max stretch, 0 and 1 for none. A constant
-    image (high == low) becomes 0 instead of dividing by zero.
+    The min-max stretch of training images and of predict's overlays. A constant image (high == low)
+    becomes 0 instead of dividing by zero.
+
+    Args:
+        values: floats (or a 256-entry table of 8-bit levels).
+        low: the value that becomes 0; the image's own min for a min-max stretch, 0 for none.
+        high: the value that becomes 255; the image's own max for a min-max stretch, 1 for none.
+
+    Returns:
+        uint8, the shape of `values`.
     """
     scaled = (values - low) / max(high - low, 1e-6)
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
-    """Stretch the image's darkest pixel to 0 and its brightest to 255. values: floats in [0, 1]."""
+    """Stretch the image's darkest pixel to 0 and its brightest to 255.
+
+    Args:
+        values: floats in [0, 1].
+
+    Returns:
+        uint8, the shape of `values`.
+    """
     return stretch_to_uint8(values, float(values.min()), float(values.max()))
 
 
 def percentile_stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Stretch the `low`-th percentile of the image to 0 and the `high`-th to 255, clipping beyond:
-    a few bright pixels (a burned-in label) no longer set the contrast of the rest.
+    """Stretch the `low`-th percentile of the image to 0 and the `high`-th to 255, clipping beyond.
 
-    values: floats in [0, 1]. low, high: percentiles, 0 <= low < high <= 100 (0 and 100: min-max).
+    A few bright pixels (a burned-in label) no longer set the contrast of the rest.
+
+    Args:
+        values: floats in [0, 1].
+        low: the percentile that becomes 0, 0 <= low < high (0 and 100: min-max).
+        high: the percentile that becomes 255, high <= 100.
+
+    Returns:
+        uint8, the shape of `values`.
     """
     bottom, top = np.percentile(values, [low, high])
     return stretch_to_uint8(values, float(bottom), float(top))
 
 
 def equalize(values: np.ndarray) -> np.ndarray:
-    """Global histogram equalisation: each pixel becomes the share of the image's pixels that are
-    at most as bright (the empirical CDF), so the grey levels come out evenly used whatever the
-    contrast. Exact on the float values (no 256-bin quantisation first); the darkest level
-    becomes 0, the brightest 255, a constant image 0.
+    """Global histogram equalisation.
 
-    values: floats in [0, 1].
+    Each pixel becomes the share of the image's pixels that are at most as bright (the empirical CDF),
+    so the grey levels come out evenly used whatever the contrast. Exact on the float values (no 256-bin
+    quantisation first); the darkest level becomes 0, the brightest 255, a constant image 0.
+
+    Args:
+        values: floats in [0, 1].
+
+    Returns:
+        uint8, the shape of `values`.
     """
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     cdf = np.cumsum(counts)
@@ -63,8 +89,16 @@ def equalize(values: np.ndarray) -> np.ndarray:
 
 
 def check_available(method: str) -> None:
-    """Raise LungsegError (how to install it) when `method` needs a package that is missing:
-    called before a folder is read, so a missing OpenCV stops the run before minutes of decoding."""
+    """Check that the packages `method` needs are installed.
+
+    Called before a folder is read, so a missing OpenCV stops the run before minutes of decoding.
+
+    Args:
+        method: a preprocess.normalize method.
+
+    Raises:
+        LungsegError: saying how to install the missing package (OpenCV for clahe).
+    """
     if method == "clahe":
         _opencv()
 
@@ -78,21 +112,40 @@ def _opencv():
 
 
 def clahe(values: np.ndarray, clip_limit: float, tiles: int) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (OpenCV's): equalisation per tile of a
-    `tiles` x `tiles` grid, each tile's histogram clipped at `clip_limit` times its mean count so
-    that noise in flat regions is not amplified, blended bilinearly between tiles.
+    """Contrast-limited adaptive histogram equalisation (OpenCV's).
 
-    values: floats in [0, 1]; min-max stretched to 8 bits first (OpenCV's CLAHE reads 8 or 16 bit
-    images, and its clip limit is relative to 256 bins). Raises LungsegError when OpenCV is missing.
+    Equalisation per tile of a `tiles` x `tiles` grid, each tile's histogram clipped at `clip_limit` times
+    its mean count so that noise in flat regions is not amplified, blended bilinearly between tiles.
+
+    Args:
+        values: floats in [0, 1]; min-max stretched to 8 bits first (OpenCV's CLAHE reads 8 or 16 bit
+            images, and its clip limit is relative to 256 bins).
+        clip_limit: histogram clip, in multiples of a tile's mean count.
+        tiles: tiles per side.
+
+    Returns:
+        uint8, the shape of `values`.
+
+    Raises:
+        LungsegError: OpenCV is missing.
     """
     return _opencv().createCLAHE(clipLimit=float(clip_limit), tileGridSize=(tiles, tiles)).apply(minmax(values))
 
 
-def normalize_image(values: np.ndarray, settings) -> np.ndarray:
-    """The uint8 image for the method `settings.normalize` names (see the functions above; `none`
-    keeps intensities as read, 0..1 -> 0..255).
+def normalize_image(values: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
+    """The uint8 image for the method `settings.normalize` names (see the functions above).
 
-    values: a resized float image in [0, 1]. settings: a lungseg.core.config.PreprocessConfig.
+    Args:
+        values: a resized float image in [0, 1].
+        settings: the preprocess section (normalize and the method's own settings, NORMALIZE_KEYS);
+            `none` keeps intensities as read, 0..1 -> 0..255.
+
+    Returns:
+        uint8, the shape of `values`.
+
+    Raises:
+        LungsegError: clahe without OpenCV.
+        ValueError: an unknown method (config.PreprocessConfig refuses it first).
     """
     method = settings.normalize
     if method == "minmax":

@@ -39,6 +39,8 @@ from lungseg.data.normalize import NORMALIZE_KEYS, check_available, normalize_im
 
 @dataclass
 class PreparedPair:
+    """One image and its mask, prepared for training (fields: see comments)."""
+
     image: np.ndarray  # uint8 S x S
     mask: np.ndarray  # uint8 S x S, 0/1
     original_size: tuple[int, int]  # (height, width)
@@ -46,28 +48,66 @@ class PreparedPair:
 
 
 def finish_image(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
-    """A resized float image in [0, 1] -> the uint8 array the model is trained on, normalised as
-    settings.normalize says (lungseg.data.normalize)."""
+    """A resized float image in [0, 1] -> the uint8 array the model is trained on.
+
+    Args:
+        small: the resized image, floats in about [0, 1] (clipped first: Lanczos overshoots at sharp edges).
+        settings: the preprocess section; normalised as settings.normalize says (lungseg.data.normalize).
+
+    Returns:
+        uint8 S x S.
+
+    Raises:
+        LungsegError: clahe without OpenCV.
+    """
     small = np.clip(small, 0.0, 1.0)  # Lanczos overshoots slightly at sharp edges
     return normalize_image(small, settings)
 
 
 def finish_mask(small: np.ndarray, settings: PreprocessConfig) -> np.ndarray:
-    """A resized mask in [0, 1] -> 0/1 uint8, lung where above mask_threshold (0..255 scale)."""
+    """A resized mask in [0, 1] -> 0/1 uint8, lung where above mask_threshold (0..255 scale).
+
+    Args:
+        small: the resized mask, floats in [0, 1].
+        settings: the preprocess section (mask_threshold).
+
+    Returns:
+        uint8 S x S, 0/1.
+    """
     return (small * 255 > settings.mask_threshold).astype(np.uint8)
 
 
 def prepare_image(path: str | Path, settings: PreprocessConfig) -> tuple[np.ndarray, tuple[int, int]]:
-    """One X-ray prepared exactly as for training (for prediction on new images): the uint8
-    S x S array and the original (height, width). Raises ImageReadError naming the file."""
+    """One X-ray prepared exactly as for training (for prediction on new images).
+
+    Args:
+        path: the X-ray file.
+        settings: the preprocess section the model was trained with.
+
+    Returns:
+        The uint8 S x S array and the original (height, width).
+
+    Raises:
+        ImageReadError: naming the file.
+    """
     image = read_resized(path, settings.image_size)
     return finish_image(image.values, settings), image.original_size
 
 
 def prepare_pair(paths: tuple[Path, Path], settings: PreprocessConfig, lung_labels: tuple[int, ...] = ()) -> PreparedPair | Finding:
-    """Read and shrink one image and its mask. A pair that cannot be used comes back as an error
-    Finding instead of an exception, so that one pass over the data reports every bad file.
-    lung_labels: which labels of a label-map mask are lung (data.lung_labels; () = every one)."""
+    """Read and shrink one image and its mask.
+
+    A pair that cannot be used comes back as an error Finding instead of an exception, so that one pass over
+    the data reports every bad file.
+
+    Args:
+        paths: (image file, mask file).
+        settings: the preprocess section.
+        lung_labels: which labels of a label-map mask are lung (data.lung_labels; () = every one).
+
+    Returns:
+        The prepared pair with its warnings; or an error Finding for an unreadable file or sizes that differ.
+    """
     image_path, mask_path = paths
     try:
         image = read_resized(image_path, settings.image_size)
@@ -111,7 +151,15 @@ def _start_worker(limit: int) -> None:
 
 @dataclass
 class Scan:
-    """Everything read from a data folder, and everything found wrong with it."""
+    """Everything read from a data folder, and everything found wrong with it.
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        data_dir: the data folder.
+        layout: its layout (lungseg.data.layout.find_layout).
+        findings: every error, warning and note about it.
+    """
 
     data_dir: Path
     layout: Layout
@@ -124,7 +172,19 @@ class Scan:
 
 def scan_folder(data_dir: str | Path, settings: PreprocessConfig, lung_labels: tuple[int, ...] = ()) -> Scan:
     """Read and check every pair under `data_dir` (all cores), collecting every problem.
-    lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one)."""
+
+    Args:
+        data_dir: a data folder in either layout (lungseg.data.layout).
+        settings: the preprocess section (workers: processes, 0 = every core).
+        lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
+
+    Returns:
+        The scan; its findings hold every problem with the data files.
+
+    Raises:
+        DataError: the folder has no layout or no images, or its MetaData.csv cannot be used.
+        LungsegError: clahe without OpenCV (checked before anything is read).
+    """
     data_dir = Path(data_dir)
     check_available(settings.normalize)
     layout = find_layout(data_dir)
@@ -173,15 +233,33 @@ def _judge_empty_masks(findings: list[Finding], mask_paths: pd.Series, results: 
 
 def preprocess_folder(data_dir: str | Path, settings: PreprocessConfig,
                       lung_labels: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Read every pair under `data_dir`; return (images, masks, index) or raise DataError listing
-    every error. lung_labels: as in scan_folder."""
+    """Read every pair under `data_dir` into training arrays.
+
+    Args:
+        data_dir: a data folder.
+        settings: the preprocess section.
+        lung_labels: as in scan_folder.
+
+    Returns:
+        (images, masks, index) as assemble gives them.
+
+    Raises:
+        DataError: listing every error found (and as scan_folder).
+    """
     scan = scan_folder(data_dir, settings, lung_labels)
     raise_on_errors(scan)
     return assemble(scan, settings)
 
 
 def raise_on_errors(*scans: Scan) -> None:
-    """Raise one DataError listing the errors of every scan (each data folder), if any has one."""
+    """Raise one DataError listing the errors of every scan (each data folder), if any has one.
+
+    Args:
+        *scans: scan_folder's results.
+
+    Raises:
+        DataError: listing every error of every scan, and which folders they are in.
+    """
     faulty = [(scan, problems) for scan in scans if (problems := errors(scan.findings))]
     if not faulty:
         return
@@ -192,7 +270,16 @@ def raise_on_errors(*scans: Scan) -> None:
 
 
 def assemble(scan: Scan, settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """The arrays and index table of a scan's usable pairs."""
+    """The arrays and index table of a scan's usable pairs.
+
+    Args:
+        scan: scan_folder's result, free of errors (raise_on_errors).
+        settings: the preprocess section it was read with (metadata_columns).
+
+    Returns:
+        images (uint8 N x S x S), masks (uint8 N x S x S, 0/1) and the index: id, image_file and mask_file
+        (relative to the data folder), height, width, then the metadata columns.
+    """
     pairs, prepared = scan.pairs, scan.prepared
     index = pd.DataFrame({
         "id": pairs["id"],
@@ -220,10 +307,17 @@ def assemble_sources(scans: list[Scan], settings: PreprocessConfig,
     with its folder as data.dir gives it, so the paths resolve from the project folder
     (index_root). MetaData.csv columns are empty for the images of folders without one.
 
-    scans: scan_folder's result for each folder, each free of errors (raise_on_errors).
-    settings: the preprocess settings the scans were read with.
-    names: each folder's source name (DataConfig.names); None: the folders' own names, made
-        unique (layout.source_names).
+    Args:
+        scans: scan_folder's result for each folder, each free of errors (raise_on_errors).
+        settings: the preprocess settings the scans were read with.
+        names: each folder's source name (DataConfig.names); None: the folders' own names, made
+            unique (layout.source_names).
+
+    Returns:
+        (images, masks, index) of every folder, in order; the index has `source` as its second column.
+
+    Raises:
+        DataError: an id occurs more than once across the folders; or two folders are the same (names None).
     """
     names = names or source_names([scan.data_dir for scan in scans])
     images, masks, tables = [], [], []
@@ -246,7 +340,15 @@ def assemble_sources(scans: list[Scan], settings: PreprocessConfig,
 
 
 def preparation(settings: PreprocessConfig) -> dict:
-    """The settings a model needs to prepare new images as its training images were (stored in
-    settings.json, then in the checkpoint and exports): size, mask threshold, normalisation."""
+    """The settings a model needs to prepare new images as its training images were.
+
+    They are stored in settings.json, then in the checkpoint and exports.
+
+    Args:
+        settings: the preprocess section.
+
+    Returns:
+        {key: value} of image_size, normalize, mask_threshold and the normalisation's settings (NORMALIZE_KEYS).
+    """
     keys = ("image_size", "normalize", "mask_threshold", *NORMALIZE_KEYS)
     return {key: getattr(settings, key) for key in keys}

@@ -17,7 +17,15 @@ from lungseg.data.processed import PARTS
 
 
 def part_sizes(n: int, fractions: tuple[float, float, float]) -> list[int]:
-    """Split n items into three counts in proportion to `fractions`, rounding by largest remainder."""
+    """Split n items into three counts in proportion to `fractions`, rounding by largest remainder.
+
+    Args:
+        n: the number of items.
+        fractions: (train, val, test) shares; they need not sum to 1.
+
+    Returns:
+        [train, val, test] counts, summing to n.
+    """
     exact = np.asarray(fractions, dtype=float) / sum(fractions) * n
     counts = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
@@ -31,6 +39,19 @@ def split_ids(index: pd.DataFrame, fractions: tuple[float, float, float], seed: 
     Rows are grouped by `source` (when it holds several values) and by `stratify_by` (when
     that column exists and is filled); each group is shuffled with the seed and cut by
     `fractions`. Empty values form a group of their own.
+
+    Args:
+        index: the processed set's index (id, and the columns to stratify by).
+        fractions: (train, val, test) shares, each positive.
+        seed: seed of the shuffle.
+        stratify_by: a metadata column; None or "" for none.
+
+    Returns:
+        Table with columns id (as text) and split.
+
+    Raises:
+        ValueError: `fractions` are not three positive numbers.
+        DataError: the split leaves a part empty.
     """
     if len(fractions) != 3 or any(f <= 0 for f in fractions):
         raise ValueError(f"split fractions must be three positive numbers (train, val, test), got {fractions}")

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from lungseg.core.config import SyntheticConfig
 from lungseg.core.io import atomic_path, worker_pool
 
 METADATA_COLUMNS = ["id", "gender", "age", "county", "ptb", "remarks"]
@@ -70,7 +71,14 @@ MARK_LEVELS = (225, 255)  # burned-in text is (near) white
 
 @dataclass(frozen=True)
 class HardCases:
-    """Share of images (each in [0, 1], drawn independently) given each hard case."""
+    """Share of images (each in [0, 1], drawn independently) given each hard case.
+
+    Fields with a comment beside them are described there; the others:
+
+    Attributes:
+        low_contrast: a grey, washed-out picture.
+        rotated: a patient rotated about the image centre.
+    """
 
     text: float = 0.0  # burned-in text and L/R markers
     low_contrast: float = 0.0
@@ -79,13 +87,29 @@ class HardCases:
     cropped: float = 0.0  # the field cuts through the lungs
 
     @classmethod
-    def of(cls, config) -> HardCases:
-        """The fractions of a SyntheticConfig (params.yaml's synthetic section)."""
+    def of(cls, config: SyntheticConfig) -> HardCases:
+        """The fractions of a SyntheticConfig.
+
+        Args:
+            config: params.yaml's synthetic section (its <case>_fraction fields).
+
+        Returns:
+            The hard cases.
+        """
         return cls(**{case: getattr(config, f"{case}_fraction") for case in vars(cls())})
 
     def draw(self, rng: np.random.Generator) -> frozenset[str]:
-        """Which hard cases one image gets. A fraction of 0 draws nothing, so data made without
-        hard cases stays byte-identical to what it was before they existed."""
+        """Which hard cases one image gets.
+
+        A fraction of 0 draws nothing, so data made without hard cases stays byte-identical to what it was
+        before they existed.
+
+        Args:
+            rng: the image's random generator.
+
+        Returns:
+            The names of the hard cases drawn (fields of HardCases).
+        """
         return frozenset(name for name, fraction in vars(self).items() if fraction > 0 and rng.random() < fraction)
 
 
@@ -111,8 +135,16 @@ SITE_STYLES = {
 
 @dataclass(frozen=True)
 class Grid:
-    """Pixel-centre coordinates in [0, 1]: y is a column (H, 1), x a row (1, W), so that
-    expressions in x and y broadcast to full images without materialising meshgrids."""
+    """Pixel-centre coordinates in [0, 1]: y is a column (H, 1), x a row (1, W).
+
+    Expressions in x and y then broadcast to full images without materialising meshgrids.
+
+    Attributes:
+        height: image height in px (H).
+        width: image width in px (W).
+        y: float32 (H, 1) row coordinates, pointing down.
+        x: float32 (1, W) column coordinates.
+    """
 
     height: int
     width: int
@@ -121,13 +153,33 @@ class Grid:
 
     @classmethod
     def of(cls, height: int, width: int) -> Grid:
+        """The grid of an image.
+
+        Args:
+            height: image height in px.
+            width: image width in px.
+
+        Returns:
+            The grid.
+        """
         y = ((np.arange(height, dtype=np.float32) + 0.5) / height)[:, None]
         x = ((np.arange(width, dtype=np.float32) + 0.5) / width)[None, :]
         return cls(height, width, y, x)
 
     def window(self, x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice]:
-        """Row and column slices covering the normalised box [x0, x1] x [y0, y1] (clipped).
-        Shapes are evaluated only inside their box: that is what keeps big images fast."""
+        """Row and column slices covering the normalised box [x0, x1] x [y0, y1] (clipped to the image).
+
+        Shapes are evaluated only inside their box: that is what keeps big images fast.
+
+        Args:
+            x0: left edge, in [0, 1] coordinates.
+            x1: right edge.
+            y0: top edge.
+            y1: bottom edge.
+
+        Returns:
+            (rows, cols) slices.
+        """
         rows = slice(_pixel(y0, self.height, np.floor), _pixel(y1, self.height, np.ceil))
         cols = slice(_pixel(x0, self.width, np.floor), _pixel(x1, self.width, np.ceil))
         return rows, cols
@@ -139,7 +191,14 @@ def _pixel(coordinate: float, size: int, rounding) -> int:
 
 @dataclass(frozen=True)
 class Field:
-    """A shape on a window of the image: `soft` in [0, 1] for the picture, `inside` for the mask."""
+    """A shape on a window of the image: `soft` in [0, 1] for the picture, `inside` for the mask.
+
+    Attributes:
+        rows: the window's row slice (Grid.window).
+        cols: its column slice.
+        soft: float32 values in [0, 1] on the window, for the picture.
+        inside: booleans on the window, for the mask.
+    """
 
     rows: slice
     cols: slice
@@ -209,8 +268,16 @@ def _body_density(rng: np.random.Generator, grid: Grid, style: SiteStyle) -> np.
 
 @dataclass(frozen=True)
 class LungShape:
-    """A lung outline: a polar curve r(theta) in the frame of a rotated ellipse, narrowed
-    towards the apex. Used both per pixel and on a 1-D ring of angles (for its bounding box)."""
+    """A lung outline: a polar curve r(theta) in the frame of a rotated ellipse, narrowed towards the apex.
+
+    Used both per pixel and on a 1-D ring of angles (for its bounding box). Fields with a comment beside them
+    are described there; the others:
+
+    Attributes:
+        centre: the ellipse's centre (x, y), in [0, 1] coordinates.
+        half_axes: its half axes (across, down), in [0, 1] coordinates.
+        angle: its rotation, in radians.
+    """
 
     side: int  # -1: image left (patient's right), +1: image right
     centre: tuple[float, float]
@@ -223,7 +290,15 @@ class LungShape:
     base: float  # flattening of the base
 
     def radius(self, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """r(theta) from cos/sin of the polar angle (no arctan: it costs more than all the rest)."""
+        """r(theta) from cos/sin of the polar angle (no arctan: it costs more than all the rest).
+
+        Args:
+            cos: cos(theta), any shape.
+            sin: sin(theta), the same shape.
+
+        Returns:
+            The radius in units of the half axes, at most MAX_LUNG_RADIUS.
+        """
         radius = np.ones_like(cos)
         cos_k, sin_k = cos, sin
         for k, (a, b) in enumerate(self.harmonics):
@@ -241,7 +316,15 @@ class LungShape:
         return np.minimum(radius, MAX_LUNG_RADIUS)
 
     def untaper(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Map ellipse-frame u to the untapered frame: wider at the base (v > 0), narrower above."""
+        """Map ellipse-frame u to the untapered frame: wider at the base (v > 0), narrower above.
+
+        Args:
+            u: across coordinate in the ellipse's frame.
+            v: down coordinate in the ellipse's frame.
+
+        Returns:
+            u in the untapered frame.
+        """
         return u / (1 + np.float32(self.taper) * np.clip(v, -MAX_LUNG_RADIUS, MAX_LUNG_RADIUS))
 
     def bounding_box(self) -> tuple[float, float, float, float]:
@@ -497,10 +580,21 @@ def make_phantom(
     rng: np.random.Generator, height: int, width: int, site: str, *, ptb: bool = False,
     hard: frozenset[str] = frozenset(),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (image uint8 HxW, mask uint8 HxW with values {0,255}).
+    """Draw one phantom X-ray and its lung mask.
 
-    `site` is "PhantomA" or "PhantomB"; `ptb=True` adds one or two opacities inside the lungs;
-    `hard` names the hard cases (fields of HardCases) this image gets.
+    Args:
+        rng: the random generator; every draw comes from it.
+        height: image height in px (>= 1).
+        width: image width in px (>= 1).
+        site: "PhantomA" or "PhantomB" (SITE_STYLES).
+        ptb: add one or two opacities inside the lungs.
+        hard: the hard cases (fields of HardCases) this image gets.
+
+    Returns:
+        (image uint8 HxW, mask uint8 HxW with values {0,255}).
+
+    Raises:
+        ValueError: an unknown hard case or site, or a side below 1.
     """
     unknown = set(hard) - set(vars(HardCases()))
     if unknown:
@@ -647,10 +741,25 @@ def generate_dataset(
     out_dir: str | Path, n_images: int, seed: int, min_size: int, max_size: int, workers: int = 0,
     hard: HardCases = HardCases(),
 ) -> pd.DataFrame:
-    """Write n_images phantoms + MetaData.csv into out_dir in the Kaggle layout; return the metadata table.
+    """Write n_images phantoms + MetaData.csv into out_dir in the Kaggle layout.
 
-    Sides are drawn in [min_size, max_size] px; workers=0 means os.cpu_count(); `hard` gives the
-    share of images with each hard case (none by default)."""
+    out_dir is replaced whole, atomically: the old set stays whole until the new one is complete.
+
+    Args:
+        out_dir: the folder to write.
+        n_images: phantoms to write (>= 1).
+        seed: seed of every image's random generator, with its index (>= 0).
+        min_size: smallest side in px (>= MIN_SIZE_LIMIT).
+        max_size: largest side in px (>= min_size); sides are drawn in [min_size, max_size].
+        workers: processes; 0 means os.cpu_count().
+        hard: the share of images with each hard case (none by default).
+
+    Returns:
+        The metadata table, as written to MetaData.csv.
+
+    Raises:
+        ValueError: an argument out of its range.
+    """
     _validate(n_images, seed, min_size, max_size, workers, hard)
     out_dir = Path(out_dir)
     workers = min(workers or os.cpu_count() or 1, n_images)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,14 +38,28 @@ UNLOADABLE = (pickle.UnpicklingError, EOFError, IndexError, KeyError, RuntimeErr
 def not_a_model(path: str | Path) -> CheckpointError:
     """The error for a model file that lungseg did not write.
 
-    path: the file, named in the message.
+    Args:
+        path: the file, named in the message.
+
+    Returns:
+        the CheckpointError for the caller to raise.
     """
     return CheckpointError(f"{path}: {NOT_A_MODEL}")
 
 
 def zip_names(path: str | Path) -> list[str] | None:
-    """The member names of a zip archive, None for a file that is not one (lungseg.inference.formats
-    uses it too). Raises OSError when the file cannot be read."""
+    """The member names of a zip archive (lungseg.inference.formats uses it too).
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        the names of the archive's members, or None for a file that is not a zip archive (or whose directory is
+        damaged).
+
+    Raises:
+        OSError: when the file cannot be read.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.namelist()
@@ -53,12 +68,20 @@ def zip_names(path: str | Path) -> list[str] | None:
 
 
 def is_torch_archive(path: str | Path) -> bool:
-    """True for a zip archive laid out as torch.save writes one: every entry inside one top
-    folder, which holds data.pkl. Anything else (text, a truncated file, another zip, a bare
-    pickle) is refused before torch.load, whose errors for such files say nothing useful
-    (e.g. "KeyError: 101" for a text file).
+    """Whether a file is a zip archive laid out as torch.save writes one.
 
-    path: an existing file; raises OSError when it cannot be read.
+    That is: every entry inside one top folder, which holds data.pkl. Anything else (text, a truncated file, another
+    zip, a bare pickle) is refused before torch.load, whose errors for such files say nothing useful (e.g.
+    "KeyError: 101" for a text file).
+
+    Args:
+        path: an existing file.
+
+    Returns:
+        True for torch.save's layout, False for anything else.
+
+    Raises:
+        OSError: when the file cannot be read.
     """
     names = zip_names(path)
     if names is None:
@@ -69,9 +92,22 @@ def is_torch_archive(path: str | Path) -> bool:
 
 def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: float, postprocess: str = "none",
                     dice_estimator: dict | None = None, **info) -> dict:
-    """Bundle the weights (copied to CPU) with the architecture and preprocessing they need, the
-    threshold and post-processing (lungseg.postprocessing.postprocess) that turn their output into a mask, and
-    the calibration of its Dice estimate (lungseg.postprocessing.quality.DiceEstimator.to_dict; None: none)."""
+    """Bundle a model's weights with everything needed to rebuild it, feed it and turn its output into a mask.
+
+    Args:
+        model: the trained network; its weights are copied to CPU.
+        model_args: the architecture: UNet's keyword arguments (build_model rebuilds the model from them).
+        preprocess: the preprocessing settings the model's inputs need.
+        threshold: the probability threshold that turns the model's output into a mask.
+        postprocess: the post-processing applied after the threshold (an option of lungseg.postprocessing.postprocess;
+            default "none").
+        dice_estimator: the calibration of its Dice estimate (lungseg.postprocessing.quality.DiceEstimator.to_dict);
+            None: none (the key is then left out).
+        **info: kept as the checkpoint's `info`, e.g. training_data (what the model was trained on).
+
+    Returns:
+        the checkpoint: a plain dict of tensors, numbers and strings, for save_checkpoint.
+    """
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     checkpoint = {"format": FORMAT, "version": VERSION, "model": dict(model_args), "preprocess": dict(preprocess),
                   "threshold": float(threshold), "postprocess": postprocess, "info": info, "state_dict": state}
@@ -79,6 +115,12 @@ def make_checkpoint(model: UNet, model_args: dict, preprocess: dict, threshold: 
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    """Write a checkpoint atomically (lungseg.core.io.atomic_path): `path` holds the old file or the whole new one.
+
+    Args:
+        checkpoint: make_checkpoint's dict.
+        path: the file to write (replaced if it exists).
+    """
     # through a handle: given a path, torch names the archive's inner folder after the (temporary,
     # random) file name, and the same checkpoint would differ in bytes from run to run
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -86,8 +128,18 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (no pickled code) and check that it is one of ours; anything
-    else is a CheckpointError naming the file (not_a_model for a file lungseg did not write)."""
+    """Read a checkpoint safely (no pickled code) and check that it is one of ours.
+
+    Args:
+        path: the model file (.pth) written by the train stage.
+
+    Returns:
+        the checkpoint dict, its preprocessing settings completed by with_normalize.
+
+    Raises:
+        CheckpointError: naming the file, for anything else: a missing or unreadable file, a file lungseg did not
+            write (not_a_model's message), or a checkpoint version this lungseg does not support.
+    """
     if not Path(path).exists():
         raise CheckpointError(f"{path}: checkpoint not found (run the train stage first: dvc repro train)")
     try:
@@ -108,14 +160,32 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def with_normalize(preprocess: dict) -> dict:
-    """A checkpoint's (or export's) preprocessing settings with the normalisation spelled out:
-    models written before preprocess.normalize existed were trained on min-max images, whatever
-    the default is now. preprocess: the stored settings (not changed)."""
+    """A checkpoint's (or export's) preprocessing settings with the normalisation spelled out.
+
+    Models written before preprocess.normalize existed were trained on min-max images, whatever the default is now.
+
+    Args:
+        preprocess: the stored settings (not changed).
+
+    Returns:
+        a copy of them, with normalize "minmax" where they name none.
+    """
     return {"normalize": "minmax", **preprocess}
 
 
 def build_model(checkpoint: dict) -> UNet:
-    """The model described by a checkpoint, with its weights loaded (on CPU)."""
+    """The model described by a checkpoint, with its weights loaded (on CPU).
+
+    Args:
+        checkpoint: load_checkpoint's (or make_checkpoint's) dict.
+
+    Returns:
+        the UNet, on CPU.
+
+    Raises:
+        CheckpointError: when the checkpoint describes a model lungseg cannot build, or its weights do not fit it
+            (load_weights).
+    """
     try:
         model = UNet(**checkpoint["model"])
     except (TypeError, ValueError) as problem:
@@ -125,8 +195,16 @@ def build_model(checkpoint: dict) -> UNet:
 
 
 def load_weights(model: UNet, state: dict, described_as: dict | None = None) -> None:
-    """Load `state` into `model`, or say exactly which weights do not fit (missing, unexpected,
-    or of another shape) instead of PyTorch's wall of text."""
+    """Load `state` into `model`, or say exactly which weights do not fit instead of PyTorch's wall of text.
+
+    Args:
+        model: the network to load into (changed in place).
+        state: a state_dict, e.g. a checkpoint's "state_dict".
+        described_as: the architecture the checkpoint records (its "model"), named in the error; None: not named.
+
+    Raises:
+        CheckpointError: listing the weights that are missing, unexpected, or of another shape.
+    """
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
@@ -151,14 +229,17 @@ def _listed(keys: list[str], most: int = 6) -> str:
 SYNTHETIC_COUNTIES = ("PhantomA", "PhantomB")  # what the synthesize stage writes in MetaData.csv
 
 
-def training_data(folders, index: pd.DataFrame) -> dict:
-    """The record kept in the checkpoint: the data folder's name (not its full path), the number
-    of images, whether they are the synthetic phantoms, and a fingerprint of the index (ids, files
-    and sizes) that tells two data sets apart.
+def training_data(folders: Sequence[str | Path], index: pd.DataFrame) -> dict:
+    """The record of what a model was trained on, kept in the checkpoint's `info`.
 
     Args:
         folders: the data folders (DataConfig.dirs; several: their names joined).
         index: the preprocessed index (lungseg.data.preprocess.ProcessedSet.index).
+
+    Returns:
+        the data folder's name (not its full path) as "data", the number of images as "n_images", whether they are
+        the synthetic phantoms as "synthetic", and a fingerprint of the index (ids, files and sizes) that tells two
+        data sets apart as "fingerprint".
     """
     rows = index[["id", "image_file", "mask_file", "height", "width"]].astype(str)
     fingerprint = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
@@ -168,7 +249,16 @@ def training_data(folders, index: pd.DataFrame) -> dict:
 
 
 def is_synthetic(data_dir: str | Path, index: pd.DataFrame) -> bool:
-    """True for the synthesize stage's folder, or for phantoms copied elsewhere (their counties)."""
+    """Whether a data folder holds the synthetic phantoms.
+
+    Args:
+        data_dir: the data folder.
+        index: its preprocessed index (its "county" column, if any, is read).
+
+    Returns:
+        True for the synthesize stage's folder, or for phantoms copied elsewhere (all their counties are
+        SYNTHETIC_COUNTIES).
+    """
     if Path(data_dir).resolve() == paths.SYNTHETIC_DIR.resolve():
         return True
     counties = index["county"] if "county" in index else pd.Series(dtype=str)
@@ -177,11 +267,14 @@ def is_synthetic(data_dir: str | Path, index: pd.DataFrame) -> bool:
 
 
 def synthetic_warning(model_path: str | Path, info: dict) -> str | None:
-    """The warning for a model trained on phantoms, or None (also for models older than this record).
+    """The warning for a model trained on the synthetic phantoms.
 
     Args:
         model_path: the model file, named in the warning.
         info: the checkpoint's (or export's) `info`.
+
+    Returns:
+        the warning, or None for a model not trained on phantoms (also for models older than this record).
     """
     trained_on = info.get("training_data") or {}
     if not trained_on.get("synthetic"):

@@ -31,27 +31,59 @@ def _ratio(numerator, denominator):
 
 
 def dice_per_image(pred, truth):
-    """Dice of each image in a batch of binary masks shaped (N, ...)."""
+    """Dice of each image in a batch of binary masks (nonzero is lung).
+
+    Args:
+        pred: predicted masks shaped (N, ...), numpy array or torch tensor.
+        truth: true masks, shaped as `pred`.
+
+    Returns:
+        the N Dice scores (a numpy array, or a tensor for tensors); 1 where both masks are empty.
+    """
     pred, truth = _flat_bool(pred, True), _flat_bool(truth, True)
     intersection = (pred & truth).sum(1)
     return _ratio(2.0 * intersection, pred.sum(1) + truth.sum(1))
 
 
 def iou_per_image(pred, truth):
-    """Intersection over union of each image in a batch of binary masks shaped (N, ...)."""
+    """Intersection over union of each image in a batch of binary masks (nonzero is lung).
+
+    Args:
+        pred: predicted masks shaped (N, ...), numpy array or torch tensor.
+        truth: true masks, shaped as `pred`.
+
+    Returns:
+        the N IoU scores (a numpy array, or a tensor for tensors); 1 where both masks are empty.
+    """
     pred, truth = _flat_bool(pred, True), _flat_bool(truth, True)
     intersection = (pred & truth).sum(1)
     return _ratio(1.0 * intersection, (pred | truth).sum(1))
 
 
 def dice_pooled(pred, truth) -> float:
-    """Dice over all pixels of all images together (large lungs weigh more than small ones)."""
+    """Dice over all pixels of all images together (large lungs weigh more than small ones).
+
+    Args:
+        pred: predicted masks of any shape, numpy array or torch tensor.
+        truth: true masks, shaped as `pred`.
+
+    Returns:
+        the pooled Dice; 1.0 when both are empty.
+    """
     pred, truth = _flat_bool(pred, False), _flat_bool(truth, False)
     return float(_ratio(2.0 * (pred & truth).sum(), pred.sum() + truth.sum()))
 
 
 def iou_pooled(pred, truth) -> float:
-    """IoU over all pixels of all images together."""
+    """IoU over all pixels of all images together.
+
+    Args:
+        pred: predicted masks of any shape, numpy array or torch tensor.
+        truth: true masks, shaped as `pred`.
+
+    Returns:
+        the pooled IoU; 1.0 when both are empty.
+    """
     pred, truth = _flat_bool(pred, False), _flat_bool(truth, False)
     return float(_ratio(1.0 * (pred & truth).sum(), (pred | truth).sum()))
 
@@ -89,13 +121,23 @@ def _as_numpy_bool(masks) -> np.ndarray:
 
 
 def hd95(pred, truth, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """95th-percentile symmetric Hausdorff distance between two binary H x W masks, in pixels
-    of the arrays given (as MONAI's compute_hausdorff_distance(percentile=95)).
+    """95th-percentile symmetric Hausdorff distance between two binary H x W masks (as MONAI's
+    compute_hausdorff_distance(percentile=95)).
 
     For each boundary pixel of one mask, the distance to the nearest boundary pixel of the
-    other; the 95th percentile of each direction; the larger of the two. `spacing` is the
-    (row, column) size of one pixel in the unit wanted: a 128 px mask of a 3000 x 2400 image
-    with spacing (3000/128, 2400/128) gives distances in original pixels.
+    other; the 95th percentile of each direction; the larger of the two.
+
+    Args:
+        pred: the predicted H x W mask, numpy array or torch tensor.
+        truth: the true mask, shaped as `pred`.
+        spacing: the (row, column) size of one pixel in the unit wanted (default: pixels of the arrays given): a 128 px
+            mask of a 3000 x 2400 image with spacing (3000/128, 2400/128) gives distances in original pixels.
+
+    Returns:
+        the distance; 0.0 when both masks are empty, the image diagonal when exactly one is.
+
+    Raises:
+        ValueError: when the masks are not two-dimensional or differ in shape.
     """
     pred, truth = _as_numpy_bool(pred), _as_numpy_bool(truth)
     if pred.ndim != 2 or pred.shape != truth.shape:
@@ -112,7 +154,18 @@ def hd95(pred, truth, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
 
 
 def hd95_per_image(pred, truth) -> np.ndarray:
-    """HD95 (see hd95) of each image in a batch of binary masks shaped N x H x W (or N x 1 x H x W)."""
+    """HD95 (see hd95), in pixels, of each image in a batch of binary masks.
+
+    Args:
+        pred: predicted masks, N x H x W (or N x 1 x H x W), numpy array or torch tensor.
+        truth: true masks, shaped as `pred`.
+
+    Returns:
+        the N distances, float64.
+
+    Raises:
+        ValueError: when the masks differ in shape or are not N x H x W (or N x 1 x H x W).
+    """
     pred, truth = _as_numpy_bool(pred), _as_numpy_bool(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"hd95_per_image expects masks of the same shape, got {pred.shape} and {truth.shape}")

@@ -56,15 +56,26 @@ DECIMALS = 4
 
 @dataclass(frozen=True)
 class Limits:
-    """When a mask is flagged. min_dice: an estimated Dice below it flags; min_piece: components
-    below this share of the lung are specks, not counted as pieces (quality.* in params.yaml)."""
+    """When a mask is flagged (quality.* in params.yaml).
+
+    Args:
+        min_dice: an estimated Dice below it flags.
+        min_piece: components below this share of the lung are specks, not counted as pieces.
+    """
 
     min_dice: float = MIN_DICE
     min_piece: float = MIN_PIECE
 
     @classmethod
     def of(cls, config: QualityConfig) -> Limits:
-        """The limits params.yaml's quality section sets."""
+        """The limits params.yaml's quality section sets.
+
+        Args:
+            config: the quality section.
+
+        Returns:
+            its min_dice and min_piece as Limits.
+        """
         return cls(config.min_dice, config.min_piece)
 
 
@@ -72,6 +83,15 @@ DEFAULT_LIMITS = Limits()  # params.yaml's defaults
 
 
 class LungSides(NamedTuple):
+    """A mask's lungs, as lung_pixels counts them (PA convention).
+
+    Args:
+        right_px: pixels of the patient's right lung: the image's left side.
+        left_px: pixels of the patient's left lung.
+        n_components: 8-connected components of the mask.
+        n_pieces: components of at least min_piece of the lung (what "3+ components" counts).
+    """
+
     right_px: int  # the patient's right lung: the image's left side
     left_px: int
     n_components: int
@@ -88,13 +108,17 @@ class LungSides(NamedTuple):
 class QualityReport:
     """One image's quality measures and its flag.
 
-    n_components: 8-connected components of the final mask. lung_fraction: lung pixels / all pixels.
-    right_px, left_px: pixels of the patient's right and left lung (PA convention).
-    right_share, left_share: each lung's pixels / all pixels of the image.
-    balance: smaller lung / larger lung, 0.0 unless both lungs are found.
-    dice_estimate: the expected Dice against an expert's mask (DiceEstimator); None for a
-        model without a calibration.
-    flag: "" when nothing is wrong, else the reasons joined by "; ".
+    Args:
+        n_components: 8-connected components of the final mask.
+        lung_fraction: lung pixels / all pixels.
+        right_px: pixels of the patient's right lung (PA convention).
+        left_px: pixels of the patient's left lung.
+        right_share: the right lung's pixels / all pixels of the image.
+        left_share: the left lung's pixels / all pixels of the image.
+        balance: smaller lung / larger lung, 0.0 unless both lungs are found.
+        dice_estimate: the expected Dice against an expert's mask (DiceEstimator); None for a
+            model without a calibration.
+        flag: "" when nothing is wrong, else the reasons joined by "; ".
     """
 
     n_components: int
@@ -108,7 +132,11 @@ class QualityReport:
     flag: str
 
     def columns(self) -> dict:
-        """The values of COLUMNS, rounded for the table."""
+        """The values of COLUMNS, rounded for the table.
+
+        Returns:
+            {column: value}, numbers rounded to DECIMALS places (a None estimate and the flag as they are).
+        """
         values = asdict(self)
         return {name: values[name] if name == "flag" or values[name] is None else round(values[name], DECIMALS)
                 for name in COLUMNS}
@@ -117,9 +145,13 @@ class QualityReport:
 def assess(mask: np.ndarray, dice_estimate: float | None = None, limits: Limits = DEFAULT_LIMITS) -> QualityReport:
     """The quality report of one prediction.
 
-    mask: the final native-size binary mask (uint8 0/1 or bool, H x W), as written to masks/.
-    dice_estimate: its estimated Dice (Predictor.dice_estimate), or None when the model has none.
-    limits: when to flag (Limits).
+    Args:
+        mask: the final native-size binary mask (uint8 0/1 or bool, H x W), as written to masks/.
+        dice_estimate: its estimated Dice (Predictor.dice_estimate), or None when the model has none.
+        limits: when to flag (Limits; default: params.yaml's defaults).
+
+    Returns:
+        the mask's QualityReport.
     """
     sides = lung_pixels(mask, limits.min_piece)
     right_px, left_px, count, pieces = sides
@@ -135,7 +167,16 @@ def reasons(count: int, right_px: int, left_px: int, pieces: int, dice_estimate:
     """The flag's reasons, short and in a fixed order: the hard rules (no lung, one lung, 3+
     pieces), then a low estimated Dice.
 
-    pieces: components of at least min_piece of the lung (LungSides.n_pieces).
+    Args:
+        count: the mask's components (LungSides.n_components).
+        right_px: pixels of the patient's right lung.
+        left_px: pixels of the patient's left lung.
+        pieces: components of at least min_piece of the lung (LungSides.n_pieces).
+        dice_estimate: the estimated Dice, or None (then it flags nothing).
+        min_dice: an estimated Dice below it flags.
+
+    Returns:
+        the reasons; empty when nothing is wrong.
     """
     if count == 0:
         return ["no lung found"]
@@ -150,10 +191,19 @@ def reasons(count: int, right_px: int, left_px: int, pieces: int, dice_estimate:
 
 
 def lung_pixels(mask: np.ndarray, min_piece: float = MIN_PIECE) -> LungSides:
-    """Right lung pixels, left lung pixels and components of a mask in a PA X-ray: of the two
-    largest components, the one whose centroid lies further left in the image is the patient's
+    """Right lung pixels, left lung pixels and components of a mask in a PA X-ray.
+
+    Of the two largest components, the one whose centroid lies further left in the image is the patient's
     right lung; a single component is the right lung when its centroid lies in the image's left
-    half, else the left lung."""
+    half, else the left lung.
+
+    Args:
+        mask: a binary H x W mask (nonzero is lung).
+        min_piece: components below this share of the lung are specks, not counted as pieces.
+
+    Returns:
+        the LungSides; all zeros for an empty mask.
+    """
     labels, count = postprocess.label_components(mask)
     if count == 0:
         return LungSides(0, 0, 0, 0)
@@ -171,18 +221,31 @@ def lung_pixels(mask: np.ndarray, min_piece: float = MIN_PIECE) -> LungSides:
 
 
 def centre_column(region: np.ndarray) -> float:
-    """The mean column of a boolean region's pixels. Counted per column, because
-    ndimage.center_of_mass multiplies the whole image by a float64 grid (640 MB at 80 Mpx)."""
+    """The mean column of a boolean region's pixels.
+
+    Counted per column, because ndimage.center_of_mass multiplies the whole image by a float64 grid
+    (640 MB at 80 Mpx).
+
+    Args:
+        region: a boolean H x W image with at least one pixel set.
+
+    Returns:
+        the mean column index of its pixels.
+    """
     per_column = np.count_nonzero(region, axis=0)
     return float(per_column @ np.arange(region.shape[1], dtype=np.float64) / per_column.sum())
 
 
 def boundary_uncertainty(probability: np.ndarray, threshold: float = 0.5) -> float | None:
     """Mean of min(p, 1 - p) * 2 over the pixels within BOUNDARY_PX of the edge of
-    `probability > threshold` (model size), on either side of it; the image's own border is no
-    edge. None when the map has no edge (all lung or none).
+    `probability > threshold` (model size), on either side of it; the image's own border is no edge.
 
-    probability: float S x S in [0, 1]. threshold: the predictor's threshold.
+    Args:
+        probability: float S x S in [0, 1].
+        threshold: the predictor's threshold.
+
+    Returns:
+        the mean uncertainty along the edge, in [0, 1]; None when the map has no edge (all lung or none).
     """
     inside = np.asarray(probability) > threshold
     grown = ndimage.binary_dilation(inside, postprocess.EIGHT_CONNECTED, iterations=BOUNDARY_PX)
@@ -208,10 +271,16 @@ RIDGE = 1e-2  # ridge penalty on the standardised weights: 7 numbers fitted on a
 
 
 def measures(probability: np.ndarray, mask: np.ndarray, threshold: float, shapes: ShapeModel) -> np.ndarray:
-    """The six FEATURES of one prediction, as float64.
+    """The six FEATURES of one prediction.
 
-    probability: float S x S lung probabilities. mask: the model-size final mask (0/1), made
-    from them. threshold: the predictor's. shapes: the model's ShapeModel.
+    Args:
+        probability: float S x S lung probabilities.
+        mask: the model-size final mask (0/1), made from them.
+        threshold: the predictor's.
+        shapes: the model's ShapeModel.
+
+    Returns:
+        the measures in the order of FEATURES, float64 (edge_uncertainty 0.0 where the map has no edge).
     """
     p = np.asarray(probability, dtype=np.float32)
     lung = np.asarray(mask).astype(bool)
@@ -237,8 +306,15 @@ def _design(values: np.ndarray) -> np.ndarray:
 
 
 def aligned_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
-    """A mask cropped to the bounding box of its lungs and area-resized to size x size (float32
-    in [0, 1]): position and scale gone, shape kept. Zeros for an empty mask."""
+    """A mask cropped to the bounding box of its lungs and area-resized: position and scale gone, shape kept.
+
+    Args:
+        mask: a binary H x W mask (nonzero is lung).
+        size: the side of the result.
+
+    Returns:
+        size x size float32 in [0, 1]; zeros for an empty mask.
+    """
     rows, columns = np.nonzero(np.asarray(mask))
     if len(rows) == 0:
         return np.zeros((size, size), dtype=np.float32)
@@ -250,7 +326,9 @@ def aligned_shape(mask: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
 class ShapeModel:
     """The principal shapes of a set of lung masks (aligned_shape), for shape_error.
 
-    mean: flattened mean shape (SHAPE_SIZE**2). components: orthonormal rows (k x SHAPE_SIZE**2).
+    Args:
+        mean: flattened mean shape (SHAPE_SIZE**2).
+        components: orthonormal rows (k x SHAPE_SIZE**2).
     """
 
     mean: np.ndarray
@@ -258,15 +336,29 @@ class ShapeModel:
 
     @classmethod
     def fit(cls, masks: np.ndarray, components: int = SHAPE_COMPONENTS) -> ShapeModel:
-        """The mean and the first `components` principal shapes of masks (N x S x S, 0/1)."""
+        """The mean and the first `components` principal shapes of a set of masks.
+
+        Args:
+            masks: the training masks, N x S x S, 0/1.
+            components: how many principal shapes to keep.
+
+        Returns:
+            the fitted ShapeModel.
+        """
         shapes = np.stack([aligned_shape(mask).ravel() for mask in masks]).astype(np.float64)
         mean = shapes.mean(axis=0)
         _, _, rows = np.linalg.svd(shapes - mean, full_matrices=False)
         return cls(mean, rows[:components])
 
     def error(self, mask: np.ndarray) -> float:
-        """1 - Dice between a mask's aligned shape and its projection on the principal shapes,
-        both cut at 0.5: 0 for a lung outline like the training masks', up to 1 for none."""
+        """1 - Dice between a mask's aligned shape and its projection on the principal shapes, both cut at 0.5.
+
+        Args:
+            mask: a binary mask (nonzero is lung), any size.
+
+        Returns:
+            0 for a lung outline like the training masks', up to 1 for none.
+        """
         shape = aligned_shape(mask).ravel().astype(np.float64)
         nearest = self.mean + ((shape - self.mean) @ self.components.T) @ self.components
         ours, plausible = shape > 0.5, nearest > 0.5
@@ -274,10 +366,23 @@ class ShapeModel:
         return 1.0 - 2 * int((ours & plausible).sum()) / total if total else 1.0
 
     def to_dict(self) -> dict:
+        """The model as plain lists (rounded to 6 decimals), for a checkpoint or an export's JSON.
+
+        Returns:
+            {"mean": ..., "components": ...}, read back by from_dict.
+        """
         return {"mean": self.mean.round(6).tolist(), "components": self.components.round(6).tolist()}
 
     @classmethod
     def from_dict(cls, stored: dict) -> ShapeModel:
+        """The model to_dict stored.
+
+        Args:
+            stored: to_dict's dict.
+
+        Returns:
+            the ShapeModel, its arrays float64.
+        """
         return cls(np.asarray(stored["mean"], dtype=np.float64), np.asarray(stored["components"], dtype=np.float64))
 
 
@@ -286,9 +391,12 @@ class DiceEstimator:
     """Expected Dice of a prediction from its measures; fitted per model (fit), stored with it
     (to_dict / from_dict: plain lists, so TorchScript and ONNX exports carry it as JSON).
 
-    shapes: the training masks' principal shapes. centre, scale: standardisation of the design
-    columns. weights: one per column, then the intercept. calibration: how it was fitted
-    (images, draws, the fit's own error), for the record.
+    Args:
+        shapes: the training masks' principal shapes.
+        centre: the mean of each design column, for standardisation.
+        scale: the standard deviation of each design column, for standardisation.
+        weights: one per column, then the intercept.
+        calibration: how it was fitted (images, draws, the fit's own error), for the record.
     """
 
     shapes: ShapeModel
@@ -299,7 +407,17 @@ class DiceEstimator:
 
     @classmethod
     def fit(cls, values: np.ndarray, dice: np.ndarray, shapes: ShapeModel, calibration: dict | None = None) -> DiceEstimator:
-        """Ridge fit of log(1 - dice) on the standardised design of `values` (N x 6 measures)."""
+        """Ridge fit of log(1 - dice) on the standardised design of `values`.
+
+        Args:
+            values: the measures of N predictions, N x 6 (measures, in the order of FEATURES).
+            dice: their Dice against the true masks (N,).
+            shapes: the model's ShapeModel (the one the measures used).
+            calibration: how the data were made (images, draws), for the record; n_masks and fit_mae are added.
+
+        Returns:
+            the fitted DiceEstimator.
+        """
         design = _design(np.asarray(values, dtype=np.float64))
         centre, scale = design.mean(axis=0), design.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)  # a constant column carries no weight
@@ -313,22 +431,49 @@ class DiceEstimator:
         return estimator
 
     def from_measures(self, values: np.ndarray) -> np.ndarray:
-        """Expected Dice (N,) for measures (N x 6), in [0, 1]."""
+        """Expected Dice from measures.
+
+        Args:
+            values: measures, N x 6 (or one row of 6).
+
+        Returns:
+            the expected Dice (N,), in [0, 1].
+        """
         design = (_design(np.atleast_2d(np.asarray(values, dtype=np.float64))) - self.centre) / self.scale
         return np.clip(1 - np.exp(design @ self.weights[:-1] + self.weights[-1]), 0.0, 1.0)
 
     def __call__(self, probability: np.ndarray, mask: np.ndarray, threshold: float) -> float:
-        """The expected Dice of one model-size prediction (see measures)."""
+        """The expected Dice of one model-size prediction.
+
+        Args:
+            probability: float S x S lung probabilities.
+            mask: the model-size final mask (0/1), made from them.
+            threshold: the predictor's.
+
+        Returns:
+            the expected Dice, in [0, 1].
+        """
         return float(self.from_measures(measures(probability, mask, threshold, self.shapes))[0])
 
     def to_dict(self) -> dict:
+        """The estimator as plain lists, for a checkpoint or an export's JSON.
+
+        Returns:
+            its FEATURES, shapes, centre, scale, weights and calibration, read back by from_dict.
+        """
         return {"features": list(FEATURES), "shapes": self.shapes.to_dict(), "centre": self.centre.tolist(),
                 "scale": self.scale.tolist(), "weights": self.weights.tolist(), "calibration": dict(self.calibration)}
 
     @classmethod
     def from_dict(cls, stored: dict | None) -> DiceEstimator | None:
-        """The estimator a model file stores, or None for a model saved without one (or with
-        measures this version does not compute)."""
+        """The estimator a model file stores.
+
+        Args:
+            stored: to_dict's dict, as the model file holds it; None or empty: none stored.
+
+        Returns:
+            the DiceEstimator, or None for a model saved without one (or with measures this version does not compute).
+        """
         if not stored or list(stored.get("features", [])) != list(FEATURES):
             return None
         return cls(ShapeModel.from_dict(stored["shapes"]), np.asarray(stored["centre"]), np.asarray(stored["scale"]),

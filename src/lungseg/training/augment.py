@@ -47,16 +47,30 @@ OPACITY_EDGE = 0.4  # share of the radius over which an opacity fades out
 
 
 class Augmenter:
-    """Callable (images, masks) -> (images, masks) for N x 1 x H x W batches in [0, 1]."""
+    """Callable (images, masks) -> (images, masks) for N x 1 x H x W batches in [0, 1].
+
+    Args:
+        config: the augment section.
+        seed: of this augmenter's generator.
+        device: where batches live (and the generator draws).
+    """
 
     def __init__(self, config: AugmentConfig, seed: int, device: torch.device):
-        """config: the augment section; seed: of this augmenter's generator; device: where batches live."""
         self.config = config
         self.generator = torch.Generator(device=device).manual_seed(seed)
         glyphs = [[[float(c == "#") for c in row] for row in glyph] for glyph in _GLYPHS]
         self.glyphs = torch.tensor(glyphs, device=device)[:, None]  # G x 1 x 7 x 5
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Change a share (config.probability) of a batch's images, and their masks where the geometry moves.
+
+        Args:
+            images: N x 1 x H x W in [0, 1], on the augmenter's device.
+            masks: N x 1 x H x W, 0/1.
+
+        Returns:
+            the changed images (in [0, 1]) and masks, shaped as given.
+        """
         chosen = self.uniform(len(images), 0, 1) < self.config.probability  # which images change at all
         images, masks = self.warp(images, masks, chosen)
         images = self.opacify(images, masks, chosen)  # anatomy first: exposure and detector act on it
@@ -68,16 +82,43 @@ class Augmenter:
         return images, masks
 
     def uniform(self, n: int, low: float, high: float) -> torch.Tensor:
-        """n draws uniform in [low, high) from this augmenter's generator."""
+        """n draws uniform in [low, high) from this augmenter's generator.
+
+        Args:
+            n: how many.
+            low: the lower bound (included).
+            high: the upper bound (excluded).
+
+        Returns:
+            a tensor of n floats on the generator's device.
+        """
         device = self.generator.device
         return torch.rand(n, generator=self.generator, device=device) * (high - low) + low
 
     def coin(self, n: int, p: float, chosen: torch.Tensor) -> torch.Tensor:
-        """Which of n images (only those `chosen`) an op with probability p applies to."""
+        """Which of n images (only those `chosen`) an op with probability p applies to.
+
+        Args:
+            n: the batch size.
+            p: the op's probability.
+            chosen: boolean (n,), the images changed at all.
+
+        Returns:
+            boolean (n,).
+        """
         return (self.uniform(n, 0, 1) < p) & chosen
 
     def warp(self, images, masks, chosen):
-        """One random affine map per image, applied with the same grid to image and mask."""
+        """One random affine map per image, applied with the same grid to image and mask.
+
+        Args:
+            images: N x 1 x H x W in [0, 1].
+            masks: N x 1 x H x W, 0/1.
+            chosen: boolean (N,), the images to change (the others are left as they are).
+
+        Returns:
+            the warped images and masks (masks stay 0/1).
+        """
         c, n = self.config, len(images)
         angle = torch.deg2rad(self.uniform(n, -c.rotate_degrees, c.rotate_degrees)) * chosen
         zoom = torch.where(chosen, self.uniform(n, 1 - c.scale, 1 + c.scale), torch.ones(n, device=images.device))
@@ -94,7 +135,16 @@ class Augmenter:
         """With probability opacity_probability, a dense opacity on an image with lung: a soft disc
         centred on a random lung pixel, radius in [opacity_size / 3, opacity_size] of the side,
         lightens the image toward a grey of OPACITY_VALUE. The disc may overrun the lung's edge,
-        so that edge is no cue to where the lung ends."""
+        so that edge is no cue to where the lung ends.
+
+        Args:
+            images: N x 1 x H x W in [0, 1].
+            masks: N x 1 x H x W, 0/1 (not changed: an opaque lung is still lung).
+            chosen: boolean (N,), the images that may change.
+
+        Returns:
+            the images.
+        """
         c, (n, _, height, width) = self.config, images.shape
         if c.opacity_probability == 0:
             return images
@@ -112,7 +162,15 @@ class Augmenter:
         return images + alpha * (value - images)
 
     def adjust_intensity(self, images, chosen):
-        """Contrast around each image's mean, brightness, gamma, then Gaussian noise; clamped to [0, 1]."""
+        """Contrast around each image's mean, brightness, gamma, then Gaussian noise; clamped to [0, 1].
+
+        Args:
+            images: N x 1 x H x W in [0, 1].
+            chosen: boolean (N,), the images to change.
+
+        Returns:
+            the images.
+        """
         c, n = self.config, len(images)
         per_image = (n, 1, 1, 1)
         on = chosen.view(per_image).to(images.dtype)
@@ -129,7 +187,15 @@ class Augmenter:
 
     def change_detail(self, images, chosen):
         """Blur or sharpen: image + w * (Gaussian_sigma(image) - image), sigma in [0, blur] px and
-        w in [-sharpen, 1]; w > 0 blurs (1: fully), w < 0 is an unsharp mask at the same scale."""
+        w in [-sharpen, 1]; w > 0 blurs (1: fully), w < 0 is an unsharp mask at the same scale.
+
+        Args:
+            images: N x 1 x H x W in [0, 1].
+            chosen: boolean (N,), the images to change.
+
+        Returns:
+            the images, clamped to [0, 1].
+        """
         c, n = self.config, len(images)
         if c.blur == 0:
             return images
@@ -140,7 +206,15 @@ class Augmenter:
 
     def collimate(self, images, chosen):
         """With probability border_probability, a band up to border_width of the side on each edge
-        (independently, so the field may sit off-centre) becomes one dark or bright value."""
+        (independently, so the field may sit off-centre) becomes one dark or bright value.
+
+        Args:
+            images: N x 1 x H x W in [0, 1].
+            chosen: boolean (N,), the images that may change.
+
+        Returns:
+            the images.
+        """
         c, (n, _, height, width) = self.config, images.shape
         if c.border_probability == 0 or c.border_width == 0:
             return images
@@ -156,7 +230,15 @@ class Augmenter:
 
     def burn_in_marks(self, images, chosen):
         """With probability text_probability, 1 to text_count near-white glyphs (letters, boxes),
-        each up to text_size of the side tall, anywhere in the image, lerped over it (lungs too)."""
+        each up to text_size of the side tall, anywhere in the image, lerped over it (lungs too).
+
+        Args:
+            images: N x 1 x H x W in [0, 1].
+            chosen: boolean (N,), the images that may change.
+
+        Returns:
+            the images.
+        """
         c, (n, _, height, width) = self.config, images.shape
         if c.text_probability == 0:
             return images

@@ -53,7 +53,14 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # set by torchrun for e
 
 
 class Worker(NamedTuple):
-    """This process's place in a distributed run."""
+    """This process's place in a distributed run.
+
+    Args:
+        rank: 0 .. world - 1 over all machines.
+        world: processes in the run.
+        local_rank: on this machine: picks the GPU.
+        device: where this process computes.
+    """
 
     rank: int  # 0 .. world - 1 over all machines
     world: int  # processes in the run
@@ -65,17 +72,36 @@ class Worker(NamedTuple):
 
 
 def launched() -> bool:
-    """True in a process started by torchrun (or a launcher that sets the same variables)."""
+    """Whether this process was started by torchrun (or a launcher that sets the same variables).
+
+    Returns:
+        True when all of LAUNCH_VARIABLES are set.
+    """
     return all(name in os.environ for name in LAUNCH_VARIABLES)
 
 
 def is_distributed() -> bool:
+    """Whether this process has joined a process group (setup).
+
+    Returns:
+        True when torch.distributed is available and initialised.
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def check_launch(nproc: int, batch_size: int, device: torch.device) -> None:
-    """What must hold before `nproc` processes are started on this machine: the global batch
-    splits evenly, the device can be shared, and on CUDA there is one GPU per process."""
+    """Check what must hold before `nproc` processes are started on this machine.
+
+    The global batch splits evenly, the device can be shared, and on CUDA there is one GPU per process.
+
+    Args:
+        nproc: processes to start (train.nproc).
+        batch_size: the global batch (train.batch_size).
+        device: the training device.
+
+    Raises:
+        ParamsError: when any of these does not hold.
+    """
     local_batch_size(batch_size, nproc)
     check_device(device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
@@ -84,6 +110,14 @@ def check_launch(nproc: int, batch_size: int, device: torch.device) -> None:
 
 
 def check_device(device: torch.device) -> None:
+    """Check that distributed training can run on `device`: CUDA (NCCL) or CPU (gloo).
+
+    Args:
+        device: the training device.
+
+    Raises:
+        ParamsError: for any other device type (e.g. Apple MPS).
+    """
     if device.type not in ("cuda", "cpu"):
         raise ParamsError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), but train.device gives "
                           f"{device.type}: set train.nproc to 1 or train.device to cuda or cpu")
@@ -95,6 +129,11 @@ def relaunch(nproc: int, script: str, argv: list[str] | None = None) -> None:
     exec, not a child process: dvc (or a shell) keeps waiting on the same process id, gets
     torchrun's exit status, and its signals (Ctrl-C) reach torchrun, which passes them on to
     every rank. Never returns.
+
+    Args:
+        nproc: processes to start.
+        script: the script each process runs.
+        argv: its arguments; None: this process's own (sys.argv[1:]).
     """
     env = dict(os.environ)
     # torchrun would set 1 thread per process; share the cores instead (matters on CPU only)
@@ -107,7 +146,18 @@ def relaunch(nproc: int, script: str, argv: list[str] | None = None) -> None:
 
 
 def setup(device: torch.device) -> Worker:
-    """Join the process group torchrun set up: NCCL with one GPU per process on CUDA, gloo on CPU."""
+    """Join the process group torchrun set up: NCCL with one GPU per process on CUDA, gloo on CPU.
+
+    Args:
+        device: the training device; on CUDA, each process takes the GPU of its local rank.
+
+    Returns:
+        this process's Worker.
+
+    Raises:
+        ParamsError: for a device distributed training cannot use (check_device), or a local rank with no GPU of its
+            own.
+    """
     check_device(device)
     rank, world, local_rank = (int(os.environ[name]) for name in LAUNCH_VARIABLES)
     if device.type == "cuda":
@@ -135,13 +185,33 @@ def shard(items, rank: int, world: int):
     """Items rank, rank + world, rank + 2 * world, ... of a list, array or tensor (first axis).
 
     Static: each rank puts its shard on its device once and keeps it. Strided, not in blocks,
-    so a split ordered by source or id gives every rank the same mix."""
+    so a split ordered by source or id gives every rank the same mix.
+
+    Args:
+        items: a list, array or tensor.
+        rank: this process's rank.
+        world: processes in the run.
+
+    Returns:
+        this rank's items, of the same type.
+    """
     return items[rank::world]
 
 
 def local_batch_size(batch_size: int, world: int) -> int:
-    """Each rank's share of the global batch `batch_size`; the shares must be equal, because DDP
-    averages the ranks' gradients with equal weights."""
+    """Each rank's share of the global batch; the shares must be equal, because DDP averages the ranks' gradients
+    with equal weights.
+
+    Args:
+        batch_size: the global batch (train.batch_size).
+        world: processes in the run.
+
+    Returns:
+        batch_size // world.
+
+    Raises:
+        ParamsError: when batch_size is not divisible by world.
+    """
     if batch_size % world:
         raise ParamsError(f"train.batch_size={batch_size} must be divisible by the number of training processes "
                           f"({world}, from train.nproc or torchrun): the global batch is split evenly between them; "
@@ -151,12 +221,31 @@ def local_batch_size(batch_size: int, world: int) -> int:
 
 def steps_per_epoch(n_items: int, batch_size: int) -> int:
     """Steps one process takes through `n_items` in batches of `batch_size` (the last one short);
-    every rank takes this many, whatever the number of ranks."""
+    every rank takes this many, whatever the number of ranks.
+
+    Args:
+        n_items: the training items (all ranks together).
+        batch_size: the global batch.
+
+    Returns:
+        ceil(n_items / batch_size).
+    """
     return -(-n_items // batch_size)
 
 
 def wrap_around(order: torch.Tensor, length: int) -> torch.Tensor:
-    """`order` repeated from its start until it is `length` long (a shorter order is cut)."""
+    """`order` repeated from its start until it is `length` long, then cut to `length` (a longer order is only cut).
+
+    Args:
+        order: a rank's item order for one epoch.
+        length: the items it must supply.
+
+    Returns:
+        the first `length` items of `order` repeated.
+
+    Raises:
+        ValueError: for an empty order (a rank with no training images cannot take steps).
+    """
     if len(order) == 0:
         raise ValueError("cannot wrap an empty order: a rank with no training images cannot take steps")
     return order.repeat(-(-length // len(order)))[:length]
@@ -168,7 +257,15 @@ def wrap_around(order: torch.Tensor, length: int) -> torch.Tensor:
 def sync_batchnorm(model: torch.nn.Module, worker: Worker) -> torch.nn.Module:
     """`model` with SyncBatchNorm in place of BatchNorm on CUDA with several ranks (changed in
     place when the top module is not a BatchNorm itself; the weights and the state_dict keys
-    stay the same). On CPU PyTorch has none, and with one rank it would change nothing."""
+    stay the same). On CPU PyTorch has none, and with one rank it would change nothing.
+
+    Args:
+        model: the network.
+        worker: this process's Worker.
+
+    Returns:
+        the converted model, or `model` itself on CPU or with one rank.
+    """
     if worker.device.type == "cuda" and worker.world > 1:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
@@ -177,7 +274,15 @@ def sync_batchnorm(model: torch.nn.Module, worker: Worker) -> torch.nn.Module:
 def wrap(network: torch.nn.Module, worker: Worker) -> torch.nn.parallel.DistributedDataParallel:
     """DDP around `network` (already compiled, if it is: then validation can run the compiled
     module without DDP). Buffers are not broadcast at every step: the BatchNorm running
-    statistics are averaged once per epoch instead (`average_buffers`)."""
+    statistics are averaged once per epoch instead (`average_buffers`).
+
+    Args:
+        network: the model to train.
+        worker: this process's Worker (on CUDA, its device is DDP's device).
+
+    Returns:
+        the DistributedDataParallel module.
+    """
     ddp = torch.nn.parallel.DistributedDataParallel
     # torch 2.13 renamed broadcast_buffers (the old name warns); older builds know only the old one
     no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
@@ -186,17 +291,41 @@ def wrap(network: torch.nn.Module, worker: Worker) -> torch.nn.parallel.Distribu
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` summed over all ranks, in place (returned for convenience)."""
+    """`tensor` summed over all ranks, in place.
+
+    Args:
+        tensor: this rank's values, on its device.
+
+    Returns:
+        `tensor` itself (for convenience), now holding the sum.
+    """
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`'s elementwise minimum over all ranks, in place.
+
+    Args:
+        tensor: this rank's values, on its device.
+
+    Returns:
+        `tensor` itself, now holding the minimum.
+    """
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 
 def sum_over_ranks(count: int, device: torch.device) -> int:
+    """A count added up over all ranks.
+
+    Args:
+        count: this rank's count.
+        device: this rank's device (the collective's tensor lives there).
+
+    Returns:
+        the total.
+    """
     return int(all_reduce_sum(torch.tensor(count, dtype=torch.long, device=device)))
 
 
@@ -205,7 +334,11 @@ def average_buffers(model: torch.nn.Module) -> None:
     """Replace every floating-point buffer (BatchNorm running mean and variance) by its mean over
     the ranks, in one collective. Each rank's running statistics follow its own local batches;
     the running mean is linear in them, so their mean is what one update with the global batch's
-    statistics gives. Integer buffers (batches seen) are equal on every rank already."""
+    statistics gives. Integer buffers (batches seen) are equal on every rank already.
+
+    Args:
+        model: the network (changed in place).
+    """
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     if not buffers:
         return

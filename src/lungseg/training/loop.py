@@ -1,5 +1,8 @@
 """The training loop, split into steps: one batch, one epoch, one validation, the whole fit.
 
+The loop runs a recipe it is handed (a Plan: loss, optimizer, schedule, generator, low-res copy,
+built by lungseg.training.recipe); it reads no params and chooses nothing of the recipe itself.
+
 The data sits on the device as tensors for the whole run (a 128 px set is a few MB), so no
 image is decoded or copied inside the loop. Losses are summed on the device and read once per
 epoch, so the loop never waits for the GPU between steps.
@@ -13,7 +16,6 @@ collectives, and the results are those of the one-process loop.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lungseg.core.config import TrainConfig
 from lungseg.core.errors import TrainingError
 from lungseg.core.runtime import autocast, forward_in_batches
-from lungseg.model.losses import BceDiceLoss
 from lungseg.model.metrics import dice_per_image, iou_per_image
 from lungseg.training import distributed
 
@@ -41,6 +40,32 @@ class TensorPair:
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+@dataclass
+class Plan:
+    """What one training run is made of, ready to use (lungseg.training.recipe.plan builds it).
+
+    Args:
+        loss_fn: maps (logits, masks) to a scalar loss.
+        optimizer: steps the model's parameters. scheduler: its learning rate, stepped once a step.
+        generator: draws the order of the training images, epoch after epoch.
+        epochs: how many passes. steps: optimiser steps per epoch (the same on every rank).
+        batch_size: the images of one step in this process (the global batch over the ranks).
+        val_batch_size: images per forward pass when validating.
+        low_res: the training images at low resolution for the first `low_res_epochs` epochs, or None.
+    """
+
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    epochs: int
+    steps: int
+    batch_size: int
+    val_batch_size: int
+    low_res: TensorPair | None = None
+    low_res_epochs: int = 0
 
 
 @dataclass
@@ -132,22 +157,6 @@ def validation_sums(model, loss_fn, data: TensorPair, batch_size: int, threshold
     return sums
 
 
-def downsampled(data: TensorPair, size: int) -> TensorPair:
-    """`data` at size x size px: images area-averaged, masks area-averaged then cut at 0.5 (so
-    they stay 0/1). With one channel, NCHW and channels_last are the same memory layout."""
-    images = F.interpolate(data.images, size=(size, size), mode="area")
-    masks = (F.interpolate(data.masks, size=(size, size), mode="area") > 0.5).to(data.masks.dtype)
-    return TensorPair(images, masks)
-
-
-def make_scheduler(optimizer, schedule: str, total_steps: int):
-    """Per-step learning-rate schedule. 'cosine' decays from lr to 0 over the run: large steps
-    early for speed, small ones late so the last epochs settle instead of bouncing around."""
-    if schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
-
-
 def predicted_masks(model, images: torch.Tensor, threshold: float, batch_size: int, dtype=None) -> np.ndarray:
     """Binary masks (N x H x W, bool, on the CPU) of `model` for device-resident N x 1 x H x W
     images: what the train stage chooses post-processing on, before any checkpoint exists."""
@@ -162,66 +171,55 @@ def is_out_of_memory(problem: BaseException) -> bool:
         isinstance(problem, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
-def out_of_memory_advice(device: torch.device, batch_size: int, base_width: int) -> str:
-    return (f"ran out of {device.type} memory while training: lower train.batch_size (now {batch_size}) "
-            f"or model.base_width (now {base_width}), or train on a device with more memory (train.device)")
-
-
-def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, config: TrainConfig, threshold: float,
+def fit(model: torch.nn.Module, train: TensorPair, val: TensorPair, plan: Plan, threshold: float,
         dtype=None, compile_model: bool = False, show_progress: bool = True, augment=None,
         worker: distributed.Worker | None = None, on_epoch: Callable[[dict, int, float], None] | None = None) -> FitResult:
-    """Train for config.epochs and keep the weights of the epoch with the best validation Dice.
+    """Train for plan.epochs and keep the weights of the epoch with the best validation Dice.
 
-    The first config.low_res_epochs epochs train on `train` shrunk to config.low_res_size px
-    (progressive resizing: the U-Net is fully convolutional, and a 64 px step costs about half a
-    128 px one on CPU); the later epochs, and every validation, use the images as given.
+    Args:
+        model: the U-Net, on its device (its weights end as the last epoch's; FitResult holds the best).
+        train, val: this process's training and validation images and masks, on the model's device.
+        plan: the loss, optimizer, schedule, generator and sizes (lungseg.training.recipe.plan).
+            The first plan.low_res_epochs epochs train on plan.low_res; the later ones, and every
+            validation, on the images as given.
+        threshold: probability above which a pixel is lung, for the validation Dice.
+        dtype: autocast dtype, or None for fp32.
+        compile_model: run the steps through torch.compile (the first epoch's `seconds` then
+            include the compile time); weights are always read from `model` itself.
+        show_progress: draw a progress bar.
+        augment: maps each training batch (images, masks) to a changed copy, or None;
+            validation always sees the images as they are.
+        worker: this process's rank of a DDP run (lungseg.training.distributed), or None. The
+            model then trains wrapped in DDP, and every rank returns the same history and best epoch.
+        on_epoch: called as each epoch ends with its history row and the best epoch and Dice so far.
 
-    `augment`, if given, maps each training batch (images, masks) to a changed copy
-    (lungseg.training.augment.Augmenter); validation always sees the images as they are.
+    Returns:
+        The history (a row per epoch), the best epoch's weights, its number and validation Dice.
 
-    With `compile_model`, steps run through torch.compile (the first epoch then includes the
-    compile time, which the history's `seconds` column shows); weights are always read from
-    `model` itself, so checkpoints look the same either way.
-
-    With `worker`, this process is one rank of a distributed run (lungseg.training.distributed): `train`
-    and `val` are its shards, config.batch_size is the global batch, and the model trains
-    wrapped in DDP (its BatchNorms become SyncBatchNorm on CUDA, in place). Every rank returns
-    the same history and best epoch.
-
-    `on_epoch(row, best_epoch, best_dice)`, if given, is called as each epoch ends with its
-    history row and the best epoch so far (lungseg.training.tracking.EpochLog writes them to disk).
+    Raises:
+        TrainingError: when the loss stops being finite.
     """
-    if worker is not None:
-        model = distributed.sync_batchnorm(model, worker)
     network = torch.compile(model) if compile_model else model
     evaluated = network  # validation runs without DDP: its forward passes need no other rank
-    batch_size, steps = config.batch_size, -(-len(train) // config.batch_size)
     if worker is not None:
         network = distributed.wrap(network, worker)
-        batch_size = distributed.local_batch_size(config.batch_size, worker.world)
-        steps = distributed.steps_per_epoch(distributed.sum_over_ranks(len(train), worker.device), config.batch_size)
-    # one order per rank, each from its own seed; rank 0 of a run (or the only process) uses train.seed itself
-    generator = torch.Generator().manual_seed(config.seed + (worker.rank if worker else 0))
-    loss_fn = BceDiceLoss(config.bce_weight, config.dice_weight)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = make_scheduler(optimizer, config.lr_schedule, config.epochs * steps)
-    low_res = downsampled(train, config.low_res_size) if config.low_res_epochs else train
-    rows, best = [], (-1.0, 0, None)
-    with tqdm(total=config.epochs * steps, desc="train", unit="step", mininterval=1.0, disable=not show_progress) as progress:
-        for epoch in range(1, config.epochs + 1):
+    low_res, rows, best = plan.low_res, [], (-1.0, 0, None)
+    with tqdm(total=plan.epochs * plan.steps, desc="train", unit="step", mininterval=1.0, disable=not show_progress) as progress:
+        for epoch in range(1, plan.epochs + 1):
             started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            data = low_res if epoch <= config.low_res_epochs else train
-            if epoch == config.low_res_epochs:
+            lr = plan.optimizer.param_groups[0]["lr"]
+            data = low_res if epoch <= plan.low_res_epochs else train
+            if epoch == plan.low_res_epochs:
                 low_res = None  # its last epoch: the copy need not outlive it
-            train_loss, bad_step = train_epoch(network, loss_fn, optimizer, scheduler, data, batch_size, generator, dtype, progress,
-                                               augment, steps if worker else None, worker)
+            train_loss, bad_step = train_epoch(network, plan.loss_fn, plan.optimizer, plan.scheduler, data, plan.batch_size,
+                                               plan.generator, dtype, progress, augment, plan.steps if worker else None, worker)
             if bad_step:
-                raise TrainingError(f"the training loss became {train_loss} (not finite) at epoch {epoch}, step {bad_step} of {steps}: "
-                                    f"lower train.lr (now {config.lr}) or check the data for broken images")
+                raise TrainingError(f"the training loss became {train_loss} (not finite) at epoch {epoch}, step {bad_step} of "
+                                    f"{plan.steps}: lower train.lr (now {plan.optimizer.defaults['lr']}) or check the data for "
+                                    "broken images")
             if worker is not None:
                 distributed.average_buffers(model)  # so every rank validates, and rank 0 saves, the same model
-            scores = validate(evaluated, loss_fn, val, config.batch_size, threshold, dtype, worker)
+            scores = validate(evaluated, plan.loss_fn, val, plan.val_batch_size, threshold, dtype, worker)
             rows.append({"epoch": epoch, "train_loss": train_loss, **scores,
                          "lr": lr, "seconds": time.perf_counter() - started})
             if scores["val_dice"] > best[0]:

@@ -1,6 +1,11 @@
 """The training recipe, in one place: preprocessed arrays and configs in, a trained U-Net out,
 with its post-processing chosen and its Dice estimate (lungseg.postprocessing.quality) fitted on validation.
 
+Read top to bottom: `plan` builds what a run is made of (loss, optimizer, learning-rate schedule,
+the low-resolution copy, the generator that orders the images), `train_model` puts the data on
+the device, hands the plan to the loop (lungseg.training.loop, which reads no params), then
+chooses the post-processing and calibrates the estimate on validation.
+
 The train stage, the benchmarks and the tests all call `train_model`, so they train exactly
 the same way: the same runtime choices (device, precision, memory layout, compile), the same
 seeding, the same augmentation, the same sharding under DDP, and the same post-processing
@@ -9,6 +14,7 @@ choice on validation. Writing files is left to the caller (stages/train.py).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +23,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from lungseg.core.config import AugmentConfig, QualityConfig, low_res_problems
+from lungseg.core.config import AugmentConfig, QualityConfig, TrainConfig, low_res_problems
 from lungseg.core.errors import ParamsError, TrainingError
 from lungseg.core.runtime import (
     autocast_dtype,
@@ -32,13 +39,14 @@ from lungseg.core.runtime import (
 )
 from lungseg.data.processed import ProcessedSet, ids_in
 from lungseg.model.checkpoint import build_model
+from lungseg.model.losses import BceDiceLoss
 from lungseg.model.metrics import dice_per_image
 from lungseg.model.unet import UNet
 from lungseg.postprocessing import postprocess
 from lungseg.postprocessing.quality import DiceEstimator, ShapeModel, measures
 from lungseg.training import distributed
 from lungseg.training.augment import Augmenter
-from lungseg.training.loop import TensorPair, fit, is_out_of_memory, out_of_memory_advice, predicted_masks
+from lungseg.training.loop import Plan, TensorPair, fit, is_out_of_memory, predicted_masks
 
 
 @dataclass
@@ -87,6 +95,66 @@ def new_model(model_config, seed: int, runtime: Runtime) -> tuple[torch.nn.Modul
     torch.manual_seed(seed)
     model_args = {"in_channels": 1, "out_channels": 1, "depth": model_config.depth, "base_width": model_config.base_width}
     return prepare_model(UNet(**model_args), runtime.device, runtime.layout), model_args
+
+
+def plan(model: torch.nn.Module, train: TensorPair, config: TrainConfig, worker: distributed.Worker | None = None) -> Plan:
+    """The recipe of one run, ready for the loop: the loss, Adam, the learning-rate schedule, the
+    generator that orders the training images, the batch and step counts, the low-res copy.
+
+    Args:
+        model: the U-Net to train, on its device; under DDP its BatchNorms become SyncBatchNorm
+            here (on CUDA, in place), before the optimizer takes its parameters.
+        train: this process's training images and masks.
+        config: the params section train.
+        worker: this process's rank of a DDP run, or None. config.batch_size is then the global
+            batch, split over the ranks, and every rank takes the same number of steps.
+
+    Returns:
+        The Plan lungseg.training.loop.fit runs.
+
+    Raises:
+        ParamsError: when config.batch_size cannot be split over the ranks.
+    """
+    batch_size = distributed.local_batch_size(config.batch_size, worker.world) if worker else config.batch_size
+    if worker:
+        distributed.sync_batchnorm(model, worker)  # in place (the U-Net is no BatchNorm itself): fit trains this module
+        steps = distributed.steps_per_epoch(distributed.sum_over_ranks(len(train), worker.device), config.batch_size)
+    else:
+        steps = -(-len(train) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return Plan(loss_fn=BceDiceLoss(config.bce_weight, config.dice_weight), optimizer=optimizer,
+                scheduler=make_scheduler(optimizer, config.lr_schedule, config.epochs * steps),
+                generator=torch.Generator().manual_seed(rank_seed(config, worker)),
+                epochs=config.epochs, steps=steps, batch_size=batch_size, val_batch_size=config.batch_size,
+                low_res=downsampled(train, config.low_res_size) if config.low_res_epochs else None,
+                low_res_epochs=config.low_res_epochs)
+
+
+def rank_seed(config: TrainConfig, worker: distributed.Worker | None) -> int:
+    """The seed of this process's random draws (image order, augmentations): train.seed on rank 0
+    or the only process, train.seed + rank on the others, so that each rank draws its own."""
+    return config.seed + (worker.rank if worker else 0)
+
+
+def downsampled(data: TensorPair, size: int) -> TensorPair:
+    """`data` at size x size px: images area-averaged, masks area-averaged then cut at 0.5 (so
+    they stay 0/1). With one channel, NCHW and channels_last are the same memory layout."""
+    images = F.interpolate(data.images, size=(size, size), mode="area")
+    masks = (F.interpolate(data.masks, size=(size, size), mode="area") > 0.5).to(data.masks.dtype)
+    return TensorPair(images, masks)
+
+
+def make_scheduler(optimizer, schedule: str, total_steps: int):
+    """Per-step learning-rate schedule. 'cosine' decays from lr to 0 over the run: large steps
+    early for speed, small ones late so the last epochs settle instead of bouncing around."""
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+
+
+def out_of_memory_advice(device: torch.device, batch_size: int, base_width: int) -> str:
+    return (f"ran out of {device.type} memory while training: lower train.batch_size (now {batch_size}) "
+            f"or model.base_width (now {base_width}), or train on a device with more memory (train.device)")
 
 
 def choose_postprocessing(model, val_set: TensorPair, threshold: float, batch_size: int, dtype) -> tuple[str, dict]:
@@ -188,8 +256,6 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
     check_low_res(train_config, processed.images.shape[-1], model_config.depth)
     runtime = runtime_for(device, train_config)
     rank, world = (worker.rank, worker.world) if worker else (0, 1)
-    if worker:  # checked before any data reaches the device
-        distributed.local_batch_size(train_config.batch_size, world)
     train_ids, val_ids = ids_in(split, "train"), ids_in(split, "val")
     train_set = shard_tensors(processed, train_ids, rank, world, runtime)
     val_set = shard_tensors(processed, val_ids, rank, world, runtime)
@@ -199,12 +265,11 @@ def train_model(processed: ProcessedSet, split: pd.DataFrame, model_config, trai
               f"precision {runtime.dtype or torch.float32}")
 
     model, model_args = new_model(model_config, train_config.seed, runtime)
-    # each rank draws its own augmentations; rank 0 (or the only process) uses train.seed itself
-    augmenter = Augmenter(augment_config, train_config.seed + rank, device) if augment_config.enabled else None
+    augmenter = Augmenter(augment_config, rank_seed(train_config, worker), device) if augment_config.enabled else None
     try:
-        result = fit(model, train_set, val_set, train_config, infer_config.threshold, runtime.dtype, runtime.compile,
-                     show_progress=verbose and rank == 0 and sys.stdout.isatty(), augment=augmenter, worker=worker,
-                     on_epoch=on_epoch)
+        result = fit(model, train_set, val_set, plan(model, train_set, train_config, worker), infer_config.threshold,
+                     runtime.dtype, runtime.compile, show_progress=verbose and rank == 0 and sys.stdout.isatty(),
+                     augment=augmenter, worker=worker, on_epoch=on_epoch)
     except (torch.OutOfMemoryError, RuntimeError) as problem:
         if not is_out_of_memory(problem):
             raise

@@ -39,7 +39,13 @@ class EpochLog:
         self.epochs = epochs
 
     def __call__(self, row: dict, best_epoch: int, best_dice: float) -> None:
-        """Log one epoch: `row` holds 'epoch', each of SERIES and 'seconds' (printed, never stored)."""
+        """Log one epoch: store its series and metrics.json, and print its line.
+
+        Args:
+            row: holds 'epoch', each of SERIES and 'seconds' (printed, never stored).
+            best_epoch: the best epoch so far.
+            best_dice: its validation Dice.
+        """
         self.live.step = row["epoch"]
         for name in SERIES:
             self.live.log_metric(name, float(row[name]))
@@ -48,7 +54,12 @@ class EpochLog:
         sys.stdout.flush()  # a log file (dvc queue logs) gets the line now, not at exit
 
     def write_summary(self, best_epoch: int, best_dice: float) -> None:
-        """metrics.json: the epoch reached ('step'), and the best epoch with its validation Dice."""
+        """Write metrics.json: the epoch reached ('step'), and the best epoch with its validation Dice.
+
+        Args:
+            best_epoch: the best epoch so far (at the end: the kept one).
+            best_dice: its validation Dice.
+        """
         self.live.summary = {"best_epoch": best_epoch, "val_dice": best_dice}
         self.live.make_summary()
 
@@ -67,13 +78,34 @@ def _files_only_live(directory: str | os.PathLike):
 
 
 def epoch_line(row: dict, epochs: int, best_epoch: int, best_dice: float) -> str:
+    """The line printed for one epoch.
+
+    Args:
+        row: holds 'epoch', each of SERIES and 'seconds'.
+        epochs: how many epochs the run will train.
+        best_epoch: the best epoch so far.
+        best_dice: its validation Dice.
+
+    Returns:
+        the epoch, its scores, learning rate and seconds, and the best epoch so far, on one line.
+    """
     scores = "  ".join(f"{name} {row[name]:.4f}" for name in SERIES if name != "lr")
     return (f"epoch {row['epoch']}/{epochs}  {scores}  lr {row['lr']:.2e}  {row['seconds']:.2f} s  "
             f"(best: epoch {best_epoch}, val_dice {best_dice:.4f})")
 
 
 def read_history(directory: str | os.PathLike) -> pd.DataFrame:
-    """The series EpochLog wrote, as one table: epoch, then one column per name in SERIES."""
+    """The series EpochLog wrote, as one table.
+
+    Args:
+        directory: EpochLog's folder.
+
+    Returns:
+        one row per epoch: epoch, then one column per name in SERIES.
+
+    Raises:
+        LungsegError: when a series' file is missing (the train stage has not run).
+    """
     folder = Path(directory) / "plots" / "metrics"
     tables = []
     for name in SERIES:
