@@ -58,7 +58,8 @@ from scipy import stats
 
 from lungseg.core.config import PreprocessConfig
 from lungseg.data.preprocess import preprocess_folder
-from lungseg.inference.predictor import load_predictor, torch_threads
+from lungseg.inference.formats import load_predictor
+from lungseg.inference.predictor import torch_threads
 from lungseg.model.metrics import dice_per_image
 
 RECIPES = {"recipe": {"train.epochs": 20, "train.low_res_epochs": 10},  # docs/accuracy.md: the CPU recipe

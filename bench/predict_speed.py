@@ -43,8 +43,9 @@ from lungseg.data.preprocess import prepare_image
 from lungseg.data.synthetic import SITES, generate_dataset, make_phantom
 from lungseg.evaluation.scores import evaluate_folder
 from lungseg.inference import predict
+from lungseg.inference.formats import load_predictor
 from lungseg.inference.overlay import overlay
-from lungseg.inference.predictor import Predictor, default_workers, load_predictor, torch_threads
+from lungseg.inference.predictor import Predictor, default_workers, torch_threads
 from lungseg.postprocessing import quality
 
 MODEL = ROOT / "results" / "best_unet.pth"

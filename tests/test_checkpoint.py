@@ -13,7 +13,8 @@ from tiny_models import perturbed_unet
 
 from lungseg.core import paths
 from lungseg.core.errors import CheckpointError
-from lungseg.inference.predictor import Predictor, load_predictor
+from lungseg.inference.formats import load_predictor
+from lungseg.inference.predictor import Predictor
 from lungseg.model.checkpoint import (
     NOT_A_MODEL,
     build_model,

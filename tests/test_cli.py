@@ -367,7 +367,7 @@ def _old_checkpoint(path: Path) -> Path:
 
 
 def test_calibrate_writes_a_calibrated_copy_and_leaves_the_model_alone(write_pair_folder, tmp_path, capsys):
-    from lungseg.inference.predictor import load_predictor
+    from lungseg.inference.formats import load_predictor
 
     data = write_pair_folder(tmp_path / "site", layout="plain", n=4, metadata=False)
     model = _old_checkpoint(tmp_path / "old.pth")

@@ -1,6 +1,6 @@
 """Tests for lungseg.inference.export (TorchScript and ONNX export with a parity check), lungseg.inference.formats
 (the formats' metadata and loaders), its onnxruntime wrapper and
-lungseg.inference.predictor's loaders of exports (from_onnx, from_torchscript, load_predictor)."""
+lungseg.inference.formats' loaders of exports (onnx_predictor, torchscript_predictor, load_predictor)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ from lungseg.inference.formats import (
     is_exported,
     is_torchscript,
     load_onnx,
+    load_predictor,
     load_torchscript,
     metadata,
+    onnx_predictor,
     parse_metadata,
     require,
+    torchscript_predictor,
 )
-from lungseg.inference.predictor import Predictor, load_predictor
+from lungseg.inference.predictor import Predictor
 from lungseg.model.checkpoint import NOT_A_MODEL, load_checkpoint, make_checkpoint, save_checkpoint
 from lungseg.model.unet import UNet
 
@@ -176,7 +179,7 @@ def test_onnx_file_without_lungseg_metadata_is_refused(onnx_path, tmp_path):
     foreign = tmp_path / "foreign.onnx"
     onnx.save_model(proto, str(foreign))
     with pytest.raises(CheckpointError, match="foreign.onnx.*no 'lungseg' metadata"):
-        Predictor.from_onnx(foreign)
+        onnx_predictor(foreign)
 
 
 def test_an_onnx_file_lungseg_did_not_write_is_not_a_lungseg_model(onnx_path, tmp_path):
@@ -212,11 +215,11 @@ def test_export_takes_a_checkpoint_not_an_export(torchscript_path, tmp_path):
 def test_missing_or_unreadable_onnx_file_is_a_checkpoint_error(torchscript_path, tmp_path):
     pytest.importorskip("onnxruntime")
     with pytest.raises(CheckpointError, match="not found"):
-        Predictor.from_onnx(tmp_path / "absent.onnx")
+        onnx_predictor(tmp_path / "absent.onnx")
     not_onnx = tmp_path / "model.onnx"
     shutil.copy(torchscript_path, not_onnx)
     with pytest.raises(CheckpointError, match="not a loadable ONNX model"):
-        Predictor.from_onnx(not_onnx)
+        onnx_predictor(not_onnx)
 
 
 # --------------------------------------------------------------------------- inference from exports
@@ -235,14 +238,14 @@ def _assert_same_masks(reference: Predictor, other: Predictor, images: np.ndarra
 
 def test_onnx_predictor_gives_the_checkpoint_predictors_masks(checkpoint_path, onnx_path):
     reference = Predictor.from_checkpoint(checkpoint_path, device="cpu", precision="fp32")
-    predictor = Predictor.from_onnx(onnx_path)
+    predictor = onnx_predictor(onnx_path)
     assert (predictor.threshold, predictor.postprocess, predictor.image_size) == (reference.threshold, POSTPROCESS, SIZE)
     assert predictor.preprocess == reference.preprocess
     _assert_same_masks(reference, predictor, _random_images(3))  # batch_size 2: a full and a partial batch
 
 
 def test_onnx_predictor_threshold_can_be_overridden(onnx_path):
-    assert Predictor.from_onnx(onnx_path, threshold=0.9).threshold == 0.9
+    assert onnx_predictor(onnx_path, threshold=0.9).threshold == 0.9
 
 
 def test_load_predictor_picks_the_loader_from_the_file(checkpoint_path, torchscript_path, onnx_path, tmp_path):
@@ -259,10 +262,10 @@ def test_load_predictor_picks_the_loader_from_the_file(checkpoint_path, torchscr
 
 def test_torchscript_predictor_gives_the_checkpoint_predictors_masks(checkpoint_path, torchscript_path):
     reference = Predictor.from_checkpoint(checkpoint_path, device="cpu", precision="fp32")
-    predictor = Predictor.from_torchscript(torchscript_path, device="cpu")
+    predictor = torchscript_predictor(torchscript_path, device="cpu")
     assert (predictor.threshold, predictor.postprocess, predictor.preprocess) == (reference.threshold, POSTPROCESS, reference.preprocess)
     _assert_same_masks(reference, predictor, _random_images(3))
-    assert Predictor.from_torchscript(torchscript_path, device="cpu", threshold=0.9).threshold == 0.9
+    assert torchscript_predictor(torchscript_path, device="cpu", threshold=0.9).threshold == 0.9
 
 
 def test_a_non_default_normalisation_travels_into_the_torchscript_export(tmp_path):
@@ -312,6 +315,6 @@ def test_the_dice_calibration_travels_into_both_exports(checkpoint_path, torchsc
     probability = reference.probabilities(_random_images(1, seed=4))[0]
     expected = reference.dice_estimate(probability)
     assert expected is not None
-    for predictor in (Predictor.from_torchscript(torchscript_path, device="cpu"), Predictor.from_onnx(onnx_path)):
+    for predictor in (torchscript_predictor(torchscript_path, device="cpu"), onnx_predictor(onnx_path)):
         assert predictor.estimator is not None
         assert predictor.dice_estimate(probability) == pytest.approx(expected, abs=1e-6)

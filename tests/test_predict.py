@@ -20,6 +20,7 @@ from lungseg.data.images import IMAGE_SUFFIXES, open_image, read_resized_and_ful
 from lungseg.data.normalize import stretch_to_uint8
 from lungseg.data.preprocess import finish_image, prepare_image
 from lungseg.inference.budget import PixelBudget
+from lungseg.inference.formats import load_predictor
 from lungseg.inference.predict import (
     COLUMNS,
     Budgets,
@@ -32,7 +33,6 @@ from lungseg.inference.predict import (
     unique_names,
     write_table,
 )
-from lungseg.inference.predictor import load_predictor
 from lungseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lungseg.model.unet import UNet
 from lungseg.postprocessing import quality

@@ -102,8 +102,9 @@ def evaluate(args: argparse.Namespace) -> int:
     from lungseg.evaluation import pictures
     from lungseg.evaluation.pictures import montage_rows
     from lungseg.evaluation.scores import estimate_table, evaluate_folder, headline, score_lines
+    from lungseg.inference.formats import load_predictor
     from lungseg.inference.outdir import OutputNames, check_out
-    from lungseg.inference.predictor import default_workers, load_predictor, torch_threads
+    from lungseg.inference.predictor import default_workers, torch_threads
     from lungseg.model.checkpoint import synthetic_warning
     from lungseg.postprocessing import quality
 

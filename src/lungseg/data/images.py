@@ -87,7 +87,11 @@ def set_max_pixels(limit: int) -> None:
 
 
 def max_pixels() -> int:
-    """The pixel limit now in force (see set_max_pixels)."""
+    """The pixel limit now in force (see set_max_pixels).
+
+    Returns:
+        The limit, in pixels (width x height).
+    """
     return _max_pixels
 
 

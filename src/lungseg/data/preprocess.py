@@ -298,14 +298,13 @@ ID_SEPARATOR = "__"  # between the source and the file's id, when there are seve
 
 def assemble_sources(scans: list[Scan], settings: PreprocessConfig,
                      names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """The arrays and index of one scan per data folder, in DataConfig.dirs' order, with a
-    `source` column naming each image's folder.
+    """The arrays and index of one scan per data folder, with a `source` column naming each image's folder.
 
-    With one folder, ids and file paths are as assemble gives them (ids are file stems, paths are
-    relative to the folder), so existing split files keep their ids. With several, every id
-    becomes <source>__<stem> (two folders may hold the same stem) and every file path starts
-    with its folder as data.dir gives it, so the paths resolve from the project folder
-    (index_root). MetaData.csv columns are empty for the images of folders without one.
+    The scans come in DataConfig.dirs' order. With one folder, ids and file paths are as assemble
+    gives them (ids are file stems, paths are relative to the folder), so existing split files keep
+    their ids. With several, every id becomes <source>__<stem> (two folders may hold the same stem)
+    and every file path starts with its folder as data.dir gives it, so the paths resolve from the
+    project folder (index_root). MetaData.csv columns are empty for the images of folders without one.
 
     Args:
         scans: scan_folder's result for each folder, each free of errors (raise_on_errors).

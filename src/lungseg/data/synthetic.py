@@ -328,7 +328,11 @@ class LungShape:
         return u / (1 + np.float32(self.taper) * np.clip(v, -MAX_LUNG_RADIUS, MAX_LUNG_RADIUS))
 
     def bounding_box(self) -> tuple[float, float, float, float]:
-        """(x0, x1, y0, y1) of the outline, traced on a ring of angles, plus a small margin."""
+        """The box around the outline, traced on a ring of angles, plus a small margin.
+
+        Returns:
+            (x0, x1, y0, y1) in [0, 1] coordinates (not clipped to the image).
+        """
         theta = np.linspace(0, 2 * np.pi, 720, endpoint=False, dtype=np.float32)
         r = self.radius(np.cos(theta), np.sin(theta))
         v = r * np.sin(theta)

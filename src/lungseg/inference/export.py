@@ -2,7 +2,7 @@
 
 Both files are self-describing: they carry the checkpoint's threshold, post-processing,
 preprocessing settings and model arguments (lungseg.inference.formats, which also reads them back), so
-`lungseg.inference.predictor.load_predictor` can run them alone.
+`lungseg.inference.formats.load_predictor` can run them alone.
 
 An export is written to a temporary file, its logits are compared with the checkpoint's eager
 fp32 model on random inputs, and only if they agree within PARITY_TOLERANCE is it renamed into

@@ -5,8 +5,8 @@ Both formats carry the same JSON document (`metadata`): the checkpoint's thresho
 post-processing, preprocessing settings and model arguments. TorchScript keeps it as the
 extra file TORCHSCRIPT_EXTRA inside its archive, ONNX as the metadata_props entry
 METADATA_KEY. The writer (lungseg.inference.export) puts it there with `torchscript_extra_files` and
-`onnx_properties`; the reader (lungseg.inference.predictor) gets it back, checked, from
-`load_torchscript` and `load_onnx`. An ONNX export is recognised by its suffix, a TorchScript
+`onnx_properties`; the readers here get it back, checked (`load_torchscript`, `load_onnx`), and `load_predictor`
+turns any model file, checkpoint or export, into a Predictor. An ONNX export is recognised by its suffix, a TorchScript
 export by its content (`is_torchscript`), so a .pt TorchScript file still loads.
 
 An ONNX model runs as if it were the PyTorch one (`OnnxModel`: a module that takes and returns
@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungseg.core.errors import CheckpointError, ExportError
+from lungseg.core.errors import CheckpointError, ExportError, LungsegError
+from lungseg.core.runtime import configure, resolve_device
+from lungseg.inference.predictor import Predictor
 from lungseg.model.checkpoint import not_a_model, with_normalize, zip_names
+from lungseg.postprocessing.quality import DiceEstimator
 
 FORMAT = "lungseg-export"
 VERSION = 1
@@ -182,7 +185,7 @@ def require(*packages: str) -> None:
 def providers(device: str = "cpu") -> list[str]:
     """onnxruntime execution providers for a device name: 'cpu', 'cuda', or 'auto' (CUDA when
     this onnxruntime build has it). The CPU provider always comes last as the fallback.
-    RuntimeError for a device this onnxruntime cannot use (lungseg.inference.predictor.load_predictor
+    RuntimeError for a device this onnxruntime cannot use (load_predictor
     reports it as a LungsegError naming the model and the device)."""
     import onnxruntime
 
@@ -234,3 +237,61 @@ class OnnxModel(torch.nn.Module):
         (logits,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(logits).to(images.device)
 
+
+# --------------------------------------------------------------------------- any model file -> a Predictor
+
+
+def load_predictor(path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> Predictor:
+    """A Predictor for any model file lungseg writes: an ONNX export (by suffix), a TorchScript
+    export (by content: a .ts or .pt archive holding compiled code), or else a checkpoint.
+
+    path: the model file. device: 'auto', 'cpu', 'cuda' or 'mps' ('mps' not for ONNX).
+    threshold: overrides the model's. precision: for checkpoints only ('auto' or 'fp32');
+    exports run in fp32, the precision they were checked in.
+    Raises CheckpointError for a missing file or one lungseg did not write (one message,
+    whatever the format), and LungsegError for a device that is not available.
+    """
+    try:
+        if is_onnx(path):
+            return _from_onnx_file(path, device, threshold)
+        if is_torchscript(path):
+            return torchscript_predictor(path, device, threshold)
+        return Predictor.from_checkpoint(path, device, threshold, precision)
+    except RuntimeError as problem:  # e.g. --device cuda or mps for an onnxruntime without them
+        raise LungsegError(f"{path}: cannot load the model on device {device!r}: {problem}") from None
+
+
+def _from_onnx_file(path: str | Path, device: str, threshold: float | None) -> Predictor:
+    """onnx_predictor, with a file onnxruntime cannot parse or that lacks lungseg's
+    metadata reported as not a lungseg model, as for checkpoints and TorchScript."""
+    try:
+        return onnx_predictor(path, device, threshold)
+    except CheckpointError as error:
+        if not Path(path).is_file():
+            raise  # "not found" says it better
+        raise not_a_model(path) from error
+
+
+def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: dict, threshold: float | None) -> Predictor:
+    """A Predictor from an exported model and the metadata it carries (lungseg.inference.formats.metadata)."""
+    chosen = metadata["threshold"] if threshold is None else threshold
+    return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
+                     torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]),
+                     dict(metadata.get("info", {})), DiceEstimator.from_dict(metadata.get("dice_estimator")))
+
+
+def onnx_predictor(path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
+    """An exported ONNX model (lungseg export) run by onnxruntime on device 'cpu', 'cuda' or
+    'auto'. onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU
+    whichever provider runs the graph; fp32 throughout, as the export's parity was checked.
+    threshold: overrides the one the export carries."""
+    model, metadata = load_onnx(path, device)
+    return _exported_predictor(model, torch.device("cpu"), metadata, threshold)
+
+def torchscript_predictor(path: str | Path, device: str = "auto", threshold: float | None = None) -> Predictor:
+    """An exported TorchScript model (lungseg export) on device 'auto', 'cpu', 'cuda' or 'mps',
+    in fp32 as the export's parity was checked. threshold: overrides the one the export carries."""
+    torch_device = resolve_device(device)
+    configure(torch_device)
+    module, metadata = load_torchscript(path, torch_device)
+    return _exported_predictor(module, torch_device, metadata, threshold)

@@ -83,9 +83,10 @@ from lungseg.data.images import (
 from lungseg.data.normalize import check_available, stretch_to_uint8
 from lungseg.data.preprocess import finish_image
 from lungseg.inference.budget import PixelBudget
+from lungseg.inference.formats import load_predictor
 from lungseg.inference.outdir import OutputNames, check_out, remove_stale
 from lungseg.inference.overlay import overlay_image, save_mask_png
-from lungseg.inference.predictor import Predictor, default_workers, load_predictor, torch_threads
+from lungseg.inference.predictor import Predictor, default_workers, torch_threads
 from lungseg.model.checkpoint import synthetic_warning
 from lungseg.postprocessing import quality
 

@@ -1,9 +1,10 @@
-"""The one path from a model file to masks, shared by evaluate, predict and the train stage's
-choice of post-processing: batching, device, threshold, post-processing, and resizing the
-probabilities back to each image's original size.
+"""The one path from a trained model to masks, shared by evaluate and predict: batching, device,
+threshold, post-processing, each mask's Dice estimate, and resizing the probabilities back to
+each image's original size.
 
-`load_predictor` is the one place any model file (a checkpoint, or a TorchScript or ONNX
-export read through lungseg.inference.formats) becomes a Predictor, with lungseg's errors."""
+A Predictor comes from a checkpoint (Predictor.from_checkpoint, what the evaluate stage uses),
+or from any model file through lungseg.inference.formats.load_predictor (TorchScript and ONNX
+exports too), so code that only scores checkpoints never imports the export formats."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lungseg.core.errors import CheckpointError, LungsegError
 from lungseg.core.runtime import (
     autocast_dtype,
     configure,
@@ -26,8 +26,7 @@ from lungseg.core.runtime import (
     prepare_model,
     resolve_device,
 )
-from lungseg.inference.formats import is_onnx, is_torchscript, load_onnx, load_torchscript
-from lungseg.model.checkpoint import build_model, load_checkpoint, not_a_model
+from lungseg.model.checkpoint import build_model, load_checkpoint
 from lungseg.postprocessing import postprocess
 from lungseg.postprocessing.quality import DiceEstimator
 
@@ -66,24 +65,6 @@ class Predictor:
                    checkpoint.get("postprocess", "none"), dict(checkpoint["preprocess"]), dict(checkpoint.get("info", {})),
                    DiceEstimator.from_dict(checkpoint.get("dice_estimator")))
 
-    @classmethod
-    def from_onnx(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
-        """An exported ONNX model (lungseg export) run by onnxruntime on device 'cpu', 'cuda' or
-        'auto'. onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU
-        whichever provider runs the graph; fp32 throughout, as the export's parity was checked.
-        threshold: overrides the one the export carries."""
-        model, metadata = load_onnx(path, device)
-        return _exported_predictor(model, torch.device("cpu"), metadata, threshold)
-
-    @classmethod
-    def from_torchscript(cls, path: str | Path, device: str = "auto", threshold: float | None = None) -> Predictor:
-        """An exported TorchScript model (lungseg export) on device 'auto', 'cpu', 'cuda' or 'mps',
-        in fp32 as the export's parity was checked. threshold: overrides the one the export carries."""
-        torch_device = resolve_device(device)
-        configure(torch_device)
-        module, metadata = load_torchscript(path, torch_device)
-        return _exported_predictor(module, torch_device, metadata, threshold)
-
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Lung probability per pixel for preprocessed uint8 images (N x S x S) -> float32 N x S x S."""
         if images.dtype != np.uint8:
@@ -113,45 +94,6 @@ class Predictor:
         """The mask at an image's original (height, width): the S x S probabilities are resized
         bilinearly first and thresholded after, so edges are as smooth as the original pixels allow."""
         return self.to_masks(resize_probability(probability, size, self.device))
-
-
-def load_predictor(path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> Predictor:
-    """A Predictor for any model file lungseg writes: an ONNX export (by suffix), a TorchScript
-    export (by content: a .ts or .pt archive holding compiled code), or else a checkpoint.
-
-    path: the model file. device: 'auto', 'cpu', 'cuda' or 'mps' ('mps' not for ONNX).
-    threshold: overrides the model's. precision: for checkpoints only ('auto' or 'fp32');
-    exports run in fp32, the precision they were checked in.
-    Raises CheckpointError for a missing file or one lungseg did not write (one message,
-    whatever the format), and LungsegError for a device that is not available.
-    """
-    try:
-        if is_onnx(path):
-            return _from_onnx_file(path, device, threshold)
-        if is_torchscript(path):
-            return Predictor.from_torchscript(path, device, threshold)
-        return Predictor.from_checkpoint(path, device, threshold, precision)
-    except RuntimeError as problem:  # e.g. --device cuda or mps for an onnxruntime without them
-        raise LungsegError(f"{path}: cannot load the model on device {device!r}: {problem}") from None
-
-
-def _from_onnx_file(path: str | Path, device: str, threshold: float | None) -> Predictor:
-    """Predictor.from_onnx, with a file onnxruntime cannot parse or that lacks lungseg's
-    metadata reported as not a lungseg model, as for checkpoints and TorchScript."""
-    try:
-        return Predictor.from_onnx(path, device, threshold)
-    except CheckpointError as error:
-        if not Path(path).is_file():
-            raise  # "not found" says it better
-        raise not_a_model(path) from error
-
-
-def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: dict, threshold: float | None) -> Predictor:
-    """A Predictor from an exported model and the metadata it carries (lungseg.inference.formats.metadata)."""
-    chosen = metadata["threshold"] if threshold is None else threshold
-    return Predictor(model, device, float(chosen), int(metadata["preprocess"]["image_size"]), None,
-                     torch.contiguous_format, metadata["postprocess"], dict(metadata["preprocess"]),
-                     dict(metadata.get("info", {})), DiceEstimator.from_dict(metadata.get("dice_estimator")))
 
 
 def resize_probability(probability: np.ndarray, size: tuple[int, int], device: torch.device | str = "cpu") -> np.ndarray:
