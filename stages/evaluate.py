@@ -6,30 +6,17 @@ Dice (results/dice_estimate.csv, drawn by `dvc plots show`)."""
 import numpy as np
 
 from lungseg.core import config, paths, stage
-from lungseg.core.io import atomic_path, write_csv, write_json
+from lungseg.core.io import atomic_path
 from lungseg.data.images import set_max_pixels
 from lungseg.data.processed import ids_in, index_root, load_processed, read_split
-from lungseg.evaluation.scores import (
-    estimate_table,
-    evaluate_set,
-    fit_threshold,
-    headline,
-    per_image_scores,
-    score_lines,
-    summary,
-    threshold_masks,
-)
+from lungseg.evaluation.baseline import baseline_scores
+from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation
+from lungseg.evaluation.scores import evaluate_set
 from lungseg.inference.predictor import Predictor
 from lungseg.postprocessing import quality
 
-
-def baseline_scores(processed, split, test, steps: int, settings) -> tuple[dict, np.ndarray]:
-    """Tune the intensity threshold on train + val, apply it to test."""
-    seen = processed.subset(ids_in(split, "train") + ids_in(split, "val"))
-    threshold = fit_threshold(seen.images, seen.masks, steps)
-    masks = threshold_masks(test.images, threshold)
-    scores = per_image_scores(test.index["id"], masks, test.masks)
-    return {"threshold": threshold, **summary(scores, masks, test.masks, settings)}, scores["dice"].to_numpy()
+FILES = EvaluationFiles(paths.PER_IMAGE, paths.DICE_HISTOGRAM, paths.EVALUATION_REPORT, paths.METRICS,
+                        estimate_csv=paths.DICE_ESTIMATE)
 
 
 def main(params: dict) -> None:
@@ -42,20 +29,14 @@ def main(params: dict) -> None:
     subgroups = (*settings.subgroups, "source") if len(data.dirs) > 1 else settings.subgroups
     if predictor.estimator is None:
         print(quality.NO_ESTIMATOR.format(model=paths.MODEL))
-    limits = quality.Limits.of(flags)
     result = evaluate_set(predictor, test.images, test.masks, test.index, index_root(data.dirs), settings,
-                          processed.settings["mask_threshold"], infer.batch_size, subgroups, limits=limits,
-                          lung_labels=data.lung_labels)
-    result.metrics["baseline"], result.scores["baseline_dice"] = baseline_scores(
-        processed, split, test, settings.baseline_steps, settings)
+                          processed.settings["mask_threshold"], infer.batch_size, subgroups,
+                          limits=quality.Limits.of(flags), lung_labels=data.lung_labels)
+    result.metrics["baseline"], result.scores["baseline_dice"] = baseline_scores(processed, split, test, settings)
 
-    with atomic_path(paths.PREDICTIONS) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(paths.PREDICTIONS) as tmp, open(tmp, "wb") as handle:  # the masks the visualize stage draws
         np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=result.masks)
-    write_csv(result.histogram(), paths.DICE_HISTOGRAM)
-    write_csv(estimate_table(result.scores), paths.DICE_ESTIMATE)
-    write_csv(result.scores, paths.PER_IMAGE)
-    write_json(result.metrics, paths.EVALUATION_REPORT)
-    write_json(headline(result.metrics), paths.METRICS)
+    write_evaluation(result, FILES)
     print(score_lines(result.metrics))
     print(f"threshold baseline Dice {result.metrics['baseline']['dice']:.4f}")
 

@@ -9,7 +9,7 @@ from lungseg.core.errors import TrainingError
 from lungseg.core.runtime import images_to_tensor
 from lungseg.data.preprocess import preprocess_folder
 from lungseg.data.synthetic import generate_dataset
-from lungseg.evaluation.scores import fit_threshold, threshold_masks
+from lungseg.evaluation.baseline import fit_threshold, threshold_masks
 from lungseg.model.metrics import dice_per_image
 from lungseg.model.unet import UNet
 from lungseg.training import recipe

@@ -9,20 +9,18 @@ from scipy import stats as scipy_stats
 
 from lungseg.core.config import EvaluateConfig
 from lungseg.core.errors import DataError
-from lungseg.evaluation import scores as evaluate
+from lungseg.evaluation import intervals
+from lungseg.evaluation.baseline import fit_threshold, threshold_masks
+from lungseg.evaluation.intervals import bootstrap_ci, mean_with_ci
 from lungseg.evaluation.pictures import pick_examples
+from lungseg.evaluation.report import headline
 from lungseg.evaluation.scores import (
     NOT_GIVEN,
-    bootstrap_ci,
     dice_histogram,
     evaluate_folder,
-    fit_threshold,
-    headline,
-    mean_with_ci,
     per_image_scores,
     subgroup_means,
     summary,
-    threshold_masks,
 )
 from lungseg.inference.predictor import Predictor
 
@@ -318,8 +316,8 @@ def test_95_percent_interval_covers_the_true_mean_in_most_draws():
 def test_resampling_in_chunks_gives_every_resample(monkeypatch):
     # 7 resamples' worth of cells per chunk: 20 resamples come in chunks of 7, 7 and 6
     values = np.arange(10, dtype=np.float64)
-    monkeypatch.setattr(evaluate, "_CELLS_PER_CHUNK", 7 * values.size)
-    means = evaluate._resample_means(values, 20, np.random.default_rng(0))
+    monkeypatch.setattr(intervals, "_CELLS_PER_CHUNK", 7 * values.size)
+    means = intervals._resample_means(values, 20, np.random.default_rng(0))
     assert means.shape == (20,)
     assert np.all((means >= values.min()) & (means <= values.max()))
     assert len(np.unique(means)) > 1
@@ -368,11 +366,11 @@ def test_bca_reaches_lower_than_the_percentile_interval_with_one_failed_image():
     """23 good images and one failure: the percentile interval sits too high; BCa corrects it."""
     values = np.append(0.96 + 0.02 * np.random.default_rng(4).random(23), 0.30)
     bca_low, _ = bootstrap_ci(values, 4000)
-    percentile_low, _ = evaluate.percentile_ci(values, 4000)
+    percentile_low, _ = intervals.percentile_ci(values, 4000)
     assert bca_low < percentile_low - 0.005
 
 
 def test_where_bca_is_undefined_the_percentile_interval_is_used():
     values = np.array([0.9, 0.8, 0.7, 0.95])  # one resample: BCa's bias correction is undefined
     low, high = bootstrap_ci(values, n_resamples=1, seed=1)
-    assert np.isfinite([low, high]).all() and (low, high) == evaluate.percentile_ci(values, 1, seed=1)
+    assert np.isfinite([low, high]).all() and (low, high) == intervals.percentile_ci(values, 1, seed=1)

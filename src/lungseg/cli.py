@@ -98,10 +98,10 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from lungseg.core.io import write_csv, write_json
     from lungseg.evaluation import pictures
     from lungseg.evaluation.pictures import montage_rows
-    from lungseg.evaluation.scores import estimate_table, evaluate_folder, headline, score_lines
+    from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation
+    from lungseg.evaluation.scores import evaluate_folder
     from lungseg.inference.formats import load_predictor
     from lungseg.inference.outdir import OutputNames, check_out
     from lungseg.inference.predictor import default_workers, torch_threads
@@ -132,14 +132,8 @@ def evaluate(args: argparse.Namespace) -> int:
               "listed under 'excluded' in evaluation_report.json", file=sys.stderr)
     result.metrics["data"] = str(Path(args.data).resolve())
     per_image, histogram, report, metrics, scatter = (out / name for name in EVALUATE_FILES)
-    write_csv(result.scores, per_image)
-    write_csv(result.histogram(), histogram)
-    write_json(result.metrics, report)
-    write_json(headline(result.metrics), metrics)
-    if result.metrics["dice_estimate"]:
-        pictures.save_estimate_scatter(estimate_table(result.scores), scatter, visual.dpi, limits.min_dice)
-    else:  # a model without a calibration: an earlier run's scatter (--overwrite) would no longer match
-        scatter.unlink(missing_ok=True)
+    write_evaluation(result, EvaluationFiles(per_image, histogram, report, metrics, estimate_png=scatter),
+                     visual.dpi, limits.min_dice)
     # the best, median and worst images, drawn as the visualize stage draws the test split's
     rows = montage_rows(result.scores, result.images, result.truths, result.masks, 3)
     pictures.save_montage(rows, out / "montage.png", visual.dpi, visual.overlay_alpha)

@@ -2,27 +2,13 @@
 per subgroup, and at each image's original resolution.
 
 `evaluate_set` is the one evaluation used by the evaluate stage (the test split) and by
-`lungseg evaluate` (any other folder of image/mask pairs, for external validation).
-
-The baseline every model is held against is the simplest segmenter worth beating: call a pixel
-lung when it is darker than a threshold. Air-filled lungs are the darkest part of the chest on
-an X-ray, so a global intensity threshold is a fair floor. The threshold is tuned on training
-data (the best it can do), then scored on the test set; a learned model that does not beat it
-clearly has learned nothing.
-
-Intervals of a mean over test images (Dice, IoU, HD95 per image) come from the bootstrap:
-resample the per-image values with replacement and take the mean of each resample. The
-interval is the BCa one (bias-corrected and accelerated, scipy.stats.bootstrap): per-image
-Dice is skewed and bounded by 1 (most images near 0.97, a few failures far below), and on small
-skewed test sets the plain percentile interval sits too high; BCa corrects for the bias and the
-skew of the resampled means. Where BCa is undefined (every value equal, or too few distinct
-values for its jackknife), the percentile interval is used instead. Neither assumes a normal
-distribution, which could put mean + 1.96 * std / sqrt(n) past 1.
+`lungseg evaluate` (any other folder of image/mask pairs, for external validation). The
+intervals come from lungseg.evaluation.intervals, the baseline from lungseg.evaluation.baseline,
+the files from lungseg.evaluation.report.
 """
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,89 +24,10 @@ from lungseg.core.errors import DataError
 from lungseg.data.images import pixel_spacing, read_mask
 from lungseg.data.integrity import warnings_of
 from lungseg.data.preprocess import assemble, raise_on_errors, scan_folder
+from lungseg.evaluation.intervals import mean_with_ci
 from lungseg.model.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
 from lungseg.postprocessing import quality
 
-# Resample means are computed this many index-matrix cells at a time, so 2000 resamples of a
-# 100,000-value set do not need a 200-million-cell matrix at once.
-_CELLS_PER_CHUNK = 1 << 22
-
-
-def _checked_values(values) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value, got none")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        nans = int(np.isnan(values).sum())
-        raise ValueError(f"bootstrap_ci got {nans} NaN and {int(bad.sum()) - nans} infinite value(s) "
-                         f"among {values.size}; every value must be a finite number")
-    return values
-
-
-def _resample_means(values: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of n_resamples resamples of values (with replacement), drawn in chunks."""
-    chunk = max(1, _CELLS_PER_CHUNK // values.size)
-    means = []
-    for start in range(0, n_resamples, chunk):
-        rows = min(chunk, n_resamples - start)
-        means.append(values[rng.integers(0, values.size, size=(rows, values.size))].mean(axis=1))
-    return np.concatenate(means)
-
-
-def bootstrap_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """BCa bootstrap confidence interval (low, high) for the mean of values (percentile where
-    BCa is undefined; see the module docstring).
-
-    Args:
-        values: per-image scores, all finite.
-        n_resamples: bootstrap resamples.
-        confidence: the interval's coverage, in (0, 1).
-        seed: the resampling seed; the same seed gives the same interval.
-
-    One value gives (value, value): there is nothing to resample.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
-    values = _checked_values(values)
-    if values.size == 1 or np.ptp(values) == 0:  # nothing varies: the interval is the value itself
-        return float(values[0]), float(values[0])
-    low, high = _bca(values, n_resamples, confidence, seed)
-    if not (np.isfinite(low) and np.isfinite(high)):
-        low, high = percentile_ci(values, n_resamples, confidence, seed)
-    return float(low), float(high)
-
-
-def _bca(values: np.ndarray, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
-    """scipy's BCa interval, or NaNs where it is undefined (scipy then warns; we fall back)."""
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's, on the same undefined cases
-        result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                                 method="BCa", vectorized=True, batch=max(1, _CELLS_PER_CHUNK // values.size),
-                                 rng=np.random.default_rng(seed))
-    return result.confidence_interval.low, result.confidence_interval.high
-
-
-def percentile_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval (low, high) for the mean: the fallback where BCa is undefined."""
-    values = _checked_values(values)
-    means = _resample_means(values, n_resamples, np.random.default_rng(seed))
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def mean_with_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """{"mean", "ci_low", "ci_high", "n"} of values, plain Python numbers ready for metrics.json."""
-    low, high = bootstrap_ci(values, n_resamples, confidence, seed)
-    values = _checked_values(values)
-    return {"mean": float(values.mean()), "ci_low": low, "ci_high": high, "n": int(values.size)}
-
-
-# per-image columns summarised with a confidence interval: 128 px, then native resolution
 MODEL_SIZE_COLUMNS = ("dice", "iou", "hd95")
 NATIVE_COLUMNS = ("dice_native", "iou_native", "hd95_native")
 
@@ -137,18 +44,6 @@ class Evaluation:
     def histogram(self) -> pd.DataFrame:
         """The per-image Dice histogram, at native resolution when it was scored there."""
         return dice_histogram(self.scores[truth_column(self.scores)].to_numpy())
-
-
-def threshold_masks(images: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 images -> 0/1 masks of the pixels darker than `threshold` (0..255 scale)."""
-    return (images < threshold).astype(np.uint8)
-
-
-def fit_threshold(images: np.ndarray, masks: np.ndarray, steps: int = 64) -> float:
-    """The threshold (among `steps` evenly spaced in 0..255) with the best mean Dice on these images."""
-    candidates = np.linspace(0, 255, steps)
-    scores = [dice_per_image(threshold_masks(images, t), masks).mean() for t in candidates]
-    return float(candidates[int(np.argmax(scores))])
 
 
 def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=None) -> pd.DataFrame:
@@ -385,34 +280,3 @@ def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, bat
     result.warnings = warnings_of(scan.findings)
     result.metrics["excluded"] = {"empty_truth": list(index.loc[empty, "mask_file"])}
     return result
-
-
-def headline(metrics: dict) -> dict:
-    """The few numbers users compare between runs (metrics.json, `dvc exp show`): the test scores
-    at native resolution when they were computed (else at model size), the Dice at model size,
-    and the threshold baseline's Dice. Everything else stays in the full report."""
-    scored = metrics.get("test_native", metrics["test"])
-    test = {key: scored[key] for key in ("dice", "dice_ci_low", "dice_ci_high", "iou", "hd95", "dice_min")}
-    test |= {"dice_128px": metrics["test"]["dice"], "n_images": scored["n_images"]}
-    if "hd95_mm" in scored:  # some images carry a pixel spacing (DICOM)
-        test["hd95_mm"] = scored["hd95_mm"]
-    out = {"test": test}
-    if "baseline" in metrics:
-        out["baseline"] = {"dice_128px": metrics["baseline"]["dice"]}
-    return out
-
-
-def score_lines(metrics: dict) -> str:
-    """One line per resolution: mean Dice with its interval, IoU, HD95, worst image."""
-    lines = []
-    for name, label in (("test", "model size"), ("test_native", "native resolution")):
-        if name in metrics:
-            m = metrics[name]
-            lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
-                         f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
-    agreement = metrics.get("dice_estimate")
-    if agreement:
-        rho = "n/a" if agreement["spearman_rho"] is None else f"{agreement['spearman_rho']:.2f}"
-        lines.append(f"estimated Dice: mean absolute error {agreement['mae']:.3f}, Spearman {rho}; "
-                     f"{metrics.get('flagged', 0)} of {agreement['n_images']} flagged")
-    return "\n".join(lines + [f"post-processing: {metrics['postprocess']}"])

@@ -1,0 +1,84 @@
+"""What an evaluation writes: the per-image table, the histogram, the full report, the few
+headline numbers users compare, and the estimated-against-true Dice. The evaluate stage and
+`lungseg evaluate` both write through `write_evaluation`, so their files are alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungseg.core.io import write_csv, write_json
+from lungseg.evaluation import pictures
+from lungseg.evaluation.scores import Evaluation, estimate_table
+
+
+@dataclass(frozen=True)
+class EvaluationFiles:
+    """Where an evaluation's files go.
+
+    Args:
+        per_image: per_image.csv, a row per image. histogram: dice_histogram.csv.
+        report: evaluation_report.json, everything. metrics: metrics.json, the headline numbers.
+        estimate_csv: the estimated and true Dice per image as a table (the stage's, drawn by
+            `dvc plots show`), or None. estimate_png: the same drawn as a scatter, or None.
+    """
+
+    per_image: Path
+    histogram: Path
+    report: Path
+    metrics: Path
+    estimate_csv: Path | None = None
+    estimate_png: Path | None = None
+
+
+def write_evaluation(result: Evaluation, files: EvaluationFiles, dpi: int = 100, min_dice: float | None = None) -> None:
+    """Write `result` into `files`, each file atomically.
+
+    Args:
+        result: what lungseg.evaluation.scores.evaluate_set (or evaluate_folder) returned.
+        files: where each file goes.
+        dpi, min_dice: for the scatter (estimate_png): its resolution, and the flag's line.
+    """
+    write_csv(result.scores, files.per_image)
+    write_csv(result.histogram(), files.histogram)
+    write_json(result.metrics, files.report)
+    write_json(headline(result.metrics), files.metrics)
+    if files.estimate_csv is not None:
+        write_csv(estimate_table(result.scores), files.estimate_csv)
+    if files.estimate_png is not None:
+        if result.metrics["dice_estimate"]:
+            pictures.save_estimate_scatter(estimate_table(result.scores), files.estimate_png, dpi, min_dice)
+        else:  # a model without a calibration: an earlier run's scatter (--overwrite) would no longer match
+            files.estimate_png.unlink(missing_ok=True)
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers users compare between runs (metrics.json, `dvc exp show`): the test scores
+    at native resolution when they were computed (else at model size), the Dice at model size,
+    and the threshold baseline's Dice. Everything else stays in the full report."""
+    scored = metrics.get("test_native", metrics["test"])
+    test = {key: scored[key] for key in ("dice", "dice_ci_low", "dice_ci_high", "iou", "hd95", "dice_min")}
+    test |= {"dice_128px": metrics["test"]["dice"], "n_images": scored["n_images"]}
+    if "hd95_mm" in scored:  # some images carry a pixel spacing (DICOM)
+        test["hd95_mm"] = scored["hd95_mm"]
+    out = {"test": test}
+    if "baseline" in metrics:
+        out["baseline"] = {"dice_128px": metrics["baseline"]["dice"]}
+    return out
+
+
+def score_lines(metrics: dict) -> str:
+    """One line per resolution: mean Dice with its interval, IoU, HD95, worst image."""
+    lines = []
+    for name, label in (("test", "model size"), ("test_native", "native resolution")):
+        if name in metrics:
+            m = metrics[name]
+            lines.append(f"{label}: Dice {m['dice']:.4f} [{m['dice_ci_low']:.4f}, {m['dice_ci_high']:.4f}], "
+                         f"IoU {m['iou']:.4f}, HD95 {m['hd95']:.1f} px, worst Dice {m['dice_min']:.4f} ({m['n_images']} images)")
+    agreement = metrics.get("dice_estimate")
+    if agreement:
+        rho = "n/a" if agreement["spearman_rho"] is None else f"{agreement['spearman_rho']:.2f}"
+        lines.append(f"estimated Dice: mean absolute error {agreement['mae']:.3f}, Spearman {rho}; "
+                     f"{metrics.get('flagged', 0)} of {agreement['n_images']} flagged")
+    return "\n".join(lines + [f"post-processing: {metrics['postprocess']}"])
