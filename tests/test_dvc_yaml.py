@@ -1,5 +1,6 @@
-"""dvc.yaml against the code: each stage declares exactly the lungseg files it runs (so editing
-one reruns the stage), and the outputs it declares are the paths the stages write (paths.py)."""
+"""dvc.yaml against the code: each stage's code deps (its script, and phase folders or files of
+src/lungseg) cover every lungseg file it runs and none it does not (so editing one reruns the
+stage, and nothing else does); the outputs it declares are the paths the stages write (paths.py)."""
 
 from __future__ import annotations
 
@@ -51,13 +52,55 @@ def closure(script: Path) -> set[str]:
     return {str(path.relative_to(REPO)) for path in seen}
 
 
+def code_deps(stage: str) -> list[str]:
+    """The deps of `stage` that are code: its script, and folders or files of src/lungseg."""
+    return [dep for dep in STAGES[stage]["deps"] if dep.startswith(("stages/", "src/lungseg"))]
+
+
+def covers(dep: str, file: str) -> bool:
+    return file == dep or file.startswith(dep.rstrip("/") + "/")
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_each_stage_declares_exactly_the_code_it_runs(stage):
+def test_each_stage_depends_on_the_code_it_runs_and_no_other(stage):
     script = REPO / STAGES[stage]["cmd"].split("python ")[1].split()[0]
-    declared = {dep for dep in STAGES[stage]["deps"] if dep.endswith(".py")}
-    runs = closure(script)
-    assert not runs - declared, f"{stage} runs but dvc.yaml does not declare: {sorted(runs - declared)}"
-    assert not declared - runs, f"{stage} declares but no longer runs: {sorted(declared - runs)}"
+    runs, deps = closure(script), code_deps(stage)
+    uncovered = sorted(file for file in runs if not any(covers(dep, file) for dep in deps))
+    assert not uncovered, f"{stage} runs but dvc.yaml does not declare: {uncovered}"
+    unused = [dep for dep in deps if not any(covers(dep, file) for file in runs)]
+    assert not unused, f"{stage} declares but no longer runs anything in: {unused}"
+    assert all((REPO / dep).exists() for dep in deps)
+
+
+READERS = [path for path in (PACKAGE / "lungseg" / "data").glob("*.py") if path.name not in ("processed.py", "__init__.py")]
+
+
+@pytest.mark.parametrize("stage", ["train", "visualize"])
+def test_an_edit_to_a_data_reader_does_not_rerun_training_or_the_pictures(stage):
+    readers = [str(path.relative_to(REPO)) for path in READERS]
+    assert readers and not [file for file in readers if any(covers(dep, file) for dep in code_deps(stage))]
+
+
+def test_an_edit_to_evaluation_code_reruns_only_evaluate_and_visualize():
+    evaluation = [str(path.relative_to(REPO)) for path in (PACKAGE / "lungseg" / "evaluation").glob("*.py")]
+    rerun = {stage for stage in STAGES for file in evaluation if any(covers(dep, file) for dep in code_deps(stage))}
+    assert rerun == {"evaluate", "visualize"}
+
+
+def test_phase_folders_import_downwards_only():
+    """core <- data <- model <- postprocessing <- training | inference <- evaluation: a module
+    imports its own phase or those below it, never one above or beside it (training and
+    inference know nothing of each other; cli.py, at the package root, sits above them all)."""
+    level = {"core": 0, "data": 1, "model": 2, "postprocessing": 3, "training": 4, "inference": 4, "evaluation": 5}
+    assert {path.name for path in (PACKAGE / "lungseg").iterdir() if path.is_dir() and path.name != "__pycache__"} == set(level)
+    wrong = []
+    for path in (PACKAGE / "lungseg").glob("*/*.py"):
+        phase = path.parent.name
+        for file in imported_files(path):
+            target = file.relative_to(PACKAGE / "lungseg").parts
+            if len(target) > 1 and target[0] != phase and level[target[0]] >= level[phase]:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {file.relative_to(PACKAGE)}")
+    assert not wrong, wrong
 
 
 def declared_outputs() -> set[str]:
