@@ -107,6 +107,20 @@ def test_epochs_rerun_train_evaluate_visualize(project):
     assert stages_run(run(project, "dvc", "repro")) == {"check_params", "train", "evaluate", "visualize"}
 
 
+def test_an_edit_to_an_image_reader_reruns_the_data_stages_but_not_training(project):
+    """The code deps are phase folders: a new line in lungseg.data.images reruns what reads the
+    user's files; the processed set comes out the same, so train and visualize do not rerun."""
+    reader = project / "src" / "lungseg" / "data" / "images.py"
+    reader.write_text(reader.read_text() + "\n# an edit that changes nothing\n")
+    assert stages_run(run(project, "dvc", "repro")) == {"synthesize", "sources", "preprocess", "split", "evaluate"}
+
+
+def test_an_edit_to_evaluation_code_reruns_evaluate_and_visualize_only(project):
+    scores = project / "src" / "lungseg" / "evaluation" / "scores.py"
+    scores.write_text(scores.read_text() + "\n# an edit that changes nothing\n")
+    assert stages_run(run(project, "dvc", "repro")) == {"evaluate", "visualize"}
+
+
 def test_exp_run_is_listed_with_its_metrics(project):
     run(project, "dvc", "exp", "run", "-S", "train.epochs=3")
     table = json.loads(run(project, "dvc", "exp", "show", "--json"))

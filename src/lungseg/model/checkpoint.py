@@ -234,7 +234,7 @@ def training_data(folders: Sequence[str | Path], index: pd.DataFrame) -> dict:
 
     Args:
         folders: the data folders (DataConfig.dirs; several: their names joined).
-        index: the preprocessed index (lungseg.data.preprocess.ProcessedSet.index).
+        index: the preprocessed index (lungseg.data.processed.ProcessedSet.index).
 
     Returns:
         the data folder's name (not its full path) as "data", the number of images as "n_images", whether they are
