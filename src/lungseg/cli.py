@@ -47,10 +47,13 @@ exported this time, and leaves files of other names alone."""
 
 
 def limit_pixels(args: argparse.Namespace, default: int | None = None) -> None:
-    """Set the image reader's pixel limit before anything is read: --max-pixels when given, else
-    `default` (params.yaml's preprocess.max_pixels), else the reader's own default.
+    """Set the image reader's pixel limit before anything is read.
 
-    args: the parsed command line (max_pixels: int or None). default: the limit from params.yaml.
+    --max-pixels when given, else `default` (params.yaml's preprocess.max_pixels), else the reader's own default.
+
+    Args:
+        args: the parsed command line (max_pixels: int or None).
+        default: the limit from params.yaml.
     """
     limit = args.max_pixels if args.max_pixels is not None else default
     if limit is not None:
@@ -58,6 +61,19 @@ def limit_pixels(args: argparse.Namespace, default: int | None = None) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
+    """`lungseg check`: check each data folder as the preprocess stage would read it, and print what was found.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 1 when a folder has errors, else 0.
+
+    Raises:
+        ParamsError: the --params file exists but cannot be used.
+        DataError: a folder named twice, or one with no layout or no images, or an unusable MetaData.csv.
+        LungsegError: preprocess.normalize is clahe but OpenCV is missing.
+    """
     params = config.read_params(args.params) if Path(args.params).is_file() else {}
     settings, data = config.load(params, "preprocess", "data", source=args.params)
     limit_pixels(args, settings.max_pixels)  # as the preprocess stage reads the data
@@ -66,10 +82,20 @@ def check(args: argparse.Namespace) -> int:
 
 
 def check_folder(folder: str, settings: config.PreprocessConfig, verbose: bool, lung_labels: tuple[int, ...] = ()) -> int:
-    """Check one data folder, print what was found; 1 when it has errors, else 0.
+    """Check one data folder and print what was found.
 
-    folder: the data folder. settings: the preprocess settings. verbose: print every warning too.
-    lung_labels: which labels of label-map masks are lung (data.lung_labels).
+    Args:
+        folder: the data folder.
+        settings: the preprocess settings.
+        verbose: print every warning too.
+        lung_labels: which labels of label-map masks are lung (data.lung_labels).
+
+    Returns:
+        1 when the folder has errors, else 0.
+
+    Raises:
+        DataError: the folder has no layout or no images, or its MetaData.csv cannot be used.
+        LungsegError: settings.normalize is clahe but OpenCV is missing.
     """
     scan = scan_folder(folder, settings, lung_labels)
     found_errors, found_warnings = errors(scan.findings), warnings_of(scan.findings)
@@ -83,6 +109,20 @@ def check_folder(folder: str, settings: config.PreprocessConfig, verbose: bool, 
 
 
 def predict(args: argparse.Namespace) -> int:
+    """`lungseg predict`: segment new X-rays (lungseg.inference.predict.run).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 all written, 1 some files could not be read or a write failed mid-run.
+
+    Raises:
+        DataError: an input path missing, no images found, or a refused --out folder (nothing written).
+        CheckpointError: a model file that is missing or not written by lungseg.
+        ParamsError: a --device that is not available.
+        LungsegError: a model that cannot be loaded on --device, or clahe without OpenCV.
+    """
     # imported here so that `lungseg check` does not pay for importing torch
     from lungseg.inference import predict as predicting
 
@@ -98,6 +138,20 @@ EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    """`lungseg evaluate`: score a model on a folder of image/mask pairs, as the evaluate stage scores the test split.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0.
+
+    Raises:
+        ParamsError: the --params file exists but cannot be used, or a --device that is not available.
+        DataError: a refused --out folder, a data folder with errors (each listed), or only empty truth masks.
+        CheckpointError: a model file that is missing or not written by lungseg.
+        LungsegError: a model that cannot be loaded on --device, or clahe without OpenCV.
+    """
     from lungseg.evaluation import pictures
     from lungseg.evaluation.pictures import montage_rows
     from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation
@@ -171,8 +225,20 @@ hidden files (names starting with '.') in INPUT folders are skipped, with one li
 
 
 def fraction(exclusive: bool):
-    """An argparse type for a number in (0, 1) (exclusive) or in [0, 1]."""
+    """An argparse type for a number in (0, 1) (exclusive) or in [0, 1].
+
+    Args:
+        exclusive: True for (0, 1), False for [0, 1].
+
+    Returns:
+        The parser: text -> float, raising argparse.ArgumentTypeError (argparse's usage error, exit 2) otherwise.
+    """
     def parse(text: str) -> float:
+        """`text` as a number in the range.
+
+        Raises:
+            argparse.ArgumentTypeError: not a number, or outside the range.
+        """
         try:
             value = float(text)
         except ValueError:
@@ -184,37 +250,72 @@ def fraction(exclusive: bool):
 
 
 def positive_int(text: str) -> int:
+    """An argparse type for a whole number of at least 1.
+
+    Args:
+        text: the value as given.
+
+    Returns:
+        The number.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (argparse reports it and exits 2).
+    """
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
 
 
 def existing_folder(text: str) -> str:
-    """A data folder named on the command line (params.yaml's data.dir is checked by its stages)."""
+    """An argparse type for a data folder named on the command line (params.yaml's data.dir is checked by its stages).
+
+    Args:
+        text: the value as given.
+
+    Returns:
+        `text`, unchanged.
+
+    Raises:
+        argparse.ArgumentTypeError: no such folder, or not a folder (argparse reports it and exits 2).
+    """
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is not a folder" if Path(text).exists() else f"{text}: no such folder")
     return text
 
 
 def whole_number(text: str) -> int:
+    """An argparse type for a whole number of at least 0.
+
+    Args:
+        text: the value as given.
+
+    Returns:
+        The number.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (argparse reports it and exits 2).
+    """
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
     return int(text)
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """Add --max-pixels (the image reader's pixel limit, for limit_pixels) to `parser`."""
     parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                         help="refuse images with more than N pixels, unread (a guard against decompression bombs; "
                              "default: preprocess.max_pixels in params.yaml, else 200000000)")
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """Add --overwrite (write into an --out folder that already holds files) to `parser`."""
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out folder that already holds files: replace an earlier run's outputs "
                              "and delete those this run does not write (other files are left alone)")
 
 
 def add_check(commands) -> None:
+    """Add the `check` command to `commands`, the subparsers of main's parser."""
     checker = commands.add_parser("check", help="check a data folder for problems (exit 1 on errors)",
                                   description="Check a data folder as the preprocess stage would read it.",
                                   epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +328,7 @@ def add_check(commands) -> None:
 
 
 def add_predict(commands) -> None:
+    """Add the `predict` command to `commands`, the subparsers of main's parser."""
     predictor = commands.add_parser(
         "predict", help="segment the lungs in new X-rays: masks, red overlays and a CSV (exit 1 if a file failed)",
         description="Segment the lungs in chest X-rays (PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM, any bit depth) with a trained lungseg model.",
@@ -255,6 +357,19 @@ def add_predict(commands) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
+    """`lungseg export`: write TorchScript and/or ONNX copies of a checkpoint (lungseg.inference.export).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0.
+
+    Raises:
+        DataError: a refused --out folder.
+        CheckpointError: a checkpoint that is missing or cannot be read.
+        ExportError: an exported model given, ONNX packages missing, or an export that disagrees with PyTorch.
+    """
     from lungseg.inference.export import SUFFIXES, export_model
     from lungseg.inference.outdir import OutputNames, check_out, remove_stale
 
@@ -270,6 +385,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def add_export(commands) -> None:
+    """Add the `export` command to `commands`, the subparsers of main's parser."""
     exporter = commands.add_parser(
         "export", help="export a checkpoint to TorchScript and/or ONNX, checked against PyTorch (max logit difference <= 1e-4)",
         description="Export a trained model so it runs without lungseg's model code (TorchScript) or without PyTorch "
@@ -287,6 +403,21 @@ def add_export(commands) -> None:
 
 
 def calibrate(args: argparse.Namespace) -> int:
+    """`lungseg calibrate`: fit a checkpoint's Dice estimate on labelled X-rays (lungseg.training.recipe.recalibrate).
+
+    Writes the calibrated copy into --out, and warns when fewer than MIN_CALIBRATION_IMAGES images were used.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0.
+
+    Raises:
+        ParamsError: the --params file exists but cannot be used.
+        DataError: a refused --out folder, or a data folder with errors (each listed).
+        CheckpointError: an exported model, or a checkpoint that is missing, cannot be read or cannot be built.
+    """
     from lungseg.core.errors import CheckpointError
     from lungseg.data.preprocess import preprocess_folder
     from lungseg.inference.formats import is_exported
@@ -322,6 +453,7 @@ MIN_CALIBRATION_IMAGES = 20  # about a validation split of the 240-image sample 
 
 
 def add_calibrate(commands) -> None:
+    """Add the `calibrate` command to `commands`, the subparsers of main's parser."""
     calibrator = commands.add_parser(
         "calibrate", help="fit a model's Dice estimate on labelled X-rays of your own (writes a new checkpoint)",
         description="Fit the Dice estimate of a trained checkpoint (the dice_estimate column of predict and "
@@ -344,6 +476,7 @@ def add_calibrate(commands) -> None:
 
 
 def add_evaluate(commands) -> None:
+    """Add the `evaluate` command to `commands`, the subparsers of main's parser."""
     evaluator = commands.add_parser(
         "evaluate", help="score a trained model on another folder of image/mask pairs (external validation)",
         description="Score a trained model on a folder of image/mask pairs in any layout lungseg reads: Dice, IoU "
@@ -368,7 +501,17 @@ def add_evaluate(commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one `lungseg` command and return its exit status (EXIT_CODES).
 
-    argv: the arguments after `lungseg` (default: sys.argv[1:]).
+    A LungsegError the command lets through is printed as one line and exits 2, an OSError (a write
+    failed mid-run) exits 1, and Ctrl-C exits 130 (INTERRUPTED).
+
+    Args:
+        argv: the arguments after `lungseg` (default: sys.argv[1:]).
+
+    Returns:
+        The exit status.
+
+    Raises:
+        SystemExit: from argparse, for --help (0) or an invalid command line (2).
     """
     parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation in chest X-rays.",
                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,12 +18,29 @@ from lungseg.model.metrics import dice_per_image
 
 
 def threshold_masks(images: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 images -> 0/1 masks of the pixels darker than `threshold` (0..255 scale)."""
+    """Masks of the pixels darker than `threshold`.
+
+    Args:
+        images: uint8 images, any shape.
+        threshold: on the 0..255 scale.
+
+    Returns:
+        uint8 0/1 masks, the shape of `images`.
+    """
     return (images < threshold).astype(np.uint8)
 
 
 def fit_threshold(images: np.ndarray, masks: np.ndarray, steps: int = 64) -> float:
-    """The threshold (among `steps` evenly spaced in 0..255) with the best mean Dice on these images."""
+    """The threshold with the best mean Dice on these images.
+
+    Args:
+        images: uint8 N x S x S.
+        masks: their truth masks, 0/1 N x S x S.
+        steps: how many thresholds, evenly spaced in 0..255, are tried.
+
+    Returns:
+        The best of them.
+    """
     candidates = np.linspace(0, 255, steps)
     scores = [dice_per_image(threshold_masks(images, t), masks).mean() for t in candidates]
     return float(candidates[int(np.argmax(scores))])
@@ -33,7 +50,8 @@ def baseline_scores(processed: ProcessedSet, split, test: ProcessedSet, config: 
     """The threshold baseline on the test images: tuned on train + val, scored like the model.
 
     Args:
-        processed: the whole processed set. split: its split table (lungseg.data.processed.read_split).
+        processed: the whole processed set.
+        split: its split table (lungseg.data.processed.read_split).
         test: the test rows of `processed`.
         config: the params section evaluate (baseline_steps: thresholds tried; the intervals).
 

@@ -45,8 +45,9 @@ def _resample_means(values: np.ndarray, n_resamples: int, rng: np.random.Generat
 
 
 def bootstrap_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """BCa bootstrap confidence interval (low, high) for the mean of values (percentile where
-    BCa is undefined; see the module docstring).
+    """BCa bootstrap confidence interval for the mean of values.
+
+    Percentile where BCa is undefined; see the module docstring.
 
     Args:
         values: per-image scores, all finite.
@@ -54,7 +55,11 @@ def bootstrap_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed
         confidence: the interval's coverage, in (0, 1).
         seed: the resampling seed; the same seed gives the same interval.
 
-    One value gives (value, value): there is nothing to resample.
+    Returns:
+        (low, high). One value gives (value, value): there is nothing to resample.
+
+    Raises:
+        ValueError: for a confidence outside (0, 1), n_resamples below 1, no values, or a NaN or infinite one.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence}")
@@ -81,7 +86,20 @@ def _bca(values: np.ndarray, n_resamples: int, confidence: float, seed: int) -> 
 
 
 def percentile_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval (low, high) for the mean: the fallback where BCa is undefined."""
+    """Percentile-bootstrap interval for the mean: the fallback where BCa is undefined.
+
+    Args:
+        values: per-image scores, all finite.
+        n_resamples: bootstrap resamples.
+        confidence: the interval's coverage.
+        seed: the resampling seed.
+
+    Returns:
+        (low, high).
+
+    Raises:
+        ValueError: for no values, or a NaN or infinite one.
+    """
     values = _checked_values(values)
     means = _resample_means(values, n_resamples, np.random.default_rng(seed))
     tail = 100 * (1 - confidence) / 2
@@ -90,7 +108,20 @@ def percentile_ci(values, n_resamples: int = 2000, confidence: float = 0.95, see
 
 
 def mean_with_ci(values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """{"mean", "ci_low", "ci_high", "n"} of values, plain Python numbers ready for metrics.json."""
+    """The mean of values with its bootstrap interval (bootstrap_ci).
+
+    Args:
+        values: per-image scores, all finite.
+        n_resamples: as for bootstrap_ci.
+        confidence: as for bootstrap_ci.
+        seed: as for bootstrap_ci.
+
+    Returns:
+        {"mean", "ci_low", "ci_high", "n"}, plain Python numbers ready for metrics.json.
+
+    Raises:
+        ValueError: as bootstrap_ci raises it.
+    """
     low, high = bootstrap_ci(values, n_resamples, confidence, seed)
     values = _checked_values(values)
     return {"mean": float(values.mean()), "ci_low": low, "ci_high": high, "n": int(values.size)}

@@ -102,11 +102,19 @@ def _grey_uint8(image: np.ndarray) -> np.ndarray:
 def error_image(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """The errors of ``pred`` against ``truth`` drawn on the X-ray.
 
-    image: HxW float in [0, 1] or uint8. truth, pred: HxW bool or 0/1, same shape.
-    Returns HxWx3 uint8 RGB: false positives (pred lung, truth background) are exactly
-    ``FP_COLOR`` (magenta), false negatives (truth lung, pred background) exactly ``FN_COLOR``
-    (green); true positives and true negatives stay uncoloured, R == G == B == the grey value
-    (a float image on the 0..255 scale, rounded, as in :func:`overlay`).
+    Args:
+        image: HxW float in [0, 1] or uint8.
+        truth: HxW bool or 0/1, the shape of `image`.
+        pred: HxW bool or 0/1, the shape of `image`.
+
+    Returns:
+        HxWx3 uint8 RGB: false positives (pred lung, truth background) are exactly ``FP_COLOR`` (magenta),
+        false negatives (truth lung, pred background) exactly ``FN_COLOR`` (green); true positives and true
+        negatives stay uncoloured, R == G == B == the grey value (a float image on the 0..255 scale,
+        rounded, as in :func:`overlay`).
+
+    Raises:
+        ValueError: for an image or mask that fails its check, or shapes that differ.
     """
     image = check_image(image)
     truth = check_mask(truth, "truth")
@@ -173,12 +181,20 @@ def _draw_row(axes: Sequence[Axes], row: dict, alpha: float) -> None:
 def save_montage(rows: list[dict], path, dpi: int = 100, alpha: float = 0.4) -> None:
     """Save one figure, one row per example: X-ray | ground truth | prediction | red overlay | errors.
 
-    Each row: ``{"image": HxW, "truth": HxW 0/1, "pred": HxW 0/1, "title": str}``
-    (title optional). The overlay is the prediction over the X-ray; the errors column is
-    :func:`error_image` (false positives magenta, false negatives green). An empty or all-lung
-    truth or prediction panel gets an orange border and a label ("empty prediction", "all lung").
-    Rows may differ in size. Output size is fixed per row count:
-    ``(5 * 2.5in, n_rows * 2.5in) * dpi``.
+    The overlay is the prediction over the X-ray; the errors column is :func:`error_image` (false
+    positives magenta, false negatives green). An empty or all-lung truth or prediction panel gets an
+    orange border and a label ("empty prediction", "all lung"). Rows may differ in size. Output size is
+    fixed per row count: ``(5 * 2.5in, n_rows * 2.5in) * dpi``.
+
+    Args:
+        rows: each ``{"image": HxW, "truth": HxW 0/1, "pred": HxW 0/1, "title": str}`` (title optional).
+        path: the file to write; its suffix picks the format (default PNG).
+        dpi: the resolution, a positive integer.
+        alpha: the overlay's colour weight, in [0, 1].
+
+    Raises:
+        ValueError: for no rows, a row that fails its checks (all checked before drawing), a bad alpha or
+            dpi, or a format matplotlib cannot write.
     """
     if not rows:
         raise ValueError("rows is empty: need at least one example to draw a montage")
@@ -226,7 +242,17 @@ def _curve_axes(fig: Figure, epochs: pd.Series, ylabel: str, title: str) -> Axes
 
 
 def save_loss_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
-    """Plot ``train_loss`` and ``val_loss`` against ``epoch`` (markers on every point)."""
+    """Plot ``train_loss`` and ``val_loss`` against ``epoch`` (markers on every point).
+
+    Args:
+        history: one row per epoch, with columns epoch, train_loss and val_loss.
+        path: the file to write; its suffix picks the format (default PNG).
+        dpi: the resolution, a positive integer.
+
+    Raises:
+        ValueError: for a history that is not a DataFrame, lacks a column or has no rows, a bad dpi, or a
+            format matplotlib cannot write.
+    """
     hist = _check_history(history, ("epoch", "train_loss", "val_loss"))
     fig = Figure(figsize=_CURVE_FIGSIZE, layout="constrained")
     ax = _curve_axes(fig, hist["epoch"], "loss", "Training and validation loss")
@@ -272,7 +298,17 @@ def _annotate_best(ax: Axes, hist: pd.DataFrame) -> None:
 
 
 def save_dice_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
-    """Plot ``val_dice`` and ``val_iou`` against ``epoch`` and mark the best ``val_dice`` epoch."""
+    """Plot ``val_dice`` and ``val_iou`` against ``epoch`` and mark the best ``val_dice`` epoch.
+
+    Args:
+        history: one row per epoch, with columns epoch, val_dice and val_iou.
+        path: the file to write; its suffix picks the format (default PNG).
+        dpi: the resolution, a positive integer.
+
+    Raises:
+        ValueError: for a history that is not a DataFrame, lacks a column, has no rows or no numeric
+            val_dice, a bad dpi, or a format matplotlib cannot write.
+    """
     hist = _check_history(history, ("epoch", "val_dice", "val_iou"))
     fig = Figure(figsize=_CURVE_FIGSIZE, layout="constrained")
     ax = _curve_axes(fig, hist["epoch"], "score", "Validation Dice and IoU")
@@ -284,9 +320,17 @@ def save_dice_curves(history: pd.DataFrame, path, dpi: int = 100) -> None:
 
 
 def save_estimate_scatter(table: pd.DataFrame, path, dpi: int = 100, min_dice: float | None = None) -> None:
-    """Estimated against true Dice, one dot per image, with the line where they agree and, given
-    `min_dice`, the flag's limit. table: columns dice and dice_estimate (rows without an estimate
-    are left out)."""
+    """Plot estimated against true Dice, one dot per image, with the line where they agree.
+
+    Args:
+        table: columns dice and dice_estimate (rows without an estimate are left out).
+        path: the file to write; its suffix picks the format (default PNG).
+        dpi: the resolution, a positive integer.
+        min_dice: the flag's limit, drawn as a line when given.
+
+    Raises:
+        ValueError: for a table without those columns, a bad dpi, or a format matplotlib cannot write.
+    """
     missing = [column for column in ("dice", "dice_estimate") if column not in table.columns]
     if missing:
         raise ValueError(f"table missing column(s) {missing}; it has {list(table.columns)}")
@@ -316,8 +360,16 @@ def save_estimate_scatter(table: pd.DataFrame, path, dpi: int = 100, min_dice: f
 
 
 def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
-    """Up to n (label, row) pairs: the best, median and worst image by Dice, then others evenly
-    spaced along the ranking, so a montage shows the whole range of quality."""
+    """The images a montage shows, so that it shows the whole range of quality.
+
+    Args:
+        scores: per-image scores with a dice column.
+        n: how many at most.
+
+    Returns:
+        Up to n (label, row) pairs: the best, median and worst image by Dice, then others ("sample") evenly
+        spaced along the ranking; in ranking order.
+    """
     ranked = scores.sort_values("dice", ascending=False, kind="stable").reset_index(drop=True)
     last = len(ranked) - 1
     candidates = [(0, "best"), (last, "worst"), (last // 2, "median")]
@@ -333,8 +385,15 @@ def pick_examples(scores: pd.DataFrame, n: int) -> list[tuple[str, pd.Series]]:
 def montage_rows(scores: pd.DataFrame, images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, n: int) -> list[dict]:
     """The rows lungseg.evaluation.pictures.save_montage draws for up to n examples chosen by pick_examples.
 
-    scores: per-image scores with id and dice; images, truths, predictions: uint8 N x S x S
-    arrays in the same order as the rows of `scores`. n: how many examples.
+    Args:
+        scores: per-image scores with id and dice (and dice_estimate, shown when given).
+        images: uint8 N x S x S, in the same order as the rows of `scores`.
+        truths: uint8 N x S x S, the same order.
+        predictions: uint8 N x S x S, the same order.
+        n: how many examples.
+
+    Returns:
+        save_montage's rows, each also with a "name" (label_id) for a file of its own.
     """
     position = {image_id: i for i, image_id in enumerate(scores["id"].astype(str))}
     rows = []

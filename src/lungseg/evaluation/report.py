@@ -18,10 +18,13 @@ class EvaluationFiles:
     """Where an evaluation's files go.
 
     Args:
-        per_image: per_image.csv, a row per image. histogram: dice_histogram.csv.
-        report: evaluation_report.json, everything. metrics: metrics.json, the headline numbers.
+        per_image: per_image.csv, a row per image.
+        histogram: dice_histogram.csv.
+        report: evaluation_report.json, everything.
+        metrics: metrics.json, the headline numbers.
         estimate_csv: the estimated and true Dice per image as a table (the stage's, drawn by
-            `dvc plots show`), or None. estimate_png: the same drawn as a scatter, or None.
+            `dvc plots show`), or None.
+        estimate_png: the same drawn as a scatter, or None.
     """
 
     per_image: Path
@@ -38,7 +41,8 @@ def write_evaluation(result: Evaluation, files: EvaluationFiles, dpi: int = 100,
     Args:
         result: what lungseg.evaluation.scores.evaluate_set (or evaluate_folder) returned.
         files: where each file goes.
-        dpi, min_dice: for the scatter (estimate_png): its resolution, and the flag's line.
+        dpi: the scatter's (estimate_png) resolution.
+        min_dice: the scatter's flag line, or None.
     """
     write_csv(result.scores, files.per_image)
     write_csv(result.histogram(), files.histogram)
@@ -54,9 +58,17 @@ def write_evaluation(result: Evaluation, files: EvaluationFiles, dpi: int = 100,
 
 
 def headline(metrics: dict) -> dict:
-    """The few numbers users compare between runs (metrics.json, `dvc exp show`): the test scores
-    at native resolution when they were computed (else at model size), the Dice at model size,
-    and the threshold baseline's Dice. Everything else stays in the full report."""
+    """The few numbers users compare between runs (metrics.json, `dvc exp show`).
+
+    Everything else stays in the full report.
+
+    Args:
+        metrics: the full report (Evaluation.metrics, with "baseline" when the stage added it).
+
+    Returns:
+        The test scores at native resolution when they were computed (else at model size), the Dice at
+        model size, and the threshold baseline's Dice.
+    """
     scored = metrics.get("test_native", metrics["test"])
     test = {key: scored[key] for key in ("dice", "dice_ci_low", "dice_ci_high", "iou", "hd95", "dice_min")}
     test |= {"dice_128px": metrics["test"]["dice"], "n_images": scored["n_images"]}
@@ -69,7 +81,15 @@ def headline(metrics: dict) -> dict:
 
 
 def score_lines(metrics: dict) -> str:
-    """One line per resolution: mean Dice with its interval, IoU, HD95, worst image."""
+    """The scores as text for the terminal.
+
+    Args:
+        metrics: the full report.
+
+    Returns:
+        One line per resolution: mean Dice with its interval, IoU, HD95, worst image; then the estimate's
+        agreement (when any) and the post-processing.
+    """
     lines = []
     for name, label in (("test", "model size"), ("test_native", "native resolution")):
         if name in metrics:

@@ -25,6 +25,7 @@ from lungseg.data.images import pixel_spacing, read_mask
 from lungseg.data.integrity import warnings_of
 from lungseg.data.preprocess import assemble, raise_on_errors, scan_folder
 from lungseg.evaluation.intervals import mean_with_ci
+from lungseg.inference.predictor import Predictor
 from lungseg.model.metrics import dice_per_image, dice_pooled, hd95, iou_per_image, iou_pooled
 from lungseg.postprocessing import quality
 
@@ -34,23 +35,47 @@ NATIVE_COLUMNS = ("dice_native", "iou_native", "hd95_native")
 
 @dataclass
 class Evaluation:
-    scores: pd.DataFrame  # one row per image
-    metrics: dict  # the full report (headline() picks what metrics.json holds)
-    masks: np.ndarray  # predicted masks at model size (uint8 N x S x S)
-    images: np.ndarray | None = None  # the model-size images scored (uint8 N x S x S), same order
-    truths: np.ndarray | None = None  # their truth masks at model size (uint8 0/1 N x S x S)
-    warnings: list = field(default_factory=list)  # what reading the data found (lungseg.data.integrity), for the user
+    """What evaluate_set and evaluate_folder return.
+
+    Args:
+        scores: one row per image.
+        metrics: the full report (headline() picks what metrics.json holds).
+        masks: predicted masks at model size (uint8 N x S x S).
+        images: the model-size images scored (uint8 N x S x S), same order.
+        truths: their truth masks at model size (uint8 0/1 N x S x S).
+        warnings: what reading the data found (lungseg.data.integrity), for the user.
+    """
+
+    scores: pd.DataFrame
+    metrics: dict
+    masks: np.ndarray
+    images: np.ndarray | None = None
+    truths: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
 
     def histogram(self) -> pd.DataFrame:
-        """The per-image Dice histogram, at native resolution when it was scored there."""
+        """The per-image Dice histogram, at native resolution when it was scored there.
+
+        Returns:
+            dice_histogram's table.
+        """
         return dice_histogram(self.scores[truth_column(self.scores)].to_numpy())
 
 
 def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=None) -> pd.DataFrame:
-    """Table id, dice, iou, hd95, truth and predicted lung fractions, one row per image.
+    """Model-size scores, one row per image.
 
-    hd95 is in pixels of the original image when `spacings` gives each image's (row, column)
-    size of a model pixel in original pixels (original height / S, width / S); else in model pixels."""
+    Args:
+        ids: the images' ids.
+        predictions: uint8 0/1 N x S x S predicted masks.
+        truths: uint8 0/1 N x S x S truth masks.
+        spacings: each image's (row, column) size of a model pixel in original pixels (original height / S,
+            width / S), or None.
+
+    Returns:
+        Table id, dice, iou, hd95, truth_fraction and pred_fraction; hd95 is in pixels of the original image
+        with `spacings`, else in model pixels.
+    """
     spacings = [(1.0, 1.0)] * len(predictions) if spacings is None else list(spacings)
     return pd.DataFrame({
         "id": list(ids),
@@ -62,13 +87,20 @@ def per_image_scores(ids, predictions: np.ndarray, truths: np.ndarray, spacings=
     })
 
 
-def quality_columns(predictor, predictions: np.ndarray, probabilities: np.ndarray,
+def quality_columns(predictor: Predictor, predictions: np.ndarray, probabilities: np.ndarray,
                     limits: quality.Limits = quality.DEFAULT_LIMITS) -> pd.DataFrame:
-    """lungseg.postprocessing.quality's columns (lung shares, balance, estimated Dice, flag) per image, as
-    `lungseg predict` writes them, here from the model-size masks.
+    """lungseg.postprocessing.quality's columns per image, as `lungseg predict` writes them.
 
-    predictor: the Predictor (its dice_estimate). predictions: uint8 N x S x S final masks.
-    probabilities: float N x S x S. limits: when a mask is flagged.
+    Here from the model-size masks.
+
+    Args:
+        predictor: the Predictor (its dice_estimate).
+        predictions: uint8 N x S x S final masks.
+        probabilities: float N x S x S.
+        limits: when a mask is flagged.
+
+    Returns:
+        quality.COLUMNS (lung shares, balance, estimated Dice, flag), one row per image.
     """
     reports = [quality.assess(mask, predictor.dice_estimate(probability, mask), limits)
                for mask, probability in zip(predictions, probabilities)]
@@ -76,9 +108,16 @@ def quality_columns(predictor, predictions: np.ndarray, probabilities: np.ndarra
 
 
 def estimate_agreement(scores: pd.DataFrame) -> dict | None:
-    """How well dice_estimate followed the true Dice (at native resolution when scored there):
-    Pearson r, Spearman rho, mean absolute error, the mean signed error (estimate - truth) and
-    the number of images; None without estimates. r and rho are None when either side is constant."""
+    """How well dice_estimate followed the true Dice (at native resolution when scored there).
+
+    Args:
+        scores: per-image scores with dice_estimate.
+
+    Returns:
+        {"against", "n_images", "pearson_r", "spearman_rho", "mae", "bias"}: the Dice column compared,
+        the number of images, Pearson r, Spearman rho, mean absolute error and the mean signed error
+        (estimate - truth); r and rho are None when either side is constant. None without estimates.
+    """
     against = truth_column(scores)
     pairs = scores[[against, "dice_estimate"]].dropna().astype(float)
     if pairs.empty:
@@ -92,27 +131,53 @@ def estimate_agreement(scores: pd.DataFrame) -> dict | None:
 
 
 def estimate_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """id, true Dice and estimated Dice per image: the scatter `dvc plots show` draws."""
+    """The scatter `dvc plots show` draws.
+
+    Args:
+        scores: per-image scores with dice_estimate.
+
+    Returns:
+        Table id, dice (the true Dice, truth_column) and dice_estimate, one row per image.
+    """
     return pd.DataFrame({"id": scores["id"], "dice": scores[truth_column(scores)], "dice_estimate": scores["dice_estimate"]})
 
 
 def truth_column(scores: pd.DataFrame) -> str:
-    """The per-image Dice that counts: at native resolution when it was scored there."""
+    """The per-image Dice that counts: at native resolution when it was scored there.
+
+    Args:
+        scores: per-image scores.
+
+    Returns:
+        "dice_native" or "dice".
+    """
     return "dice_native" if "dice_native" in scores else "dice"
 
 
-def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int, show_progress: bool = True,
-                  image_paths=None, workers: int = 1, lung_labels: tuple[int, ...] = ()) -> pd.DataFrame:
-    """Dice, IoU and HD95 at each image's original resolution: the model-size probabilities are
-    resized to the original mask's size, thresholded and post-processed there (Predictor.native_mask),
-    and compared with the original mask. One image at a time per worker, so 3000 px masks never pile up.
+def native_scores(predictor: Predictor, probabilities: np.ndarray, mask_paths, mask_threshold: int,
+                  show_progress: bool = True, image_paths=None, workers: int = 1,
+                  lung_labels: tuple[int, ...] = ()) -> pd.DataFrame:
+    """Dice, IoU and HD95 at each image's original resolution.
 
-    With `image_paths`, HD95 is also given in mm (`hd95_native_mm`) for each image whose file
-    carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others.
-    workers: threads scoring images side by side (decoding, resizing and the distance queries
-    release the GIL); the rows and their order are the same for any number. Run several inside
-    lungseg.inference.predictor.torch_threads(1), or torch's own threads fight them for the cores.
-    lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
+    The model-size probabilities are resized to the original mask's size, thresholded and post-processed
+    there (Predictor.native_mask), and compared with the original mask. One image at a time per worker,
+    so 3000 px masks never pile up.
+
+    Args:
+        predictor: the Predictor (its native_mask).
+        probabilities: float N x S x S, in the order of `mask_paths`.
+        mask_paths: each image's original truth mask.
+        mask_threshold: the grey level above which a mask pixel is lung.
+        show_progress: show a progress bar.
+        image_paths: each image's file; with them, HD95 is also given in mm (`hd95_native_mm`) for each image
+            whose file carries a pixel spacing (DICOM PixelSpacing or ImagerPixelSpacing); NaN for the others.
+        workers: threads scoring images side by side (decoding, resizing and the distance queries release
+            the GIL); the rows and their order are the same for any number. Run several inside
+            lungseg.inference.predictor.torch_threads(1), or torch's own threads fight them for the cores.
+        lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
+
+    Returns:
+        Table dice_native, iou_native, hd95_native, hd95_native_mm, one row per image.
     """
     image_paths = [None] * len(mask_paths) if image_paths is None else list(image_paths)
     items = list(zip(probabilities, mask_paths, image_paths))
@@ -123,7 +188,7 @@ def native_scores(predictor, probabilities: np.ndarray, mask_paths, mask_thresho
     return pd.DataFrame(rows, columns=[*NATIVE_COLUMNS, "hd95_native_mm"])
 
 
-def _native_row(predictor, mask_threshold: int, lung_labels: tuple[int, ...], item: tuple) -> dict:
+def _native_row(predictor: Predictor, mask_threshold: int, lung_labels: tuple[int, ...], item: tuple) -> dict:
     """native_scores' row for one (probability, mask path, image path or None)."""
     probability, path, image_path = item
     truth = read_mask(path, mask_threshold, lung_labels)
@@ -136,7 +201,17 @@ def _native_row(predictor, mask_threshold: int, lung_labels: tuple[int, ...], it
 
 
 def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix: str = "") -> dict:
-    """{name: mean, name_ci_low, name_ci_high} for each column, by BCa bootstrap (mean_with_ci)."""
+    """Means with intervals, by BCa bootstrap (mean_with_ci).
+
+    Args:
+        scores: per-image scores.
+        columns: the columns to summarise.
+        config: the params section evaluate (bootstrap_samples, confidence, bootstrap_seed).
+        suffix: taken off each column's name in the keys (e.g. "_native").
+
+    Returns:
+        {name: mean, name_ci_low, name_ci_high} for each column.
+    """
     out = {}
     for column in columns:
         name = column.removesuffix(suffix) if suffix else column
@@ -146,8 +221,18 @@ def with_intervals(scores: pd.DataFrame, columns, config: EvaluateConfig, suffix
 
 
 def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray, config: EvaluateConfig) -> dict:
-    """Model-size metrics: means over images with intervals (each image counts once), pooled
-    values (each pixel counts once), and the spread."""
+    """Model-size metrics.
+
+    Args:
+        scores: per-image scores (MODEL_SIZE_COLUMNS).
+        predictions: uint8 0/1 N x S x S predicted masks.
+        truths: uint8 0/1 N x S x S truth masks.
+        config: the params section evaluate (the intervals).
+
+    Returns:
+        Means over images with intervals (each image counts once), pooled values (each pixel counts once),
+        the spread (dice_min, dice_std) and n_images.
+    """
     return {
         **with_intervals(scores, MODEL_SIZE_COLUMNS, config),
         "dice_pooled": dice_pooled(predictions, truths),
@@ -159,8 +244,16 @@ def summary(scores: pd.DataFrame, predictions: np.ndarray, truths: np.ndarray, c
 
 
 def native_summary(scores: pd.DataFrame, config: EvaluateConfig) -> dict:
-    """Native-resolution means with intervals, the spread, and HD95 in mm over the images whose
-    files give a pixel spacing (with how many those are), when any do."""
+    """Native-resolution metrics.
+
+    Args:
+        scores: per-image scores with the native columns (native_scores).
+        config: the params section evaluate (the intervals).
+
+    Returns:
+        Means with intervals, the spread and n_images; and HD95 in mm over the images whose files give a
+        pixel spacing (with how many those are, n_images_with_spacing), when any do.
+    """
     out = {
         **with_intervals(scores, NATIVE_COLUMNS, config, suffix="_native"),
         "dice_min": float(scores["dice_native"].min()),
@@ -178,8 +271,19 @@ NOT_GIVEN = "(not given)"  # the subgroup of images whose metadata lacks the col
 
 
 def subgroup_means(scores: pd.DataFrame, metadata: pd.DataFrame, columns, config: EvaluateConfig | None = None) -> dict:
-    """{column: {value: {"n_images", "dice", "iou", ... and, when native scores exist, the native
-    Dice with its interval and HD95}}} for each metadata column that is filled in."""
+    """Scores per subgroup of images.
+
+    Args:
+        scores: per-image scores with id.
+        metadata: a table with id and the metadata columns.
+        columns: the metadata columns to group by.
+        config: the params section evaluate (the intervals); None: the defaults.
+
+    Returns:
+        {column: {value: {"n_images", "dice", "iou", ... and, when native scores exist, the native Dice
+        with its interval and HD95}}} for each metadata column that is filled in; images without the value
+        form the group NOT_GIVEN.
+    """
     config = config or EvaluateConfig()
     table = scores.merge(metadata, on="id", how="left", suffixes=("", "_meta"))
     result = {}
@@ -204,10 +308,19 @@ def _group_scores(group: pd.DataFrame, config: EvaluateConfig) -> dict:
 
 
 def dice_histogram(dice: np.ndarray, max_bins: int = 10) -> pd.DataFrame:
-    """Counts of per-image Dice in at most `max_bins` bins of a round width (0.002, 0.005, 0.01,
-    0.025, ...) that follows the spread of the scores: numpy's 'auto' rule picks the number of
-    bins, so close scores get fine bins and one outlier does not make dozens of empty bars.
-    The labels sort as text in order (for DVC's bar plot)."""
+    """Counts of per-image Dice in bins of a round width (0.002, 0.005, 0.01, 0.025, ...).
+
+    The width follows the spread of the scores: numpy's 'auto' rule picks the number of bins, so close
+    scores get fine bins and one outlier does not make dozens of empty bars.
+
+    Args:
+        dice: per-image Dice.
+        max_bins: the most bins.
+
+    Returns:
+        Table dice_bin (labels such as "0.95-0.96", which sort as text in order, for DVC's bar plot) and
+        images (the counts).
+    """
     dice = np.clip(np.asarray(dice, dtype=float), 0.0, 1.0)
     low, high = float(dice.min()), float(dice.max())
     bins = min(max(len(np.histogram_bin_edges(dice, bins="auto")) - 1, 1), max_bins)
@@ -227,14 +340,35 @@ def _round_width(raw: float) -> float:
     return next(round(m * power, 12) for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
 
 
-def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame, data_dir: str | Path | None,
-                 config: EvaluateConfig, mask_threshold: int, batch_size: int = 32, subgroups=(), show_progress: bool = True,
-                 workers: int = 1, limits: quality.Limits = quality.DEFAULT_LIMITS,
-                 lung_labels: tuple[int, ...] = ()) -> Evaluation:
-    """Score `predictor` on a preprocessed set (images/masks at model size, index with id, height,
-    width and mask_file relative to `data_dir`). With a `data_dir` and `config.native`, also at
-    each image's original resolution, by `workers` threads (native_scores). Each image's
-    estimated Dice and flag (limits) are scored against its true Dice (estimate_agreement)."""
+def evaluate_set(predictor: Predictor, images: np.ndarray, masks: np.ndarray, index: pd.DataFrame,
+                 data_dir: str | Path | None, config: EvaluateConfig, mask_threshold: int, batch_size: int = 32,
+                 subgroups=(), show_progress: bool = True, workers: int = 1,
+                 limits: quality.Limits = quality.DEFAULT_LIMITS, lung_labels: tuple[int, ...] = ()) -> Evaluation:
+    """Score `predictor` on a preprocessed set.
+
+    With a `data_dir` and `config.native`, also at each image's original resolution, by `workers` threads
+    (native_scores). Each image's estimated Dice and flag (limits) are scored against its true Dice
+    (estimate_agreement).
+
+    Args:
+        predictor: the model.
+        images: uint8 N x S x S, at model size.
+        masks: their truth masks, uint8 0/1 N x S x S.
+        index: a row per image: id, height, width, and image_file and mask_file relative to `data_dir`
+            (and the subgroups' metadata columns).
+        data_dir: where the original files lie, or None (no native-resolution scores).
+        config: the params section evaluate.
+        mask_threshold: the grey level above which an original mask pixel is lung.
+        batch_size: images per forward pass.
+        subgroups: metadata columns to score subgroups by.
+        show_progress: show a progress bar for the native scores.
+        workers: threads for the native-resolution scores (see native_scores).
+        limits: when a mask is flagged.
+        lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
+
+    Returns:
+        The per-image scores, the metrics and the masks.
+    """
     size = images.shape[-1]
     probabilities = predictor.probabilities(images, batch_size)
     predictions = predictor.to_masks(probabilities)
@@ -255,18 +389,34 @@ def evaluate_set(predictor, images: np.ndarray, masks: np.ndarray, index: pd.Dat
     return Evaluation(scores, metrics, predictions, images, masks)
 
 
-def evaluate_folder(predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
+def evaluate_folder(predictor: Predictor, data_dir: str | Path, config: EvaluateConfig, batch_size: int = 32,
                     subgroups=(), show_progress: bool = True, workers: int = 1,
                     limits: quality.Limits = quality.DEFAULT_LIMITS, lung_labels: tuple[int, ...] = ()) -> Evaluation:
-    """External validation: every image/mask pair under `data_dir` (any layout lungseg reads),
-    prepared exactly as the model's training data was, scored like the test split.
+    """External validation: score `predictor` on every image/mask pair under `data_dir`, like the test split.
 
+    Any layout lungseg reads; the pairs are prepared exactly as the model's training data was.
     The folder is checked as `lungseg check` checks it: errors raise one DataError naming every
     file before anything is scored; warnings come back in Evaluation.warnings. A pair whose truth
     mask holds no lung is not scored (its Dice would say nothing about the model) but listed in
     the report (metrics["excluded"]["empty_truth"]).
-    workers: threads for the native-resolution scores (see native_scores); same scores for any number.
-    lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one)."""
+
+    Args:
+        predictor: the model (its preprocess settings prepare the images).
+        data_dir: the folder of image/mask pairs.
+        config: the params section evaluate.
+        batch_size: images per forward pass.
+        subgroups: metadata columns to score subgroups by.
+        show_progress: show a progress bar for the native scores.
+        workers: threads for the native-resolution scores (see native_scores); same scores for any number.
+        limits: when a mask is flagged.
+        lung_labels: which labels of label-map masks are lung (data.lung_labels; () = every one).
+
+    Returns:
+        The evaluation, with the data's warnings.
+
+    Raises:
+        DataError: for a folder with errors (naming every file) or whose every truth mask is empty.
+    """
     settings = PreprocessConfig(**predictor.preprocess, metadata_columns=tuple(subgroups))
     scan = scan_folder(data_dir, settings, lung_labels)
     raise_on_errors(scan)

@@ -32,7 +32,18 @@ ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 def export_model(checkpoint_path: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("torchscript", "onnx")) -> dict:
     """Write `<checkpoint stem>.ts` and/or `.onnx` into `out_dir`.
 
-    Returns {format: {"path": str, "max_abs_diff": float}} with each file's measured parity."""
+    Args:
+        checkpoint_path: the checkpoint written by the train stage (.pth), not an export.
+        out_dir: the folder the exports are written into.
+        formats: which exports to write: "torchscript", "onnx" or both (default both).
+
+    Returns:
+        {format: {"path": str, "max_abs_diff": float}} with each file's measured parity.
+
+    Raises:
+        ExportError: for an unknown format, missing ONNX packages (before anything is written), an exported
+            model given as the checkpoint, or an export that fails the parity check.
+    """
     unknown = [f for f in formats if f not in SUFFIXES]
     if unknown:
         raise ExportError(f"unknown export format(s) {', '.join(map(repr, unknown))}; expected {', '.join(SUFFIXES)}")
@@ -51,11 +62,22 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, formats: tupl
 
 
 def export_torchscript(checkpoint_path: str | Path, out_path: str | Path) -> float:
-    """Trace the eval-mode model to TorchScript; returns the measured max |logit difference|.
+    """Trace the eval-mode model to TorchScript, checked against eager PyTorch.
 
     Traced, not scripted: the U-Net has no data-dependent control flow, so a trace records it
     exactly, while torch.jit.script rejects model.py's Python-only input-size check. The trace
-    freezes that check, which is harmless because the export's input size is fixed (metadata)."""
+    freezes that check, which is harmless because the export's input size is fixed (metadata).
+
+    Args:
+        checkpoint_path: the checkpoint (.pth).
+        out_path: the TorchScript file to write.
+
+    Returns:
+        The measured max |logit difference|.
+
+    Raises:
+        ExportError: when the export disagrees with PyTorch beyond PARITY_TOLERANCE (nothing is written).
+    """
     checkpoint = load_checkpoint(checkpoint_path)
     model, example = _eager(checkpoint)
     with warnings.catch_warnings():
@@ -72,13 +94,26 @@ def export_torchscript(checkpoint_path: str | Path, out_path: str | Path) -> flo
 
 
 def export_onnx(checkpoint_path: str | Path, out_path: str | Path, opset: int = ONNX_OPSET) -> float:
-    """Export to ONNX with a dynamic batch dimension; returns the measured max |logit difference|.
+    """Export to ONNX with a dynamic batch dimension, checked against eager PyTorch.
 
     Uses torch.onnx's dynamo (torch.export) exporter, the default since torch 2.9: the legacy
     TorchScript-based exporter warns that it will be removed. The spatial size stays fixed at the
     training size S: Predictor only ever feeds S x S images (native sizes are handled by resizing
     probabilities), and fixed shapes keep model.py's divisibility check static and let the
-    exporter fold every shape computation."""
+    exporter fold every shape computation.
+
+    Args:
+        checkpoint_path: the checkpoint (.pth).
+        out_path: the .onnx file to write.
+        opset: the ONNX opset (default ONNX_OPSET).
+
+    Returns:
+        The measured max |logit difference|.
+
+    Raises:
+        ExportError: when onnx, onnxruntime or onnxscript is missing, or the export disagrees with PyTorch
+            beyond PARITY_TOLERANCE (nothing is written).
+    """
     require(*ONNX_PACKAGES)
     import onnx
 
@@ -97,8 +132,17 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, opset: int = 
 
 
 def check_parity(checkpoint_path: str | Path, exported_path: str | Path, n: int = 4, seed: int = 0) -> float:
-    """Max |logit difference| between an exported model and the checkpoint's eager fp32 model
-    on CPU, over one batch of `n` seeded random images in [0, 1]."""
+    """Max |logit difference| between an exported model and the checkpoint's eager fp32 model on CPU.
+
+    Args:
+        checkpoint_path: the checkpoint the export was made from.
+        exported_path: the export (.ts or .onnx).
+        n: how many random images in [0, 1] the one batch holds.
+        seed: the seed of those images.
+
+    Returns:
+        The max |logit difference| over the batch.
+    """
     checkpoint = load_checkpoint(checkpoint_path)
     model, _ = _eager(checkpoint)
     return _parity(model, exported_path, int(checkpoint["preprocess"]["image_size"]), n, seed)

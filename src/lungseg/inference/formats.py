@@ -44,7 +44,11 @@ NEEDED = ("threshold", "postprocess", "preprocess", "model")  # what inference r
 def metadata(checkpoint: dict) -> dict:
     """What inference needs besides the graph, as both export formats carry it.
 
-    checkpoint: a checkpoint as lungseg.model.checkpoint.load_checkpoint returns it.
+    Args:
+        checkpoint: a checkpoint as lungseg.model.checkpoint.load_checkpoint returns it.
+
+    Returns:
+        The JSON-safe metadata document.
     """
     size = int(checkpoint["preprocess"]["image_size"])
     return {"format": FORMAT, "version": VERSION, "model": dict(checkpoint["model"]),
@@ -56,20 +60,41 @@ def metadata(checkpoint: dict) -> dict:
 
 
 def torchscript_extra_files(checkpoint: dict) -> dict[str, str]:
-    """The `_extra_files` for torch.jit.save that make a TorchScript file a lungseg export."""
+    """The `_extra_files` for torch.jit.save that make a TorchScript file a lungseg export.
+
+    Args:
+        checkpoint: a checkpoint as lungseg.model.checkpoint.load_checkpoint returns it.
+
+    Returns:
+        {TORCHSCRIPT_EXTRA: the metadata as JSON}.
+    """
     return {TORCHSCRIPT_EXTRA: json.dumps(metadata(checkpoint))}
 
 
 def onnx_properties(checkpoint: dict) -> dict[str, str]:
-    """The metadata_props entries that make an ONNX file a lungseg export."""
+    """The metadata_props entries that make an ONNX file a lungseg export.
+
+    Args:
+        checkpoint: a checkpoint as lungseg.model.checkpoint.load_checkpoint returns it.
+
+    Returns:
+        {METADATA_KEY: the metadata as JSON}.
+    """
     return {METADATA_KEY: json.dumps(metadata(checkpoint))}
 
 
 def parse_metadata(text: str, path: str | Path) -> dict:
     """The JSON metadata of an exported model, checked for the keys inference needs.
 
-    text: the JSON as stored in the file. path: the file, named in the CheckpointError raised
-    for text that is not JSON or lacks a needed key.
+    Args:
+        text: the JSON as stored in the file.
+        path: the file, named in the error.
+
+    Returns:
+        The metadata, its preprocess settings completed by with_normalize.
+
+    Raises:
+        CheckpointError: for text that is not JSON or lacks a needed key.
     """
     try:
         document = json.loads(text)
@@ -85,13 +110,28 @@ def parse_metadata(text: str, path: str | Path) -> dict:
 
 
 def is_onnx(path: str | Path) -> bool:
-    """True for a file that should be read as ONNX: by suffix, as `lungseg export` names them."""
+    """Whether a file should be read as ONNX: by suffix, as `lungseg export` names them.
+
+    Args:
+        path: the model file.
+
+    Returns:
+        True for a .onnx file.
+    """
     return Path(path).suffix == ".onnx"
 
 
 def is_torchscript(path: str | Path) -> bool:
-    """True for a TorchScript archive. torch.save checkpoints are zip files too, but only
-    TorchScript archives hold compiled code (a `code/` folder)."""
+    """Whether a file is a TorchScript archive.
+
+    torch.save checkpoints are zip files too, but only TorchScript archives hold compiled code (a `code/` folder).
+
+    Args:
+        path: the model file.
+
+    Returns:
+        True for a TorchScript archive; False for anything else, a missing or unreadable file included.
+    """
     if not Path(path).is_file():
         return False
     try:
@@ -102,7 +142,14 @@ def is_torchscript(path: str | Path) -> bool:
 
 
 def is_exported(path: str | Path) -> bool:
-    """True for a file `lungseg export` could have written (ONNX or TorchScript), not a checkpoint."""
+    """Whether a file is one `lungseg export` could have written (ONNX or TorchScript), not a checkpoint.
+
+    Args:
+        path: the model file.
+
+    Returns:
+        True for an ONNX or TorchScript export.
+    """
     return is_onnx(path) or is_torchscript(path)
 
 
@@ -112,8 +159,16 @@ def is_exported(path: str | Path) -> bool:
 def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict]:
     """An exported TorchScript model on `device`, in eval mode, and its metadata.
 
-    path: the archive. device: where its weights go. Raises CheckpointError for a missing file,
-    and not_a_model's error for an archive torch cannot read or one without lungseg's metadata.
+    Args:
+        path: the archive.
+        device: where its weights go.
+
+    Returns:
+        The module and its checked metadata (parse_metadata).
+
+    Raises:
+        CheckpointError: for a missing file, and (not_a_model's error) for an archive torch cannot read or
+            one without lungseg's metadata.
     """
     extra = {TORCHSCRIPT_EXTRA: ""}
     if not Path(path).is_file():
@@ -132,9 +187,17 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tu
 def load_onnx(path: str | Path, device: str = "cpu") -> tuple[OnnxModel, dict]:
     """An exported ONNX model run by onnxruntime, and its metadata.
 
-    path: the .onnx file. device: 'cpu', 'cuda' or 'auto' (providers).
-    Raises CheckpointError for a missing or unloadable file and for one without lungseg's
-    metadata; RuntimeError when 'cuda' is asked for and this onnxruntime has none.
+    Args:
+        path: the .onnx file.
+        device: 'cpu', 'cuda' or 'auto' (providers).
+
+    Returns:
+        The model and its checked metadata (parse_metadata).
+
+    Raises:
+        CheckpointError: for a missing or unloadable file and for one without lungseg's metadata.
+        RuntimeError: when 'cuda' is asked for and this onnxruntime has none.
+        ExportError: when onnxruntime is not installed.
     """
     model = OnnxModel(path, device)
     properties = model.properties()
@@ -144,7 +207,17 @@ def load_onnx(path: str | Path, device: str = "cpu") -> tuple[OnnxModel, dict]:
 
 
 def load_exported(path: str | Path) -> torch.nn.Module:
-    """Either export's model on the CPU, chosen as inference chooses (for parity checks)."""
+    """Either export's model on the CPU, chosen as inference chooses (for parity checks).
+
+    Args:
+        path: the export (.onnx by suffix, else TorchScript).
+
+    Returns:
+        The model, metadata left out.
+
+    Raises:
+        CheckpointError: as load_onnx and load_torchscript raise it.
+    """
     return load_onnx(path)[0] if is_onnx(path) else load_torchscript(path)[0]
 
 
@@ -171,7 +244,14 @@ INSTALL_HINT = "install the onnx extra: pip install -e '.[onnx]'"
 
 
 def require(*packages: str) -> None:
-    """Import each optional package or raise one ExportError naming all that are missing."""
+    """Import each optional package or raise one error naming all that are missing.
+
+    Args:
+        packages: the importable names, e.g. "onnx", "onnxruntime".
+
+    Raises:
+        ExportError: naming every missing package and how to install them.
+    """
     missing = []
     for name in packages:
         try:
@@ -183,10 +263,18 @@ def require(*packages: str) -> None:
 
 
 def providers(device: str = "cpu") -> list[str]:
-    """onnxruntime execution providers for a device name: 'cpu', 'cuda', or 'auto' (CUDA when
-    this onnxruntime build has it). The CPU provider always comes last as the fallback.
-    RuntimeError for a device this onnxruntime cannot use (load_predictor
-    reports it as a LungsegError naming the model and the device)."""
+    """onnxruntime execution providers for a device name.
+
+    Args:
+        device: 'cpu', 'cuda', or 'auto' (CUDA when this onnxruntime build has it).
+
+    Returns:
+        The providers in order of preference; the CPU provider always comes last as the fallback.
+
+    Raises:
+        RuntimeError: for a device this onnxruntime cannot use (load_predictor reports it as a LungsegError
+            naming the model and the device).
+    """
     import onnxruntime
 
     available = onnxruntime.get_available_providers()
@@ -201,16 +289,24 @@ def providers(device: str = "cpu") -> list[str]:
 
 
 class OnnxModel(torch.nn.Module):
-    """An onnxruntime session behind the nn.Module interface: N x 1 x S x S float tensor in,
-    N x 1 x S x S logits out, on the input's device.
+    """An onnxruntime session behind the nn.Module interface.
+
+    N x 1 x S x S float tensor in, N x 1 x S x S logits out, on the input's device.
 
     It has no parameters, so eval()/train()/to() (which forward_in_batches and prepare_model
     call) are harmless no-ops; the session itself always runs in inference mode.
+
+    Args:
+        path: the .onnx file.
+        device: 'cpu', 'cuda' or 'auto' (see providers).
+
+    Raises:
+        CheckpointError: for a missing file or one onnxruntime cannot load.
+        ExportError: when onnxruntime is not installed.
+        RuntimeError: for a device this onnxruntime cannot use (providers).
     """
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        """path: the .onnx file. device: 'cpu', 'cuda' or 'auto' (see providers).
-        Raises CheckpointError for a missing file or one onnxruntime cannot load."""
         super().__init__()
         require("onnxruntime")
         import onnxruntime
@@ -228,10 +324,22 @@ class OnnxModel(torch.nn.Module):
         self.input_name = self.session.get_inputs()[0].name
 
     def properties(self) -> dict[str, str]:
-        """The model's metadata_props as {key: value} (where an exporter keeps its own notes)."""
+        """The model's metadata_props (where an exporter keeps its own notes).
+
+        Returns:
+            {key: value}.
+        """
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the session on a batch.
+
+        Args:
+            images: N x 1 x S x S float tensor, on any device.
+
+        Returns:
+            N x 1 x S x S logits on the input's device.
+        """
         # onnxruntime reads host memory: one contiguous float32 copy, whatever the torch layout
         array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
         (logits,) = self.session.run(None, {self.input_name: array})
@@ -242,14 +350,24 @@ class OnnxModel(torch.nn.Module):
 
 
 def load_predictor(path: str | Path, device: str = "auto", threshold: float | None = None, precision: str = "auto") -> Predictor:
-    """A Predictor for any model file lungseg writes: an ONNX export (by suffix), a TorchScript
-    export (by content: a .ts or .pt archive holding compiled code), or else a checkpoint.
+    """A Predictor for any model file lungseg writes.
 
-    path: the model file. device: 'auto', 'cpu', 'cuda' or 'mps' ('mps' not for ONNX).
-    threshold: overrides the model's. precision: for checkpoints only ('auto' or 'fp32');
-    exports run in fp32, the precision they were checked in.
-    Raises CheckpointError for a missing file or one lungseg did not write (one message,
-    whatever the format), and LungsegError for a device that is not available.
+    An ONNX export (by suffix), a TorchScript export (by content: a .ts or .pt archive holding compiled
+    code), or else a checkpoint.
+
+    Args:
+        path: the model file.
+        device: 'auto', 'cpu', 'cuda' or 'mps' ('mps' not for ONNX).
+        threshold: overrides the model's (None keeps it).
+        precision: for checkpoints only ('auto' or 'fp32'); exports run in fp32, the precision they were
+            checked in.
+
+    Returns:
+        The Predictor.
+
+    Raises:
+        CheckpointError: for a missing file or one lungseg did not write (one message, whatever the format).
+        LungsegError: for a device that is not available.
     """
     try:
         if is_onnx(path):
@@ -281,16 +399,42 @@ def _exported_predictor(model: torch.nn.Module, device: torch.device, metadata: 
 
 
 def onnx_predictor(path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
-    """An exported ONNX model (lungseg export) run by onnxruntime on device 'cpu', 'cuda' or
-    'auto'. onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU
-    whichever provider runs the graph; fp32 throughout, as the export's parity was checked.
-    threshold: overrides the one the export carries."""
+    """A Predictor for an exported ONNX model (lungseg export) run by onnxruntime.
+
+    onnxruntime reads and writes host memory, so Predictor's tensors stay on the CPU whichever provider
+    runs the graph; fp32 throughout, as the export's parity was checked.
+
+    Args:
+        path: the .onnx file.
+        device: 'cpu', 'cuda' or 'auto'.
+        threshold: overrides the one the export carries (None keeps it).
+
+    Returns:
+        The Predictor.
+
+    Raises:
+        CheckpointError: as load_onnx raises it.
+        RuntimeError: for a device this onnxruntime cannot use.
+    """
     model, metadata = load_onnx(path, device)
     return _exported_predictor(model, torch.device("cpu"), metadata, threshold)
 
+
 def torchscript_predictor(path: str | Path, device: str = "auto", threshold: float | None = None) -> Predictor:
-    """An exported TorchScript model (lungseg export) on device 'auto', 'cpu', 'cuda' or 'mps',
-    in fp32 as the export's parity was checked. threshold: overrides the one the export carries."""
+    """A Predictor for an exported TorchScript model (lungseg export), in fp32 as the export's parity was checked.
+
+    Args:
+        path: the TorchScript archive.
+        device: 'auto', 'cpu', 'cuda' or 'mps'.
+        threshold: overrides the one the export carries (None keeps it).
+
+    Returns:
+        The Predictor.
+
+    Raises:
+        CheckpointError: as load_torchscript raises it.
+        ParamsError: for an unknown device or one that is not available (resolve_device).
+    """
     torch_device = resolve_device(device)
     configure(torch_device)
     module, metadata = load_torchscript(path, torch_device)

@@ -37,17 +37,28 @@ SHOWN = 3  # files named in a one-line refusal
 
 @dataclass(frozen=True)
 class OutputNames:
-    """What a command writes into its --out folder, relative to it."""
+    """What a command writes into its --out folder, relative to it.
 
-    files: tuple[str, ...] = ()  # file names at the top of the folder, e.g. "predictions.csv"
-    folders: tuple[str, ...] = ()  # subfolders only lungseg writes into, each holding <name><suffix> files
+    Args:
+        files: file names at the top of the folder, e.g. "predictions.csv".
+        folders: subfolders only lungseg writes into, each holding <name><suffix> files.
+        suffix: the suffix of the files in `folders` (default ".png").
+    """
+
+    files: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
     suffix: str = ".png"
 
     def kind(self, relative: PurePosixPath, path: Path) -> str:
-        """'output' for a file lungseg writes, 'foreign' for anything else at a place only
-        lungseg writes, 'other' for the rest (left alone).
+        """What an entry below --out is to lungseg.
 
-        relative: the entry's path below --out. path: the same entry on disk.
+        Args:
+            relative: the entry's path below --out.
+            path: the same entry on disk.
+
+        Returns:
+            'output' for a file lungseg writes, 'foreign' for anything else at a place only lungseg writes,
+            'other' for the rest (left alone).
         """
         top = relative.parts[0]
         plain_file = path.is_file() and not path.is_symlink()
@@ -61,12 +72,23 @@ class OutputNames:
 
 def check_out(out: str | Path, names: OutputNames, overwrite: bool = False,
               input_folders: Sequence[str | Path] = (), input_files: Sequence[str | Path] = ()) -> Path:
-    """Refuse an --out folder the command may not write into (rules in the module docstring);
-    return it as a Path. Call it before anything is written.
+    """Refuse an --out folder the command may not write into (rules in the module docstring).
 
-    out: the --out folder as given. names: what the command writes there. overwrite: --overwrite.
-    input_folders: folders the command reads (predict's INPUT folders, evaluate's --data).
-    input_files: files it reads (the model, predict's INPUT files).
+    Call it before anything is written.
+
+    Args:
+        out: the --out folder as given.
+        names: what the command writes there.
+        overwrite: --overwrite.
+        input_folders: folders the command reads (predict's INPUT folders, evaluate's --data).
+        input_files: files it reads (the model, predict's INPUT files).
+
+    Returns:
+        The folder as a Path.
+
+    Raises:
+        DataError: for a folder that is, holds or lies inside an input, is not a folder, holds files without
+            `overwrite`, holds foreign files where only lungseg writes, or cannot be written.
     """
     folder = Path(out)
     conflicts = input_conflicts(folder, input_folders, input_files)
@@ -92,11 +114,17 @@ def check_out(out: str | Path, names: OutputNames, overwrite: bool = False,
 
 
 def check_writable(folder: Path, given: str | Path) -> None:
-    """Refuse a folder this process cannot write into, before any work is done: create it (and
-    any missing parents) and a probe file in it, then remove all of them again, so that a
+    """Refuse a folder this process cannot write into, before any work is done.
+
+    Creates it (and any missing parents) and a probe file in it, then removes all of them again, so that a
     read-only folder or disk is refused at once instead of after every image was computed.
 
-    folder: the --out folder. given: the folder as the user wrote it, for the message.
+    Args:
+        folder: the --out folder.
+        given: the folder as the user wrote it, for the message.
+
+    Raises:
+        DataError: when the folder or the probe file cannot be written.
     """
     created = [path for path in (folder, *folder.parents) if not path.exists()][::-1]  # outermost first
     probe = folder / f".lungseg-write-probe-{os.getpid()}"
@@ -114,9 +142,15 @@ def check_writable(folder: Path, given: str | Path) -> None:
 
 
 def input_conflicts(out: Path, input_folders: Iterable[str | Path] = (), input_files: Iterable[str | Path] = ()) -> list[str]:
-    """One line for each input that `out` is, holds, or lies inside (rule 1 of the module docstring).
+    """The inputs that `out` is, holds, or lies inside (rule 1 of the module docstring).
 
-    out: the --out folder (it need not exist). input_folders, input_files: as for check_out.
+    Args:
+        out: the --out folder (it need not exist).
+        input_folders: as for check_out.
+        input_files: as for check_out.
+
+    Returns:
+        One line for each such input; empty when there is none.
     """
     problems = []
     for given in input_folders:
@@ -138,11 +172,18 @@ def input_conflicts(out: Path, input_folders: Iterable[str | Path] = (), input_f
 
 
 def remove_stale(out: Path, names: OutputNames, written: Iterable[str | Path]) -> list[Path]:
-    """After a successful --overwrite run: delete lungseg's outputs in `out` that this run did
-    not write (an earlier run's), then the output folders left empty. Files of other names and
-    hidden files are never touched. Returns what was deleted.
+    """After a successful --overwrite run: delete lungseg's outputs in `out` that this run did not write.
 
-    out: the --out folder. names: what the command writes. written: the files this run wrote.
+    Those are an earlier run's; the output folders left empty go too. Files of other names and hidden
+    files are never touched.
+
+    Args:
+        out: the --out folder.
+        names: what the command writes.
+        written: the files this run wrote.
+
+    Returns:
+        What was deleted.
     """
     kept = {_identity(Path(path)) for path in written}
     kept.discard(None)

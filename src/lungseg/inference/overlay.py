@@ -21,7 +21,18 @@ from lungseg.core.io import atomic_path
 
 
 def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Return ``image`` as an array after checking it is HxW uint8 or float in [0, 1]."""
+    """Check that ``image`` is HxW uint8 or float in [0, 1].
+
+    Args:
+        image: the array to check.
+        name: what to call it in the error message.
+
+    Returns:
+        ``image`` as an array.
+
+    Raises:
+        ValueError: for another shape or dtype, NaN or infinite values, or floats outside [0, 1].
+    """
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"{name} must be 2-D (HxW greyscale), got shape {image.shape}")
@@ -39,7 +50,18 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
-    """Return ``mask`` as a bool array after checking it is HxW and binary (bool or 0/1)."""
+    """Check that ``mask`` is HxW and binary (bool or 0/1).
+
+    Args:
+        mask: the array to check.
+        name: what to call it in the error message.
+
+    Returns:
+        ``mask`` as a bool array.
+
+    Raises:
+        ValueError: for another shape, or any value other than 0 and 1.
+    """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{name} must be 2-D (HxW), got shape {mask.shape}")
@@ -58,11 +80,33 @@ def check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
 
 
 def check_same_shape(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
+    """Check that two arrays have the same shape.
+
+    Args:
+        a: the first array.
+        b: the second array.
+        a_name: what to call `a` in the error message.
+        b_name: what to call `b` in the error message.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
     if a.shape != b.shape:
         raise ValueError(f"{a_name} shape {a.shape} != {b_name} shape {b.shape}")
 
 
 def check_color(color: Sequence[int]) -> np.ndarray:
+    """Check that ``color`` is an RGB triple in 0..255.
+
+    Args:
+        color: the (R, G, B) values.
+
+    Returns:
+        The colour as a float array of shape (3,).
+
+    Raises:
+        ValueError: for anything but 3 values in 0..255.
+    """
     rgb = np.asarray(color, dtype=float)
     if rgb.shape != (3,) or (rgb < 0).any() or (rgb > 255).any():
         raise ValueError(f"color must be 3 values in 0..255 (RGB), got {color!r}")
@@ -70,6 +114,14 @@ def check_color(color: Sequence[int]) -> np.ndarray:
 
 
 def check_alpha(alpha: float) -> None:
+    """Check that a blending weight lies in [0, 1].
+
+    Args:
+        alpha: the weight of the colour.
+
+    Raises:
+        ValueError: for a value outside [0, 1].
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
 
@@ -112,13 +164,22 @@ def overlay(
 ) -> np.ndarray:
     """Blend ``mask`` pixels of a greyscale ``image`` toward ``color``.
 
-    image: HxW float in [0, 1] or uint8. mask: HxW bool or 0/1.
-    Returns HxWx3 uint8 RGB: outside the mask R == G == B == the grey value; inside,
-    each channel is ``round((1 - alpha) * grey + alpha * color[c])`` (grey on the 0..255 scale).
-
     Built block of rows by block of rows into the uint8 result, uint8 images through per-level
     tables: besides the result (3 bytes a pixel) it needs a few MB, never a full-size float64
     RGB (24 bytes a pixel, 1.8 GB for a 10000 x 8000 X-ray).
+
+    Args:
+        image: HxW float in [0, 1] or uint8.
+        mask: HxW bool or 0/1, the shape of `image`.
+        color: the (R, G, B) colour, each in 0..255 (default red).
+        alpha: the colour's weight, in [0, 1].
+
+    Returns:
+        HxWx3 uint8 RGB: outside the mask R == G == B == the grey value; inside, each channel is
+        ``round((1 - alpha) * grey + alpha * color[c])`` (grey on the 0..255 scale).
+
+    Raises:
+        ValueError: for an image, mask, colour or alpha that fails its check, or shapes that differ.
     """
     image = check_image(image)
     mask = check_mask(mask)
@@ -136,13 +197,24 @@ def overlay(
 
 
 def overlay_image(grey: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.4) -> Image.Image:
-    """:func:`overlay` of a uint8 image as a Pillow RGB image, ready to save: the same pixels, made
-    faster for writing many overlays.
+    """:func:`overlay` of a uint8 image as a Pillow RGB image, ready to save.
 
-    grey: HxW uint8. mask: HxW bool or 0/1. color, alpha: as for :func:`overlay`.
-    Each pixel is looked up once in a 512-entry table of packed RGBX words (grey level, plus 256
-    inside the mask), block of rows by block of rows, and the blocks are pasted into the picture:
-    besides the picture (Pillow keeps RGB in 4 bytes a pixel) it needs a few MB.
+    The same pixels, made faster for writing many overlays. Each pixel is looked up once in a 512-entry
+    table of packed RGBX words (grey level, plus 256 inside the mask), block of rows by block of rows, and
+    the blocks are pasted into the picture: besides the picture (Pillow keeps RGB in 4 bytes a pixel) it
+    needs a few MB.
+
+    Args:
+        grey: HxW uint8.
+        mask: HxW bool or 0/1, the shape of `grey`.
+        color: as for :func:`overlay`.
+        alpha: as for :func:`overlay`.
+
+    Returns:
+        The RGB picture.
+
+    Raises:
+        ValueError: for a grey that is not HxW uint8, or a mask, colour or alpha that fails its check.
     """
     grey = check_image(grey, "grey")
     if grey.dtype != np.uint8:
@@ -178,10 +250,15 @@ MASK_PNG = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 
 
 def save_mask_png(mask: np.ndarray, path, sweep: bool = True) -> None:
-    """Write a binary mask (bool or 0/1) as an 8-bit greyscale PNG with values 0/255.
+    """Write a binary mask (bool or 0/1) as an 8-bit greyscale PNG with values 0/255, atomically.
 
-    The file is always PNG; ``path`` must end in ``.png`` so the name does not lie. sweep: as
-    in lungseg.core.io.atomic_path (False when the caller swept the folder once).
+    Args:
+        mask: HxW bool or 0/1.
+        path: where to write; the file is always PNG, so it must end in ``.png`` (the name does not lie).
+        sweep: as in lungseg.core.io.atomic_path (False when the caller swept the folder once).
+
+    Raises:
+        ValueError: for a path not ending in .png, or a mask that fails check_mask.
     """
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"mask path must end in .png, got {str(path)!r}")

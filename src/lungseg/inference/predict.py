@@ -110,44 +110,70 @@ KEPT_PIXELS = 64_000_000
 
 @dataclass(frozen=True)
 class Job:
-    """One input image and the name its outputs are written under."""
+    """One input image and the name its outputs are written under.
 
-    source: str  # the path as given on the command line (or folder + file name)
-    name: str  # output stem, unique within the run
+    Args:
+        source: the path as given on the command line (or folder + file name).
+        name: output stem, unique within the run.
+    """
+
+    source: str
+    name: str
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where and how results are written."""
+    """Where and how results are written.
+
+    Args:
+        folder: the --out folder.
+        alpha: the overlays' colour weight.
+        overlays: write overlays (False: --no-overlays).
+        normalize: how the overlay's grey is stretched: as the model saw the image.
+        estimate: fill the dice_estimate column (False: --no-estimate).
+        limits: when a mask is flagged.
+    """
 
     folder: Path
     alpha: float = 0.4
     overlays: bool = True
-    normalize: str = "minmax"  # how the overlay's grey is stretched: as the model saw the image
-    estimate: bool = True  # the dice_estimate column (off: --no-estimate)
-    limits: quality.Limits = quality.DEFAULT_LIMITS  # when a mask is flagged
+    normalize: str = "minmax"
+    estimate: bool = True
+    limits: quality.Limits = quality.DEFAULT_LIMITS
 
 
 # --------------------------------------------------------------------------- inputs
 
 
 class Listing(NamedTuple):
-    """What the INPUT arguments name: the images to segment, and what was passed over, each as
-    'path: why' (a file of no image format, a broken link, a second name of a file already
-    listed, a subfolder without --recursive)."""
+    """What the INPUT arguments name.
+
+    Args:
+        sources: the images to segment.
+        skipped: what was passed over, each as 'path: why' (a file of no image format, a broken link, a
+            second name of a file already listed, a subfolder without --recursive).
+    """
 
     sources: list[str]
     skipped: list[str]
 
 
 def list_inputs(inputs: list[str], recursive: bool = False) -> Listing:
-    """Image files named by `inputs` (files as given; folders: their image files, sorted), each
-    file once, in order, and what the folders held that is not segmented. A folder yields every
-    file predict reads when it is named (is_image_file), so a file named alone is read the same.
-    Raises DataError before anything is written when a path does not exist or no image is found.
+    """Image files named by `inputs`, and what the folders held that is not segmented.
+
+    Files are listed as given, folders by their image files, sorted; each file once, in order. A folder yields
+    every file predict reads when it is named (is_image_file), so a file named alone is read the same.
     Hidden files skipped in a folder are reported on stderr, one line a folder.
 
-    inputs: files and folders as given on the command line. recursive: also list subfolders.
+    Args:
+        inputs: files and folders as given on the command line.
+        recursive: also list subfolders.
+
+    Returns:
+        The images to segment and what was skipped.
+
+    Raises:
+        DataError: before anything is written, when a path does not exist or no image is found.
     """
     missing = [given for given in inputs if not Path(given).exists()]
     if missing:
@@ -175,12 +201,17 @@ def _has_subfolder(given: str) -> bool:
 
 
 def images_in(folder: str, recursive: bool = False) -> tuple[list[str], list[str]]:
-    """Image files (lungseg.data.images.is_image_file) in `folder`, and below it with `recursive`,
-    sorted; and what else it holds, as 'path: why' (Listing.skipped). Hidden files and folders
-    (such as macOS '._x.png' companions) are skipped, as the data loader does; the hidden files
-    are counted in one line on stderr.
+    """Image files (lungseg.data.images.is_image_file) in `folder`, and below it with `recursive`.
 
-    folder: the folder as given. recursive: also walk its subfolders (hidden ones excepted).
+    Hidden files and folders (such as macOS '._x.png' companions) are skipped, as the data loader does;
+    the hidden files are counted in one line on stderr.
+
+    Args:
+        folder: the folder as given.
+        recursive: also walk its subfolders (hidden ones excepted).
+
+    Returns:
+        The image files, sorted; and what else it holds, as 'path: why' (Listing.skipped), sorted.
     """
     found, skipped, hidden = [], [], 0
     for parent, subfolders, files in os.walk(folder):
@@ -204,8 +235,15 @@ def images_in(folder: str, recursive: bool = False) -> tuple[list[str], list[str
 
 
 def unique_names(sources: list[str]) -> list[str]:
-    """One output stem per source: its own stem, or `<stem>-2`, `-3`, ... when an earlier source
-    took it (compared without case, so the outputs also stay apart on macOS and Windows)."""
+    """One output stem per source, unique within the run.
+
+    Args:
+        sources: the input files, in order.
+
+    Returns:
+        Each source's own stem, or `<stem>-2`, `-3`, ... when an earlier source took it (compared without
+        case, so the outputs also stay apart on macOS and Windows).
+    """
     taken, names = set(), []
     for source in sources:
         stem = Path(source).stem
@@ -219,7 +257,14 @@ def unique_names(sources: list[str]) -> list[str]:
 
 
 def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """The INPUT arguments that are folders, and those that are files (for lungseg.inference.outdir)."""
+    """The INPUT arguments split by kind (for lungseg.inference.outdir).
+
+    Args:
+        inputs: the INPUT arguments.
+
+    Returns:
+        Those that are folders, and those that are files, each in order.
+    """
     is_folder = [Path(given).is_dir() for given in inputs]
     return ([given for given, folder in zip(inputs, is_folder) if folder],
             [given for given, folder in zip(inputs, is_folder) if not folder])
@@ -230,16 +275,28 @@ def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 @dataclass
 class Budgets:
-    """working: pixels being decoded or written (a few full-size arrays each); kept: pixels of
-    display copies waiting between their read and their write (1 byte a pixel)."""
+    """The pixel budgets of predict's worker threads.
+
+    Args:
+        working: pixels being decoded or written (a few full-size arrays each); default WORKING_PIXELS.
+        kept: pixels of display copies waiting between their read and their write (1 byte a pixel);
+            default KEPT_PIXELS.
+    """
 
     working: PixelBudget = field(default_factory=lambda: PixelBudget(WORKING_PIXELS))
     kept: PixelBudget = field(default_factory=lambda: PixelBudget(KEPT_PIXELS))
 
 
 def header_pixels(source: str) -> int:
-    """Width x height from the file's header, to reserve before decoding; 1 for a file whose
-    header cannot be read (the full read then reports why, in its own words)."""
+    """Width x height from the file's header, to reserve before decoding.
+
+    Args:
+        source: the image file.
+
+    Returns:
+        The pixel count; 1 for a file whose header cannot be read (the full read then reports why, in its
+        own words).
+    """
     try:
         height, width = read_size(source)
     except ImageReadError:
@@ -252,26 +309,52 @@ def header_pixels(source: str) -> int:
 
 @dataclass
 class Prepared:
-    """One job after reading: the model's input, or the error that kept the file from being read."""
+    """One job after reading: the model's input, or the error that kept the file from being read.
+
+    Args:
+        job: the job read.
+        image: uint8 S x S, prepared as for training; None after an error.
+        size: original (height, width).
+        spacing: mm per pixel (DICOM), else None.
+        grey: the display grey, when kept for the overlay.
+        error: why the file could not be read, or None.
+        kept: pixels the grey holds of budgets.kept, given back once it is written.
+    """
 
     job: Job
-    image: np.ndarray | None = None  # uint8 S x S, prepared as for training
-    size: tuple[int, int] = (0, 0)  # original (height, width)
-    spacing: tuple[float, float] | None = None  # mm per pixel (DICOM), else None
-    grey: np.ndarray | None = None  # the display grey, when kept for the overlay
+    image: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)
+    spacing: tuple[float, float] | None = None
+    grey: np.ndarray | None = None
     error: ImageReadError | None = None
-    kept: int = 0  # pixels the grey holds of budgets.kept, given back once it is written
+    kept: int = 0
 
     def take_grey(self) -> np.ndarray | None:
-        """The kept display grey, handed over once, so that it is freed as soon as its user is done."""
+        """Hand over the kept display grey, once, so that it is freed as soon as its user is done.
+
+        Returns:
+            The grey, or None when none was kept or it was handed over already.
+        """
         grey, self.grey = self.grey, None
         return grey
 
 
 def read_job(job: Job, settings: PreprocessConfig, outputs: Outputs, budgets: Budgets) -> Prepared:
-    """Read one X-ray once: the model's input (exactly as lungseg.data.preprocess.prepare_image makes it), its pixel
-    spacing and, with overlays and room in budgets.kept, its display grey. Without that room the
-    grey is read again when the overlay is written, as one full-size image at a time allows."""
+    """Read one X-ray once: the model's input, its pixel spacing and, when kept, its display grey.
+
+    The input is exactly as lungseg.data.preprocess.prepare_image makes it. The grey is kept with overlays
+    and room in budgets.kept; without that room it is read again when the overlay is written, as one
+    full-size image at a time allows.
+
+    Args:
+        job: the image to read.
+        settings: the model's preprocessing settings.
+        outputs: whether overlays are written, and their grey's stretch.
+        budgets: the pixel budgets to hold while reading and to keep the grey in.
+
+    Returns:
+        The prepared job; an unreadable file gives one with `error` set instead of raising.
+    """
     pixels = header_pixels(job.source)
     keep = outputs.overlays and budgets.kept.take(pixels, wait=False)
     try:
@@ -299,8 +382,15 @@ def _read(job: Job, settings: PreprocessConfig, normalize: str | None) -> Prepar
 
 
 def forward(predictor: Predictor, batch: list[Prepared]) -> list[np.ndarray | None]:
-    """The model-size probabilities of each readable image of a batch (None for the others),
-    run as one stack, as the batch's jobs were before."""
+    """The model-size probabilities of each readable image of a batch, run as one stack.
+
+    Args:
+        predictor: the model.
+        batch: the batch's read jobs, as the batch's jobs were before.
+
+    Returns:
+        One S x S probability map per job, in order; None for the jobs that could not be read.
+    """
     readable = [item.image for item in batch if item.error is None]
     probabilities = iter(predictor.probabilities(np.stack(readable), len(readable)) if readable else [])
     return [None if item.error is not None else next(probabilities) for item in batch]
@@ -310,8 +400,15 @@ def forward(predictor: Predictor, batch: list[Prepared]) -> list[np.ndarray | No
 
 
 def areas_cm2(report: quality.QualityReport, spacing: tuple[float, float] | None) -> tuple[float | None, float | None]:
-    """The right and left lung areas in cm2 from a pixel spacing in mm (row, column); (None, None)
-    without one."""
+    """The right and left lung areas in cm2.
+
+    Args:
+        report: the mask's quality report (its right_px and left_px).
+        spacing: pixel spacing in mm (row, column), or None.
+
+    Returns:
+        (right, left) in cm2, rounded to 3 decimals; (None, None) without a spacing.
+    """
     if spacing is None:
         return None, None
     pixel_mm2 = spacing[0] * spacing[1]
@@ -321,20 +418,34 @@ def areas_cm2(report: quality.QualityReport, spacing: tuple[float, float] | None
 def display_grey(source: str, normalize: str) -> np.ndarray:
     """The X-ray at full size as uint8 0..255 for the overlay (grey_for_display of the file).
 
-    source: the image file. normalize: the model's setting; see grey_for_display.
+    Args:
+        source: the image file.
+        normalize: the model's setting; see grey_for_display.
+
+    Returns:
+        HxW uint8.
+
+    Raises:
+        ImageReadError: for a file that cannot be read.
     """
     image, _ = open_image(source)
     return grey_for_display(image, normalize)
 
 
 def grey_for_display(image: Image.Image, normalize: str) -> np.ndarray:
-    """A decoded X-ray as uint8 0..255 for the overlay, stretched as the model saw it (a 12-bit
-    image stored in 16 bits would otherwise be nearly black). 8-bit images stay 8-bit all the
-    way; wider ones are converted to 8 bits in row blocks, so no second full-size float copy is
-    made.
+    """A decoded X-ray as uint8 0..255 for the overlay, stretched as the model saw it.
 
-    image: the decoded, upright X-ray. normalize: 'none' keeps the values; 'minmax' and every
-    other method stretch each image to 0..255 (the display needs no finer normalisation).
+    Stretched, because a 12-bit image stored in 16 bits would otherwise be nearly black. 8-bit images stay
+    8-bit all the way; wider ones are converted to 8 bits in row blocks, so no second full-size float copy
+    is made.
+
+    Args:
+        image: the decoded, upright X-ray.
+        normalize: 'none' keeps the values; 'minmax' and every other method stretch each image to 0..255
+            (the display needs no finer normalisation).
+
+    Returns:
+        HxW uint8.
     """
     stretch = normalize != "none"
     if image.mode not in WIDE_MODES:
@@ -355,20 +466,37 @@ def _stretch_8bit(grey: np.ndarray) -> np.ndarray:
 
 
 def save_rgb_png(picture: Image.Image, path: Path, sweep: bool = True) -> None:
-    """Write an RGB Pillow image as a PNG at OVERLAY_PNG_LEVEL, atomically. sweep: as in
-    lungseg.core.io.atomic_path (False when the caller swept the folder once)."""
+    """Write an RGB Pillow image as a PNG at OVERLAY_PNG_LEVEL, atomically.
+
+    Args:
+        picture: the RGB image.
+        path: where to write it.
+        sweep: as in lungseg.core.io.atomic_path (False when the caller swept the folder once).
+    """
     with atomic_path(path, sweep=sweep) as tmp:
         picture.save(tmp, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
 
 
 def write_result(job: Job, mask: np.ndarray, outputs: Outputs, dice_estimate: float | None,
                  grey: np.ndarray | None, spacing: tuple[float, float] | None) -> dict:
-    """Write one image's mask (and overlay) and return its CSV row. Without a kept `grey` the X-ray
-    is read for the overlay before anything is written, so a file that fails now leaves no outputs.
+    """Write one image's mask (and overlay) and return its CSV row.
 
-    dice_estimate: the mask's estimated Dice (Predictor.dice_estimate), or None. grey: the display
-    grey (grey_for_display) read with the model's input, if kept. spacing: the file's pixel
-    spacing in mm, for the cm2 columns.
+    Without a kept `grey` the X-ray is read for the overlay before anything is written, so a file that
+    fails now leaves no outputs.
+
+    Args:
+        job: the image and its output stem.
+        mask: the native-size mask.
+        outputs: where and how to write.
+        dice_estimate: the mask's estimated Dice (Predictor.dice_estimate), or None.
+        grey: the display grey (grey_for_display) read with the model's input, if kept.
+        spacing: the file's pixel spacing in mm, for the cm2 columns.
+
+    Returns:
+        The image's CSV row (COLUMNS).
+
+    Raises:
+        ImageReadError: when the X-ray cannot be read again for the overlay.
     """
     if outputs.overlays and grey is None:
         grey = display_grey(job.source, outputs.normalize)
@@ -390,8 +518,20 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, dice_estimate: fl
 
 def write_job(item: Prepared, probability: np.ndarray | None, predictor: Predictor, outputs: Outputs,
               budgets: Budgets) -> dict:
-    """The native-size mask of one read job, its files and its CSV row (an error row for a file
-    that could not be read). Gives back the kept grey's reservation once written."""
+    """Make the native-size mask of one read job and write its files.
+
+    Gives back the kept grey's reservation once written.
+
+    Args:
+        item: the read job.
+        probability: its model-size probabilities (None for a file that could not be read).
+        predictor: the model (its native_mask and dice_estimate).
+        outputs: where and how to write.
+        budgets: the pixel budgets to hold while writing and to give the grey back to.
+
+    Returns:
+        The CSV row; an error row for a file that could not be read.
+    """
     if item.error is not None:
         return error_row(item.job, item.error)
     try:
@@ -406,17 +546,38 @@ def write_job(item: Prepared, probability: np.ndarray | None, predictor: Predict
 
 
 def error_row(job: Job, problem: Exception) -> dict:
-    """The CSV row of an image that failed: only the input and the reason."""
+    """The CSV row of an image that failed: only the input and the reason.
+
+    Args:
+        job: the image.
+        problem: why it failed.
+
+    Returns:
+        The row, its other columns None.
+    """
     return {**dict.fromkeys(COLUMNS, None), "input": job.source, "error": str(problem)}
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    """predictions.csv, atomically. Object columns keep whole numbers whole next to empty cells."""
+    """Write predictions.csv, atomically. Object columns keep whole numbers whole next to empty cells.
+
+    Args:
+        rows: the CSV rows, in input order.
+        path: where to write.
+    """
     write_csv(pd.DataFrame(rows, columns=COLUMNS, dtype=object), path)
 
 
 def written_files(rows: list[dict], folder: Path) -> list[Path]:
-    """Every file a run wrote: the table and each row's mask and overlay."""
+    """Every file a run wrote: the table and each row's mask and overlay.
+
+    Args:
+        rows: the run's CSV rows.
+        folder: the --out folder.
+
+    Returns:
+        The files' paths.
+    """
     names = [TABLE, *(row[column] for row in rows for column in ("mask_file", "overlay_file") if row[column])]
     return [folder / name for name in names]
 
@@ -426,13 +587,27 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
 
 def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_size: int, quiet: bool = False,
                 workers: int | None = None, budgets: Budgets | None = None) -> list[dict]:
-    """Run every job and write its outputs; return the CSV rows in job order. Unreadable files are
-    reported on stderr (one line each, in job order) and become error rows.
+    """Run every job and write its outputs.
 
+    Unreadable files are reported on stderr (one line each, in job order) and become error rows.
     Worker threads read the next batches and write the finished ones while this thread runs the
     model on the current batch (Pillow, numpy and torch release the GIL for the heavy work).
-    Batches are the same jobs[i:i + batch_size] whatever the number of workers, so the results
-    are too. workers: threads (default: one per core). budgets: memory in flight (default: Budgets()).
+    Batches are the same jobs[i:i + batch_size] whatever the number of workers, so the results are too.
+
+    Args:
+        predictor: the model.
+        jobs: the images and their output stems.
+        outputs: where and how to write.
+        batch_size: images per model call.
+        quiet: no progress bar.
+        workers: threads (default: one per core).
+        budgets: memory in flight (default: Budgets()).
+
+    Returns:
+        The CSV rows in job order.
+
+    Raises:
+        WriteFailed: when a write fails (an OSError), holding the rows finished so far.
     """
     settings, budgets = PreprocessConfig(**predictor.preprocess), budgets or Budgets()
     workers = workers or default_workers()
@@ -464,8 +639,18 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
 
 
 def stop_after(failed: WriteFailed, out_dir: Path, total: int) -> int:
-    """After a failed write: list the finished images in predictions.csv if the disk still takes
-    it, say in one line what failed and where, and return exit status 1."""
+    """After a failed write: list the finished images in predictions.csv if the disk still takes it.
+
+    Also says in one line on stderr what failed and where.
+
+    Args:
+        failed: the error predict_all raised, with the rows finished.
+        out_dir: the --out folder.
+        total: how many images the run had.
+
+    Returns:
+        Exit status 1.
+    """
     error = failed.error
     where = Path(error.filename).parent if error.filename else out_dir  # the folder, not the temporary name
     try:
@@ -493,12 +678,32 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         batch_size: int = 16, alpha: float = 0.4, overlays: bool = True, recursive: bool = False,
         quiet: bool = False, overwrite: bool = False, workers: int | None = None, estimate: bool = True,
         limits: quality.Limits = quality.DEFAULT_LIMITS) -> int:
-    """The whole command; returns the exit code: 0 all written, 1 some files could not be read.
-    Problems with the inputs, --out (lungseg.inference.outdir) or the model raise LungsegError before
-    anything is written. With `overwrite`, an earlier run's outputs in `out` may be replaced,
-    and those this run did not write are deleted once it is done. workers: reading and writing
-    threads (default: one per core; the results are the same for any number). estimate: fill the
-    dice_estimate column (False: --no-estimate). limits: when a mask is flagged."""
+    """The whole `lungseg predict` command.
+
+    Args:
+        model: the model file (checkpoint or export).
+        inputs: image files and folders, as given.
+        out: the --out folder.
+        device: 'auto', 'cpu', 'cuda' or 'mps'.
+        threshold: overrides the model's (None keeps it).
+        batch_size: images per model call.
+        alpha: the overlays' colour weight.
+        overlays: write overlays (False: --no-overlays).
+        recursive: also read the input folders' subfolders.
+        quiet: no progress bar.
+        overwrite: an earlier run's outputs in `out` may be replaced, and those this run did not write are
+            deleted once it is done.
+        workers: reading and writing threads (default: one per core; the results are the same for any number).
+        estimate: fill the dice_estimate column (False: --no-estimate).
+        limits: when a mask is flagged.
+
+    Returns:
+        The exit code: 0 all written, 1 some files could not be read (or a write failed).
+
+    Raises:
+        LungsegError: for problems with the inputs, --out (lungseg.inference.outdir) or the model, before
+            anything is written.
+    """
     sources, skipped = list_inputs(inputs, recursive)
     folders, files = split_inputs(inputs)
     out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])

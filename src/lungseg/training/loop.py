@@ -33,7 +33,12 @@ from lungseg.training import distributed
 
 @dataclass
 class TensorPair:
-    """Images (N x 1 x H x W, float in [0, 1]) and masks (same shape, 0/1) on one device."""
+    """Images and their masks on one device; len() is the number of images.
+
+    Args:
+        images: N x 1 x H x W, float in [0, 1].
+        masks: the same shape, 0/1.
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -48,12 +53,15 @@ class Plan:
 
     Args:
         loss_fn: maps (logits, masks) to a scalar loss.
-        optimizer: steps the model's parameters. scheduler: its learning rate, stepped once a step.
+        optimizer: steps the model's parameters.
+        scheduler: its learning rate, stepped once a step.
         generator: draws the order of the training images, epoch after epoch.
-        epochs: how many passes. steps: optimiser steps per epoch (the same on every rank).
-        batch_size: the images of one step in this process (the global batch over the ranks).
+        epochs: how many passes.
+        steps: optimiser steps per epoch (the same on every rank).
+        batch_size: the images of one step in this process (its share of the global batch over the ranks).
         val_batch_size: images per forward pass when validating.
         low_res: the training images at low resolution for the first `low_res_epochs` epochs, or None.
+        low_res_epochs: how many of the first epochs train on `low_res` (0: none).
     """
 
     loss_fn: torch.nn.Module
@@ -70,14 +78,35 @@ class Plan:
 
 @dataclass
 class FitResult:
-    history: pd.DataFrame  # one row per epoch
-    best_state: dict  # model weights of the epoch with the best validation Dice
+    """What fit gives back.
+
+    Args:
+        history: one row per epoch.
+        best_state: model weights of the epoch with the best validation Dice.
+        best_epoch: that epoch's number (1-based).
+        best_dice: its validation Dice.
+    """
+
+    history: pd.DataFrame
+    best_state: dict
     best_epoch: int
     best_dice: float
 
 
 def train_step(model, loss_fn, optimizer, images, masks, dtype) -> torch.Tensor:
-    """One optimisation step; returns the (detached, on-device) loss."""
+    """One optimisation step.
+
+    Args:
+        model: the network being trained.
+        loss_fn: maps (logits, masks) to a scalar loss.
+        optimizer: steps the model's parameters.
+        images: one batch, N x 1 x H x W on the model's device.
+        masks: its masks, the same shape.
+        dtype: autocast dtype, or None for fp32.
+
+    Returns:
+        The loss, detached and on the device.
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, dtype):
         loss = loss_fn(model(images), masks)
@@ -91,12 +120,27 @@ def train_epoch(model, loss_fn, optimizer, scheduler, data: TensorPair, batch_si
                 worker: distributed.Worker | None = None) -> tuple[float, int]:
     """One pass over `data` in a seeded random order, each batch through `augment` if given.
 
-    `steps`, if given, is the number of full batches to take, wrapping around `data` when it runs
-    out (every rank of a distributed run takes the same number). With `worker`, the loss and the
-    bad step returned are those of all ranks together.
+    The loss and the first bad step are tracked on the device and read once at the end, so no step
+    waits for the GPU.
 
-    Returns the mean training loss and the first step (1-based) whose loss was not finite, or 0.
-    Both are tracked on the device and read once at the end, so no step waits for the GPU.
+    Args:
+        model: the network being trained (or its DDP wrapper); put in training mode here.
+        loss_fn: maps (logits, masks) to a scalar loss.
+        optimizer: steps the model's parameters.
+        scheduler: the learning-rate schedule, stepped once a step.
+        data: this process's training images and masks, on the model's device.
+        batch_size: images per step.
+        generator: draws the order of the images.
+        dtype: autocast dtype, or None for fp32.
+        progress: a progress bar advanced once a step, or None.
+        augment: maps each batch (images, masks) to a changed copy, or None.
+        steps: the number of full batches to take, wrapping around `data` when it runs out (every rank
+            of a distributed run takes the same number); None: one pass over `data`.
+        worker: this process's rank of a DDP run, or None. With it, the loss and the bad step returned
+            are those of all ranks together (combine_epoch).
+
+    Returns:
+        The mean training loss and the first step (1-based) whose loss was not finite, or 0.
     """
     model.train()
     device = data.images.device
@@ -122,8 +166,17 @@ def train_epoch(model, loss_fn, optimizer, scheduler, data: TensorPair, batch_si
 
 
 def combine_epoch(total: torch.Tensor, seen: int, first_bad: torch.Tensor) -> tuple[float, int]:
-    """Mean loss over the images every rank stepped on, and the earliest non-finite step of any
-    rank (0 if none), so that all ranks agree on whether to stop."""
+    """Combine one epoch's loss and bad step over the ranks, so that all ranks agree on whether to stop.
+
+    Args:
+        total: this rank's loss summed over the images it stepped on, on the device.
+        seen: how many images this rank stepped on.
+        first_bad: this rank's first step (1-based) whose loss was not finite, or 0.
+
+    Returns:
+        The mean loss over the images every rank stepped on, and the earliest non-finite step of any
+        rank (0 if none).
+    """
     sums = distributed.all_reduce_sum(torch.stack([total.double(), torch.tensor(seen, dtype=torch.double, device=total.device)]))
     never = torch.iinfo(torch.long).max
     earliest = int(distributed.all_reduce_min(torch.where(first_bad > 0, first_bad, never)))
@@ -132,9 +185,23 @@ def combine_epoch(total: torch.Tensor, seen: int, first_bad: torch.Tensor) -> tu
 
 def validate(model, loss_fn, data: TensorPair, batch_size: int, threshold: float, dtype,
              worker: distributed.Worker | None = None) -> dict:
-    """Loss, mean Dice and mean IoU on `data` at the inference threshold; with `worker`, `data` is
-    this rank's shard and the scores are those of all ranks' shards together (the sums of
-    validation_sums, added up over the ranks, then divided once)."""
+    """Loss, mean Dice and mean IoU on `data` at the inference threshold.
+
+    With `worker`, the scores are those of all ranks' shards together (the sums of validation_sums,
+    added up over the ranks, then divided once).
+
+    Args:
+        model: the network to score.
+        loss_fn: maps (logits, masks) to a scalar loss.
+        data: the validation images and masks on the model's device; with `worker`, this rank's shard.
+        batch_size: images per forward pass.
+        threshold: probability above which a pixel is lung.
+        dtype: autocast dtype, or None for fp32.
+        worker: this process's rank of a DDP run, or None.
+
+    Returns:
+        {"val_loss", "val_dice", "val_iou"}: each a mean over the images.
+    """
     sums = validation_sums(model, loss_fn, data, batch_size, threshold, dtype)
     if worker is not None:
         sums = distributed.all_reduce_sum(sums)
@@ -143,9 +210,23 @@ def validate(model, loss_fn, data: TensorPair, batch_size: int, threshold: float
 
 
 def validation_sums(model, loss_fn, data: TensorPair, batch_size: int, threshold: float, dtype) -> torch.Tensor:
-    """[loss x images, sum of Dice, sum of IoU, images] on `data` (float64, on its device).
+    """The validation sums of `data`: [loss x images, sum of Dice, sum of IoU, images].
+
     Sums over shards add up to the whole set's: the loss is a mean over images of equal size
-    (BCE per pixel, soft Dice per image), and Dice and IoU are per image."""
+    (BCE per pixel, soft Dice per image), and Dice and IoU are per image.
+
+    Args:
+        model: the network to score.
+        loss_fn: maps (logits, masks) to a scalar loss.
+        data: images and masks on the model's device; may be empty (a rank holds no validation
+            image when there are fewer images than ranks).
+        batch_size: images per forward pass.
+        threshold: probability above which a pixel is lung.
+        dtype: autocast dtype, or None for fp32.
+
+    Returns:
+        The four sums, float64 on `data`'s device (all 0 when `data` is empty).
+    """
     sums = torch.zeros(4, dtype=torch.double, device=data.images.device)
     if len(data):  # a rank holds no validation image when there are fewer images than ranks
         logits = forward_in_batches(model, data.images, batch_size, dtype)
@@ -158,14 +239,35 @@ def validation_sums(model, loss_fn, data: TensorPair, batch_size: int, threshold
 
 
 def predicted_masks(model, images: torch.Tensor, threshold: float, batch_size: int, dtype=None) -> np.ndarray:
-    """Binary masks (N x H x W, bool, on the CPU) of `model` for device-resident N x 1 x H x W
-    images: what the train stage chooses post-processing on, before any checkpoint exists."""
+    """Binary masks of `model` for device-resident images.
+
+    What the train stage chooses post-processing on, before any checkpoint exists.
+
+    Args:
+        model: the network, on the images' device.
+        images: N x 1 x H x W, on the model's device.
+        threshold: probability above which a pixel is lung.
+        batch_size: images per forward pass.
+        dtype: autocast dtype, or None for fp32.
+
+    Returns:
+        N x H x W bool masks, on the CPU.
+    """
     logits = forward_in_batches(model, images, batch_size, dtype)
     return (torch.sigmoid(logits) > threshold)[:, 0].cpu().numpy()
 
 
 def is_out_of_memory(problem: BaseException) -> bool:
-    """CUDA raises torch.OutOfMemoryError; the CPU and MPS allocators raise RuntimeErrors."""
+    """Whether `problem` says the device ran out of memory.
+
+    CUDA raises torch.OutOfMemoryError; the CPU and MPS allocators raise RuntimeErrors.
+
+    Args:
+        problem: the exception caught.
+
+    Returns:
+        True for an out-of-memory error of any of these devices.
+    """
     text = str(problem).lower()
     return isinstance(problem, torch.OutOfMemoryError) or (
         isinstance(problem, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
