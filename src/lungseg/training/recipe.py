@@ -346,6 +346,7 @@ def recalibrate(checkpoint: dict, images: np.ndarray, masks: np.ndarray, draws: 
 
     Raises:
         CheckpointError: the checkpoint describes a model lungseg cannot build.
+        DataError: there are no images.
     """
     if len(images) == 0:
         raise DataError(f"no labelled images to calibrate on{f' in {source}' if source else ''}")
