@@ -131,7 +131,7 @@ def predict(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, alpha=args.alpha, overlays=not args.no_overlays,
                           recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite,
                           workers=args.workers, estimate=not args.no_estimate,
-                          limits=predicting.quality.Limits(min_dice=args.min_dice))
+                          limits=predicting.quality.Limits(min_dice=args.min_dice), report=not args.no_report)
 
 
 EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json", "dice_estimate.png")
@@ -335,12 +335,16 @@ def add_predict(commands) -> None:
         epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     predictor.add_argument("model", help="a lungseg checkpoint (.pth), or a model exported by `lungseg export` (.onnx, .ts)")
     predictor.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
-    predictor.add_argument("--out", required=True, metavar="DIR", help="folder to write masks/, overlays/ and predictions.csv into")
+    predictor.add_argument("--out", required=True, metavar="DIR", help="folder to write masks/, overlays/, predictions.csv and the "
+                           "review page index.html (with thumbnails/ and views/) into")
     predictor.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="auto: CUDA, then MPS, then CPU (default: auto)")
     predictor.add_argument("--threshold", type=fraction(exclusive=True), default=None, metavar="P", help="lung where probability > this (default: the checkpoint's)")
     predictor.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="images read and run at once (default: 16)")
     predictor.add_argument("--alpha", type=fraction(exclusive=False), default=0.4, metavar="A", help="opacity of the red lungs in the overlays (default: 0.4)")
-    predictor.add_argument("--no-overlays", action="store_true", help="write masks and the CSV only")
+    predictor.add_argument("--no-overlays", action="store_true", help="write no full-size overlays (the review page keeps "
+                           "its thumbnails unless --no-report)")
+    predictor.add_argument("--no-report", action="store_true", help="write no review page (index.html) and none of "
+                           "its thumbnails/ and views/")
     predictor.add_argument("--recursive", action="store_true", help="also take images from subfolders of INPUT folders")
     predictor.add_argument("--no-estimate", action="store_true", help="leave dice_estimate empty (a little faster); "
                            "only the hard rules flag")

@@ -42,12 +42,12 @@ class OutputNames:
     Args:
         files: file names at the top of the folder, e.g. "predictions.csv".
         folders: subfolders only lungseg writes into, each holding <name><suffix> files.
-        suffix: the suffix of the files in `folders` (default ".png").
+        suffix: the suffix of the files in `folders` (default ".png"), or a tuple of them.
     """
 
     files: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()
-    suffix: str = ".png"
+    suffix: str | tuple[str, ...] = ".png"
 
     def kind(self, relative: PurePosixPath, path: Path) -> str:
         """What an entry below --out is to lungseg.
@@ -65,7 +65,8 @@ class OutputNames:
         if top in self.files:
             return "output" if len(relative.parts) == 1 and plain_file else "foreign"
         if top in self.folders:
-            fits = len(relative.parts) == 2 and relative.suffix.lower() == self.suffix
+            suffixes = (self.suffix,) if isinstance(self.suffix, str) else self.suffix
+            fits = len(relative.parts) == 2 and relative.suffix.lower() in suffixes
             return "output" if fits and plain_file else "foreign"
         return "other"
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ from lungseg.data.images import (
 )
 from lungseg.data.normalize import check_available, stretch_to_uint8
 from lungseg.data.preprocess import finish_image
+from lungseg.inference import review
 from lungseg.inference.budget import PixelBudget
 from lungseg.inference.formats import load_predictor
 from lungseg.inference.outdir import OutputNames, check_out, remove_stale
@@ -94,7 +96,8 @@ COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fracti
            "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error",
            *quality.COLUMNS]
 TABLE = "predictions.csv"
-OUTPUT_NAMES = OutputNames(files=(TABLE,), folders=("masks", "overlays"), suffix=".png")
+OUTPUT_NAMES = OutputNames(files=(TABLE, review.PAGE), folders=("masks", "overlays", review.THUMBNAILS, review.VIEWS),
+                           suffix=(".png", ".jpg"))
 ROWS_PER_BLOCK = 512  # rows converted to 8 bits at a time: a 8000 px wide float block is ~16 MB
 MM2_PER_CM2 = 100.0
 # zlib level of the overlays: level 1 wrote a 512 px overlay 5x faster than the default 6, for
@@ -132,6 +135,7 @@ class Outputs:
         normalize: how the overlay's grey is stretched: as the model saw the image.
         estimate: fill the dice_estimate column (False: --no-estimate).
         limits: when a mask is flagged.
+        review: write the review page's thumbnails and X-ray views (False: --no-report).
     """
 
     folder: Path
@@ -140,6 +144,7 @@ class Outputs:
     normalize: str = "minmax"
     estimate: bool = True
     limits: quality.Limits = quality.DEFAULT_LIMITS
+    review: bool = True
 
 
 # --------------------------------------------------------------------------- inputs
@@ -498,14 +503,18 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, dice_estimate: fl
     Raises:
         ImageReadError: when the X-ray cannot be read again for the overlay.
     """
-    if outputs.overlays and grey is None:
+    if (outputs.overlays or outputs.review) and grey is None:
         grey = display_grey(job.source, outputs.normalize)
     mask_file = Path("masks") / f"{job.name}.png"
     save_mask_png(mask, outputs.folder / mask_file, sweep=False)  # predict_all swept the folder once
-    overlay_file = ""
+    overlay_file, pictures = "", {}
     if grey is not None:
-        overlay_file = str(Path("overlays") / f"{job.name}.png")
-        save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file, sweep=False)
+        if outputs.overlays:
+            overlay_file = str(Path("overlays") / f"{job.name}.png")
+            save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file, sweep=False)
+        if outputs.review:
+            thumbnail, view = review.write_card_pictures(outputs.folder, job.name, grey, mask, outputs.alpha, sweep=False)
+            pictures = {"thumbnail_file": thumbnail, "view_file": view}  # for the page, not the CSV
         del grey  # before quality labels the mask: one full-size picture at a time
     report = quality.assess(mask, dice_estimate, outputs.limits)  # labels the mask once, for the sides too
     right_cm2, left_cm2 = areas_cm2(report, spacing)
@@ -513,7 +522,7 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, dice_estimate: fl
             "height": mask.shape[0], "width": mask.shape[1], "lung_fraction": report.lung_fraction,
             "right_lung_px": report.right_px, "left_lung_px": report.left_px,
             "right_lung_cm2": right_cm2, "left_lung_cm2": left_cm2,
-            "n_components": report.n_components, "error": "", **report.columns()}
+            "n_components": report.n_components, "error": "", **report.columns(), **pictures}
 
 
 def write_job(item: Prepared, probability: np.ndarray | None, predictor: Predictor, outputs: Outputs,
@@ -578,7 +587,10 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
     Returns:
         The files' paths.
     """
-    names = [TABLE, *(row[column] for row in rows for column in ("mask_file", "overlay_file") if row[column])]
+    columns = ("mask_file", "overlay_file", "thumbnail_file", "view_file")
+    names = [TABLE, *(row[column] for row in rows for column in columns if row.get(column))]
+    if (folder / review.PAGE).is_file():
+        names.append(review.PAGE)
     return [folder / name for name in names]
 
 
@@ -677,7 +689,7 @@ def _collect(writing: deque[Future], rows: list[dict], progress: tqdm, keep: int
 def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold: float | None = None,
         batch_size: int = 16, alpha: float = 0.4, overlays: bool = True, recursive: bool = False,
         quiet: bool = False, overwrite: bool = False, workers: int | None = None, estimate: bool = True,
-        limits: quality.Limits = quality.DEFAULT_LIMITS) -> int:
+        limits: quality.Limits = quality.DEFAULT_LIMITS, report: bool = True) -> int:
     """The whole `lungseg predict` command.
 
     Args:
@@ -696,6 +708,7 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         workers: reading and writing threads (default: one per core; the results are the same for any number).
         estimate: fill the dice_estimate column (False: --no-estimate).
         limits: when a mask is flagged.
+        report: write the review page, index.html, and its pictures (False: --no-report).
 
     Returns:
         The exit code: 0 all written, 1 some files could not be read (or a write failed).
@@ -714,12 +727,15 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     if estimate and predictor.estimator is None:
         print(quality.NO_ESTIMATOR.format(model=model), file=sys.stderr)
     jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
-    outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"], estimate, limits)
+    outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"], estimate, limits, report)
     try:
         rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
     except WriteFailed as failed:
         return stop_after(failed, out_dir, len(jobs))
     write_table(rows, out_dir / TABLE)
+    if report:
+        review.write_page(out_dir, review.worst_first(review_cards(rows, skipped)),
+                          review_header(model, predictor, inputs, rows, skipped))
     if overwrite:
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
     failed = sum(bool(row["error"]) for row in rows)
@@ -729,5 +745,44 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     print(f"{len(rows) - failed} of {len(rows) + len(skipped)} file(s) segmented into {out_dir}"
           + (f"; {failed} could not be read (see the error column of {TABLE})" if failed else "")
           + (f"; {len(skipped)} skipped (listed above on stderr)" if skipped else ""))
-    print(f"{flagged} of {len(rows) - failed} flagged: see the flag column of {TABLE}")
+    print(f"{flagged} of {len(rows) - failed} flagged: see the flag column of {TABLE}"
+          + (f", or open {out_dir / review.PAGE} (worst first)" if report else ""))
     return 1 if failed else 0
+
+
+def review_cards(rows: list[dict], skipped: list[str]) -> list[review.Card]:
+    """The review page's cards: one per CSV row, then one per skipped input (as unreadable).
+
+    Args:
+        rows: the run's CSV rows (with the pictures' paths, which the CSV leaves out).
+        skipped: the listing's skipped inputs, each "path: why".
+
+    Returns:
+        The cards, in the rows' order.
+    """
+    cards = [review.Card(name=Path(row["input"]).name, input=row["input"], thumbnail=row.get("thumbnail_file"),
+                         overlay=row["overlay_file"] or row.get("thumbnail_file"), xray=row.get("view_file"),
+                         flags=row["flag"].split("; ") if row["flag"] else [], estimate=row["dice_estimate"],
+                         areas=review.area_words(row["right_lung_cm2"], row["left_lung_cm2"], row["right_lung_px"],
+                                                 row["left_lung_px"]),
+                         error=row["error"] or "") for row in rows]
+    for line in skipped:
+        source, _, why = line.partition(": ")
+        cards.append(review.Card(name=Path(source).name, input=source, error=why or line))
+    return cards
+
+
+def review_header(model: str, predictor: Predictor, inputs: list[str], rows: list[dict], skipped: list[str]) -> review.Header:
+    """The review page's header: the model, what it was trained on and when, and the counts.
+
+    Args:
+        model: the model file. predictor: the loaded model (its info). inputs: as given.
+        rows: the run's CSV rows. skipped: the listing's skipped inputs.
+    """
+    trained_on = predictor.info.get("training_data") or {}
+    words = f"{trained_on.get('data')} ({trained_on.get('n_images')} images)" if trained_on else ""
+    saved = time.strftime("%Y-%m-%d", time.localtime(Path(model).stat().st_mtime)) if Path(model).is_file() else ""
+    failed = sum(bool(row["error"]) for row in rows) + len(skipped)
+    return review.Header(title=f"lungseg predict: {', '.join(inputs)}", model=model, trained_on=words, trained=saved,
+                         images=len(rows) + len(skipped), flagged=sum(bool(row["flag"]) for row in rows),
+                         unreadable=failed)
