@@ -1,7 +1,8 @@
 """Stage evaluate: the best model on the test split (never used for any choice), at model size
 and at each image's original resolution, with bootstrap intervals, per subgroup, and against a
 tuned intensity-threshold baseline; and how well each image's estimated Dice followed its true
-Dice (results/dice_estimate.csv, drawn by `dvc plots show`)."""
+Dice (results/dice_estimate.csv, drawn by `dvc plots show`); and the review page of the test
+images, worst first (results/review/index.html)."""
 
 import numpy as np
 
@@ -10,7 +11,8 @@ from lungseg.core.io import atomic_path
 from lungseg.data.images import set_max_pixels
 from lungseg.data.processed import ids_in, index_root, load_processed, read_split
 from lungseg.evaluation.baseline import baseline_scores
-from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation
+from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation, write_review
+from lungseg.inference import review
 from lungseg.evaluation.scores import evaluate_set
 from lungseg.inference.predictor import Predictor
 from lungseg.postprocessing import quality
@@ -37,6 +39,9 @@ def main(params: dict) -> None:
     with atomic_path(paths.PREDICTIONS) as tmp, open(tmp, "wb") as handle:  # the masks the visualize stage draws
         np.savez_compressed(handle, ids=np.asarray(test.index["id"], dtype=str), masks=result.masks)
     write_evaluation(result, FILES)
+    with atomic_path(paths.REVIEW_DIR) as tmp:
+        write_review(tmp, result, review.model_header(f"lungseg: the test split of {', '.join(data.dirs)}", paths.MODEL,
+                                                      predictor.info))
     print(score_lines(result.metrics))
     print(f"threshold baseline Dice {result.metrics['baseline']['dice']:.4f}")
 

@@ -306,8 +306,10 @@ def test_evaluate_overwrites_an_earlier_report_only_when_asked(write_pair_folder
     assert main([*argv, "--overwrite"]) == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["n_images"] == 3
     assert (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in out.iterdir()) == ["dice_estimate.png", "dice_histogram.csv", "evaluation_report.json",
-                                                      "metrics.json", "montage.png", "notes.txt", "per_image.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["dice_estimate.png", "dice_histogram.csv", "errors", "evaluation_report.json",
+                                                      "index.html", "metrics.json", "montage.png", "notes.txt", "per_image.csv",
+                                                      "thumbnails", "views"]
+    assert sorted(p.name for p in (out / "errors").iterdir()) == ["1.png", "2.png", "3.png"]
     report = json.loads((out / "evaluation_report.json").read_text())
     assert report["dice_estimate"]["n_images"] == 3 and report["dice_estimate"]["against"] == "dice_native"
 

@@ -190,3 +190,30 @@ def test_no_report_writes_no_page_and_no_pictures_for_it(tiny_model, tmp_path):
     out = tmp_path / "out"
     predict_into(tiny_model, x_ray_folder(tmp_path / "in"), out, "--no-report")
     assert sorted(path.name for path in out.iterdir()) == ["masks", "overlays", "predictions.csv"]
+
+
+def test_evaluate_writes_a_page_worst_true_dice_first_with_the_errors_a_key_away(browser, tiny_model, tmp_path,
+                                                                                 write_pair_folder):
+    import pandas as pd
+
+    from lungseg.cli import main
+
+    data = write_pair_folder(tmp_path / "labelled", layout="plain", n=5, metadata=False)
+    out = tmp_path / "scores"
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(data.root), "--out", str(out),
+                 "--params", "absent.yaml", "--device", "cpu", "-q"]) == 0
+    scores = pd.read_csv(out / "per_image.csv", dtype={"id": str})
+    page = browser.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto((out / "index.html").as_uri())
+    names = card_names(page)
+    assert names == scores.sort_values(["dice_native", "id"])["id"].tolist()  # the truth at native resolution
+    assert "Dice " in page.locator("#grid .card .meta").first.text_content()
+    page.locator("#grid .card").first.click()
+    page.keyboard.press("e")
+    assert page.get_attribute("#viewer-image", "src") == f"errors/{names[0]}.png"
+    assert "false positive magenta" in page.text_content("#viewer-mode")
+    assert page.is_visible("#scatter") == (out / "dice_estimate.png").is_file()
+    assert problems == []
+    page.close()

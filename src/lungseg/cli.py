@@ -154,8 +154,9 @@ def evaluate(args: argparse.Namespace) -> int:
     """
     from lungseg.evaluation import pictures
     from lungseg.evaluation.pictures import montage_rows
-    from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation
+    from lungseg.evaluation.report import REVIEW_NAMES, EvaluationFiles, score_lines, write_evaluation, write_review
     from lungseg.evaluation.scores import evaluate_folder
+    from lungseg.inference import review
     from lungseg.inference.formats import load_predictor
     from lungseg.inference.outdir import OutputNames, check_out
     from lungseg.inference.predictor import default_workers, torch_threads
@@ -166,7 +167,7 @@ def evaluate(args: argparse.Namespace) -> int:
     settings, preprocess, visual, flags, data = config.load(params, "evaluate", "preprocess", "visualize", "quality",
                                                               "data", source=args.params)
     files = (*EVALUATE_FILES, "montage.png")  # the best, median and worst image, as the visualize stage draws them
-    names = OutputNames(files=files)
+    names = OutputNames(files=(*files, review.PAGE), folders=REVIEW_NAMES[1:], suffix=(".png", ".jpg"))
     out = check_out(args.out, names, args.overwrite, input_folders=[args.data], input_files=[args.model])
     limit_pixels(args, preprocess.max_pixels)  # as the evaluate stage reads the original masks
     predictor = load_predictor(args.model, args.device)
@@ -191,7 +192,13 @@ def evaluate(args: argparse.Namespace) -> int:
     # the best, median and worst images, drawn as the visualize stage draws the test split's
     rows = montage_rows(result.scores, result.images, result.truths, result.masks, 3)
     pictures.save_montage(rows, out / "montage.png", visual.dpi, visual.overlay_alpha)
+    if not args.no_report:
+        header = review.model_header(f"lungseg evaluate: {args.data}", args.model, predictor.info)
+        header.scatter = scatter.name if scatter.is_file() else None
+        page = write_review(out, result, header, visual.overlay_alpha)
     print(score_lines(result.metrics))
+    if not args.no_report:
+        print(f"review page, worst Dice first: {page}")
     return 0
 
 
@@ -492,6 +499,8 @@ def add_evaluate(commands) -> None:
                            "subgroup), per_image.csv, dice_histogram.csv, dice_estimate.png (estimated against true Dice) and montage.png")
     evaluator.add_argument("--params", default="params.yaml", help="take the evaluate section from here (default: params.yaml if present)")
     evaluator.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    evaluator.add_argument("--no-report", action="store_true", help="write no review page (index.html) and none of "
+                           "its thumbnails/, views/ and errors/")
     evaluator.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
     evaluator.add_argument("--workers", type=positive_int, default=None, metavar="N",
                            help="threads scoring the masks at native resolution (default: one per core; "

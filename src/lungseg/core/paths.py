@@ -20,6 +20,7 @@ PER_IMAGE = RESULTS / "per_image.csv"
 PREDICTIONS = RESULTS / "test_predictions.npz"
 DICE_HISTOGRAM = RESULTS / "dice_histogram.csv"
 DICE_ESTIMATE = RESULTS / "dice_estimate.csv"  # true and estimated Dice per test image
+REVIEW_DIR = RESULTS / "review"  # the test split's review page (index.html) and its pictures
 MONTAGE_DIR = RESULTS / "montage"
 PREDS_DIR = RESULTS / "preds"
 LOSS_CURVES = RESULTS / "loss_curves.png"

@@ -8,9 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungseg.core.io import write_csv, write_json
+import numpy as np
+from PIL import Image
+
+from lungseg.core.io import atomic_path, write_csv, write_json
 from lungseg.evaluation import pictures
-from lungseg.evaluation.scores import Evaluation, estimate_table
+from lungseg.evaluation.scores import Evaluation, estimate_table, truth_column
+from lungseg.inference import review
+
+ERRORS = "errors"  # the review page's false positive / false negative pictures
+REVIEW_NAMES = (review.PAGE, review.THUMBNAILS, review.VIEWS, ERRORS)  # what write_review adds to a folder
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,41 @@ def write_evaluation(result: Evaluation, files: EvaluationFiles, dpi: int = 100,
             pictures.save_estimate_scatter(estimate_table(result.scores), files.estimate_png, dpi, min_dice)
         else:  # a model without a calibration: an earlier run's scatter (--overwrite) would no longer match
             files.estimate_png.unlink(missing_ok=True)
+
+
+def write_review(folder: Path, result: Evaluation, header: review.Header, alpha: float = 0.4) -> Path:
+    """The review page of an evaluation, worst true Dice first, with its pictures at model size:
+    each image's overlay thumbnail, the X-ray alone, and its errors (false positives magenta,
+    false negatives green, as in the montage).
+
+    Args:
+        folder: where to write index.html and its thumbnails/, views/ and errors/ folders.
+        result: the evaluation (with its model-size images, truths and masks).
+        header: what the page says above the cards (the counts are filled in here).
+        alpha: the overlays' opacity.
+
+    Returns:
+        The page's path.
+    """
+    truth = truth_column(result.scores)
+    cards = []
+    for i, row in enumerate(result.scores.to_dict("records")):
+        stem = str(row["id"])
+        thumbnail, view = review.write_card_pictures(folder, stem, result.images[i], result.masks[i], alpha)
+        errors = f"{ERRORS}/{stem}.png"
+        error_picture = pictures.error_image(result.images[i], result.truths[i], result.masks[i])
+        with atomic_path(folder / errors) as tmp:
+            Image.fromarray(error_picture).save(tmp, format="PNG")
+        flag = row.get("flag") or ""
+        cards.append(review.Card(name=stem, input=stem, thumbnail=thumbnail, overlay=thumbnail, xray=view, errors=errors,
+                                 flags=flag.split("; ") if flag else [], estimate=_number(row.get("dice_estimate")),
+                                 dice=_number(row[truth])))
+    header.images, header.flagged = len(cards), sum(bool(card.flags) for card in cards)
+    return review.write_page(folder, review.worst_first(cards), header)
+
+
+def _number(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
 def headline(metrics: dict) -> dict:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -779,10 +778,7 @@ def review_header(model: str, predictor: Predictor, inputs: list[str], rows: lis
         model: the model file. predictor: the loaded model (its info). inputs: as given.
         rows: the run's CSV rows. skipped: the listing's skipped inputs.
     """
-    trained_on = predictor.info.get("training_data") or {}
-    words = f"{trained_on.get('data')} ({trained_on.get('n_images')} images)" if trained_on else ""
-    saved = time.strftime("%Y-%m-%d", time.localtime(Path(model).stat().st_mtime)) if Path(model).is_file() else ""
-    failed = sum(bool(row["error"]) for row in rows) + len(skipped)
-    return review.Header(title=f"lungseg predict: {', '.join(inputs)}", model=model, trained_on=words, trained=saved,
-                         images=len(rows) + len(skipped), flagged=sum(bool(row["flag"]) for row in rows),
-                         unreadable=failed)
+    header = review.model_header(f"lungseg predict: {', '.join(inputs)}", model, predictor.info)
+    header.images, header.flagged = len(rows) + len(skipped), sum(bool(row["flag"]) for row in rows)
+    header.unreadable = sum(bool(row["error"]) for row in rows) + len(skipped)
+    return header

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,19 @@ class Header:
     flagged: int = 0
     unreadable: int = 0
     scatter: str | None = None
+
+
+def model_header(title: str, model: str | Path, info: dict) -> Header:
+    """A Header naming the model, what it was trained on (its checkpoint's training_data) and when
+    its file was saved; the counts are left for the caller.
+
+    Args:
+        title: the page title. model: the model file. info: the model's info (Predictor.info).
+    """
+    trained_on = info.get("training_data") or {}
+    words = f"{trained_on.get('data')} ({trained_on.get('n_images')} images)" if trained_on else ""
+    saved = time.strftime("%Y-%m-%d", time.localtime(Path(model).stat().st_mtime)) if Path(model).is_file() else ""
+    return Header(title=title, model=str(model), trained_on=words, trained=saved)
 
 
 def worst_first(cards: list[Card]) -> list[Card]:
