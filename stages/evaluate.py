@@ -12,8 +12,8 @@ from lungseg.data.images import set_max_pixels
 from lungseg.data.processed import ids_in, index_root, load_processed, read_split
 from lungseg.evaluation.baseline import baseline_scores
 from lungseg.evaluation.report import EvaluationFiles, score_lines, write_evaluation, write_review
-from lungseg.inference import review
 from lungseg.evaluation.scores import evaluate_set
+from lungseg.inference import review
 from lungseg.inference.predictor import Predictor
 from lungseg.postprocessing import quality
 
