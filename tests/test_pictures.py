@@ -524,3 +524,31 @@ def test_estimate_scatter_draws_a_picture_and_names_missing_columns(tmp_path):
     with pytest.raises(ValueError, match="dice_estimate"):
         pictures.save_estimate_scatter(table[["dice"]], tmp_path / "other.png")
     assert not (tmp_path / "other.png").exists()
+
+
+def test_a_long_file_name_keeps_its_row_label_beside_its_own_row(tmp_path, monkeypatch):
+    """External sets name files by their source: the label must not run into the next row."""
+    name = "CHNCXR_0001_0_shenzhen_hospital_no3_chest_pa_view_2019-05-17_series_004_image_0007"
+    drawn = []
+    monkeypatch.setattr(pictures, "_save_figure", lambda fig, path, dpi: drawn.append(fig))
+    rows = [_row(title=f"{label} · id {name}\nDice 0.95{i} · est. 0.94{i}") for i, label in enumerate(("best", "median", "worst"))]
+    pictures.save_montage(rows, tmp_path / "montage.png", dpi=40)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = drawn[0]
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # lays the figure out as saving it would
+    renderer = canvas.get_renderer()
+    first_column = [axes for axes in figure.axes if axes.get_ylabel()]
+    assert len(first_column) == 3
+    for axes in first_column:
+        label, tile = axes.yaxis.label.get_window_extent(renderer), axes.get_window_extent(renderer)
+        assert tile.y0 - 1 <= label.y0 and label.y1 <= tile.y1 + 1, (axes.get_ylabel(), label, tile)
+        first, second = axes.get_ylabel().split("\n")
+        assert first.startswith(first.split(" · ")[0]) and first.endswith("image_0007") and "…" in first
+        assert second.startswith("Dice 0.95")
+
+
+def test_fit_label_leaves_short_lines_alone():
+    assert pictures.fit_label("best · id 17\nDice 0.973") == "best · id 17\nDice 0.973"
+    assert len(pictures.fit_label("x" * 100, width=20)) == 20

@@ -158,6 +158,28 @@ def _flag_axes(ax: Axes, label: str) -> None:
             color="black", bbox={"boxstyle": "round", "facecolor": _FLAG_COLOR, "edgecolor": "none"})
 
 
+LABEL_CHARS = 30  # characters of 9 pt text that fit along a tile (2.5 inches, less its share of the margins)
+
+
+def fit_label(title: str, width: int = LABEL_CHARS) -> str:
+    """A row label whose every line fits beside its tile: a longer line (a long file name, as
+    external sets name theirs) keeps its start and its end around an ellipsis.
+
+    Args:
+        title: the label, its lines separated by newlines.
+        width: the most characters a line may have.
+
+    Returns:
+        The label, each line at most `width` characters.
+    """
+    def fit(line: str) -> str:
+        if len(line) <= width:
+            return line
+        head = (width - 1) // 2
+        return line[:head] + "…" + line[len(line) - (width - 1 - head):]
+    return "\n".join(fit(line) for line in title.split("\n"))
+
+
 def _draw_row(axes: Sequence[Axes], row: dict, alpha: float) -> None:
     """Draw one example across five axes: X-ray | truth | prediction | overlay | errors."""
     image = row["image"]
@@ -171,7 +193,7 @@ def _draw_row(axes: Sequence[Axes], row: dict, alpha: float) -> None:
     axes[4].imshow(error_image(image, row["truth"], row["pred"]), interpolation="nearest")
     for ax in axes:
         _blank_axes(ax)
-    axes[0].set_ylabel(row["title"], fontsize=9)
+    axes[0].set_ylabel(fit_label(row["title"]), fontsize=9)
     for ax, mask, empty in ((axes[1], row["truth"], "empty truth"), (axes[2], row["pred"], "empty prediction")):
         label = _mask_flag(mask, empty)
         if label:
