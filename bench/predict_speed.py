@@ -5,15 +5,17 @@
 Writes synthetic chest phantoms (lungseg.data.synthetic, 8-bit PNG) into a temporary folder:
 a set of 512 x 512 X-rays and a smaller set of Kaggle-size 3000 x 2600 ones. The model is
 results/best_unet.pth when it exists, else a tiny untrained U-Net (the plumbing is what is timed).
-Each set goes through six runs, in one process, on the same files:
+Each set goes through eight runs, in one process, on the same files:
 
   baseline     predict_all as it was before (kept below): each image read twice, once for the model
                and once for the overlay, everything on one thread, PNGs at zlib's default level 6
-  no_estimate  lungseg.inference.predict.predict_all with --no-estimate: read once, worker threads beside
-               the model, level 1
-  lungseg      the same with each mask's dice_estimate (lungseg.postprocessing.quality), as predict runs by default
+  no_estimate  lungseg.inference.predict.predict_all with --no-estimate --no-report: read once, worker
+               threads beside the model, level 1
+  no_report    the same with each mask's dice_estimate (lungseg.postprocessing.quality)
+  lungseg      the same with the review page's thumbnails and X-ray views too, as predict runs by default
 
-each with and without overlays; estimate_cost is lungseg's time over no_estimate's. Then `lungseg evaluate`'s external-folder path on phantom
+each with and without overlays; estimate_cost is no_report's time over no_estimate's, report_cost
+lungseg's over no_report's. Then `lungseg evaluate`'s external-folder path on phantom
 image/mask pairs (lungseg.data.synthetic.generate_dataset) of both sizes: evaluate_folder scoring
 at native resolution on one thread with torch's own threads (baseline), against worker threads
 with one torch thread each (lungseg evaluate now). The last columns check that the masks and overlays hold the same
@@ -171,18 +173,19 @@ def measure_set(name: str, sources: list[str], model: Path, scratch: Path, batch
         def baseline(out: Path, overlays: bool = overlays) -> list[dict]:
             return baseline_predict_all(predictor, jobs, predict.Outputs(out, 0.4, overlays, normalize), batch_size)
 
-        def lungseg(out: Path, overlays: bool = overlays, estimate: bool = True) -> list[dict]:
-            outputs = predict.Outputs(out, 0.4, overlays, normalize, estimate)
+        def lungseg(out: Path, overlays: bool = overlays, estimate: bool = True, report: bool = True) -> list[dict]:
+            outputs = predict.Outputs(out, 0.4, overlays, normalize, estimate, review=report)
             return predict.predict_all(predictor, jobs, outputs, batch_size, True, workers)
 
         base_s, base_cpu, base_rows = timed(baseline, scratch / "base")
-        plain_s, _, plain_rows = timed(lambda out: lungseg(out, estimate=False), scratch / "plain")
+        plain_s, _, plain_rows = timed(lambda out: lungseg(out, estimate=False, report=False), scratch / "plain")
+        bare_s, _, _ = timed(lambda out: lungseg(out, report=False), scratch / "bare")
         new_s, new_cpu, _ = timed(lungseg, scratch / "new")
         masks, pictures, tables = same_outputs(plain_rows, base_rows, scratch / "plain", scratch / "base")
         n = len(jobs)
         rows.append({"images": name, "overlays": "yes" if overlays else "no", "n": n,
                      "baseline_img_s": n / base_s, "no_estimate_img_s": n / plain_s, "lungseg_img_s": n / new_s,
-                     "speedup": base_s / plain_s, "estimate_cost": new_s / plain_s,
+                     "speedup": base_s / plain_s, "estimate_cost": bare_s / plain_s, "report_cost": new_s / bare_s,
                      "baseline_cpu_ms_img": 1000 * base_cpu / n, "lungseg_cpu_ms_img": 1000 * new_cpu / n,
                      "masks_same": masks, "overlays_same": pictures if overlays else "", "table_same": tables})
         print(f"{name}, overlays {overlays}: {base_s:.1f} s -> {new_s:.1f} s", file=sys.stderr)

@@ -209,6 +209,9 @@ lung_fraction, right_lung_px, left_lung_px, right_lung_cm2, left_lung_cm2, n_com
 right_share, left_share, balance, dice_estimate, flag; the cm2 columns are filled for DICOM
 files with a pixel spacing). Inputs sharing a stem get <stem>-2, <stem>-3, ... in the order given.
 
+DIR/index.html is a review page: every input as a card, worst first, with filters, a search and
+a keyboard viewer; open it in a browser (its pictures: DIR/thumbnails/, DIR/views/).
+
 dice_estimate: the Dice this mask should expect against an expert's mask drawn like the training
 masks, estimated from the model's own output and calibrated on its validation images. flag: why
 a mask deserves a second look (an estimate below --min-dice, no lung, one lung, 3+ pieces).
