@@ -554,8 +554,8 @@ def test_outputs_are_the_same_for_any_number_of_workers_and_keep_the_input_order
     table, files = runs["1"]
     assert table["input"].tolist() == sources
     assert table["error"].str.contains("b_broken.png").tolist() == ["b_broken.png" in s for s in sources]
-    # the table and the review page; a mask, an overlay, a thumbnail and an X-ray view per readable image
-    assert len(files) == 2 + 4 * (len(sources) - 1)
+    # the table, the review page and the run's record; a mask, an overlay, a thumbnail and an X-ray view per readable image
+    assert len(files) == 3 + 4 * (len(sources) - 1)
     for other_table, other_files in (runs["2"], runs["5"]):
         pd.testing.assert_frame_equal(other_table, table)
         assert other_files == files

@@ -189,7 +189,7 @@ def test_predict_writes_a_page_with_a_card_per_row_that_runs_nothing_it_reads(br
 def test_no_report_writes_no_page_and_no_pictures_for_it(tiny_model, tmp_path):
     out = tmp_path / "out"
     predict_into(tiny_model, x_ray_folder(tmp_path / "in"), out, "--no-report")
-    assert sorted(path.name for path in out.iterdir()) == ["masks", "overlays", "predictions.csv"]
+    assert sorted(path.name for path in out.iterdir()) == ["masks", "overlays", "predictions.csv", "run.json"]
 
 
 def test_evaluate_writes_a_page_worst_true_dice_first_with_the_errors_a_key_away(browser, tiny_model, tmp_path,

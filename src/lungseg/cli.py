@@ -131,7 +131,8 @@ def predict(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, alpha=args.alpha, overlays=not args.no_overlays,
                           recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite,
                           workers=args.workers, estimate=not args.no_estimate,
-                          limits=predicting.quality.Limits(min_dice=args.min_dice), report=not args.no_report)
+                          limits=predicting.quality.Limits(min_dice=args.min_dice), report=not args.no_report,
+                          resume=args.resume, part=args.part, log_every=args.log_every)
 
 
 EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json", "dice_estimate.png")
@@ -365,9 +366,69 @@ def add_predict(commands) -> None:
                            help="threads reading and writing images beside the model (default: one per core; "
                                 "the outputs are the same for any N)")
     predictor.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predictor.add_argument("--resume", action="store_true", help="go on with the run --out holds (after a crash, a kill "
+                           "or a full disk): the inputs its predictions table lists are kept, the others done; refused "
+                           "for another model")
+    predictor.add_argument("--part", type=part_of, default=None, metavar="K/N",
+                           help="segment only part K of N of the inputs (by a hash of each file's path below its "
+                                "folder, so parts stay put as an archive grows); join the parts with lungseg merge")
+    predictor.add_argument("--log-every", type=positive_int, default=0, metavar="N",
+                           help="a plain line every N images on stderr (done, failed, flagged, images/s, time left), "
+                                "for batch logs")
     add_overwrite(predictor)
     add_max_pixels(predictor)
     predictor.set_defaults(handler=predict)
+
+
+def part_of(text: str) -> tuple[int, int]:
+    """An argparse type for --part: "K/N" with 1 <= K <= N."""
+    from lungseg.inference.runs import parse_part
+
+    try:
+        return parse_part(text)
+    except ValueError as problem:
+        raise argparse.ArgumentTypeError(str(problem)) from None
+
+
+def merge(args: argparse.Namespace) -> int:
+    """`lungseg merge`: join the --out folders of every part of one predict run into one folder.
+
+    Args:
+        args: the parsed command line (parts, out, overwrite, no_report).
+
+    Returns:
+        The exit status: 0.
+
+    Raises:
+        DataError: parts of different runs or models, a part missing, twice or unfinished, or a refused --out.
+    """
+    from lungseg.inference import predict as predicting
+    from lungseg.inference import review, runs
+    from lungseg.inference.outdir import check_out
+
+    parts = [Path(folder) for folder in args.parts]
+    out = check_out(args.out, predicting.OUTPUT_NAMES, args.overwrite, input_folders=parts)
+    record, count = runs.merge_parts(parts, out, predicting.COLUMNS, predicting.TABLE, (review.THUMBNAILS, review.VIEWS))
+    if not args.no_report:
+        predicting.write_page(out, list(runs.read_rows(out / predicting.TABLE)), record)
+    print(f"{count} image(s) of {len(parts)} parts merged into {out}")
+    return 0
+
+
+def add_merge(commands) -> None:
+    """The `lungseg merge` subcommand."""
+    merger = commands.add_parser(
+        "merge", help="join the outputs of lungseg predict --part K/N runs into one folder",
+        description="Join the --out folders of all N parts of one `lungseg predict --part K/N` run: one "
+                    "predictions.csv in the order of the whole listing, every mask, overlay and picture, and one "
+                    "review page; the result is the folder one undivided run writes. Parts of different models "
+                    "or inputs, a missing part or an unfinished one are refused.",
+        epilog=OUT_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    merger.add_argument("parts", nargs="+", metavar="PART", type=existing_folder, help="the --out folder of each part")
+    merger.add_argument("--out", required=True, metavar="DIR", help="folder to write the merged run into")
+    merger.add_argument("--no-report", action="store_true", help="write no review page")
+    add_overwrite(merger)
+    merger.set_defaults(handler=merge)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -537,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate(commands)
     add_calibrate(commands)
     add_export(commands)
+    add_merge(commands)
     try:
         args = parser.parse_args(argv)
         return args.handler(args)

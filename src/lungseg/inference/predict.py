@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ from lungseg.data.images import (
 )
 from lungseg.data.normalize import check_available, stretch_to_uint8
 from lungseg.data.preprocess import finish_image
-from lungseg.inference import review
+from lungseg.inference import review, runs
 from lungseg.inference.budget import PixelBudget
 from lungseg.inference.formats import load_predictor
 from lungseg.inference.outdir import OutputNames, check_out, remove_stale
@@ -95,7 +96,7 @@ COLUMNS = ["input", "mask_file", "overlay_file", "height", "width", "lung_fracti
            "right_lung_px", "left_lung_px", "right_lung_cm2", "left_lung_cm2", "n_components", "error",
            *quality.COLUMNS]
 TABLE = "predictions.csv"
-OUTPUT_NAMES = OutputNames(files=(TABLE, review.PAGE), folders=("masks", "overlays", review.THUMBNAILS, review.VIEWS),
+OUTPUT_NAMES = OutputNames(files=(TABLE, review.PAGE, runs.RECORD, runs.PARTIAL), folders=("masks", "overlays", review.THUMBNAILS, review.VIEWS),
                            suffix=(".png", ".jpg"))
 ROWS_PER_BLOCK = 512  # rows converted to 8 bits at a time: a 8000 px wide float block is ~16 MB
 MM2_PER_CM2 = 100.0
@@ -586,8 +587,9 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
     Returns:
         The files' paths.
     """
-    columns = ("mask_file", "overlay_file", "thumbnail_file", "view_file")
-    names = [TABLE, *(row[column] for row in rows for column in columns if row.get(column))]
+    names = [TABLE, runs.RECORD, *(row[column] for row in rows for column in ("mask_file", "overlay_file") if row[column])]
+    for stem in (Path(row["mask_file"]).stem for row in rows if row["mask_file"]):
+        names += [f"{pictures}/{stem}.jpg" for pictures in (review.THUMBNAILS, review.VIEWS)]
     if (folder / review.PAGE).is_file():
         names.append(review.PAGE)
     return [folder / name for name in names]
@@ -597,7 +599,7 @@ def written_files(rows: list[dict], folder: Path) -> list[Path]:
 
 
 def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_size: int, quiet: bool = False,
-                workers: int | None = None, budgets: Budgets | None = None) -> list[dict]:
+                workers: int | None = None, budgets: Budgets | None = None, sink=None) -> list[dict]:
     """Run every job and write its outputs.
 
     Unreadable files are reported on stderr (one line each, in job order) and become error rows.
@@ -613,12 +615,14 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
         quiet: no progress bar.
         workers: threads (default: one per core).
         budgets: memory in flight (default: Budgets()).
+        sink: takes each row as it is finished, in job order (e.g. lungseg.inference.runs.TableWriter.add,
+            so that 100,000 rows need not wait in memory); None keeps them in the list returned.
 
     Returns:
-        The CSV rows in job order.
+        The CSV rows in job order (empty with a sink).
 
     Raises:
-        WriteFailed: when a write fails (an OSError), holding the rows finished so far.
+        WriteFailed: when a write fails (an OSError), holding the rows finished so far (none with a sink).
     """
     settings, budgets = PreprocessConfig(**predictor.preprocess), budgets or Budgets()
     workers = workers or default_workers()
@@ -626,6 +630,7 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
         sweep_folder(outputs.folder / folder)
     batches = iter([jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)])
     rows: list[dict] = []
+    sink = sink or rows.append
     pool = ThreadPoolExecutor(workers, thread_name_prefix="predict")
     # disable=None: the bar shows on a terminal and stays out of logs and pipes
     with tqdm(total=len(jobs), unit="image", disable=True if quiet else None, file=sys.stderr) as progress, \
@@ -640,22 +645,21 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
                 for item, probability in zip(batch, forward(predictor, batch)):
                     writing.append(pool.submit(write_job, item, probability, predictor, outputs, budgets))
                 del batch, item  # the writers own them now, and free each grey once written
-                _collect(writing, rows, progress, keep=READ_AHEAD * batch_size)
-            _collect(writing, rows, progress, keep=0)
+                _collect(writing, sink, progress, keep=READ_AHEAD * batch_size)
+            _collect(writing, sink, progress, keep=0)
         except OSError as error:  # every file is written atomically: nothing half-written is left
-            raise WriteFailed(error, rows) from error
+            raise WriteFailed(error, rows) from error  # rows: empty when a sink took them
         finally:  # after Ctrl-C or a failure, drop the queued work instead of waiting for it
             pool.shutdown(wait=True, cancel_futures=True)
     return rows
 
 
 def stop_after(failed: WriteFailed, out_dir: Path, total: int) -> int:
-    """After a failed write: list the finished images in predictions.csv if the disk still takes it.
-
-    Also says in one line on stderr what failed and where.
+    """After a failed write: list the finished images in predictions.csv (a rename: it needs no
+    space) and say in one line on stderr what failed and where.
 
     Args:
-        failed: the error predict_all raised, with the rows finished.
+        failed: the error predict_all raised.
         out_dir: the --out folder.
         total: how many images the run had.
 
@@ -665,30 +669,32 @@ def stop_after(failed: WriteFailed, out_dir: Path, total: int) -> int:
     error = failed.error
     where = Path(error.filename).parent if error.filename else out_dir  # the folder, not the temporary name
     try:
-        write_table(failed.rows, out_dir / TABLE)
-        listed = f"the {len(failed.rows)} finished are listed in {out_dir / TABLE}"
+        finished = len(runs.earlier_rows(out_dir, TABLE))  # cuts off a row the full disk tore
+        os.replace(out_dir / runs.PARTIAL, out_dir / TABLE)
+        listed = f"the {finished} finished are listed in {out_dir / TABLE} (--resume goes on from there)"
     except OSError:
-        listed = f"{TABLE} could not be written either"
+        finished, listed = "?", f"{TABLE} could not be written either"
     print(f"error: could not write into {where}: {os_error_text(error)}; stopped after "
-          f"{len(failed.rows)} of {total} image(s); {listed}", file=sys.stderr)
+          f"{finished} of {total} image(s); {listed}", file=sys.stderr)
     return 1
 
 
-def _collect(writing: deque[Future], rows: list[dict], progress: tqdm, keep: int) -> None:
-    """Wait for the oldest writes until at most `keep` are pending; append their rows in order and
-    report each error row on stderr."""
+def _collect(writing: deque[Future], sink, progress: tqdm, keep: int) -> None:
+    """Wait for the oldest writes until at most `keep` are pending; hand their rows to `sink` in
+    order and report each error row on stderr."""
     while len(writing) > keep:
         row = writing.popleft().result()
         if row["error"]:
             tqdm.write(f"error: {row['error']}", file=sys.stderr)
-        rows.append(row)
+        sink(row)
         progress.update()
 
 
 def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold: float | None = None,
         batch_size: int = 16, alpha: float = 0.4, overlays: bool = True, recursive: bool = False,
         quiet: bool = False, overwrite: bool = False, workers: int | None = None, estimate: bool = True,
-        limits: quality.Limits = quality.DEFAULT_LIMITS, report: bool = True) -> int:
+        limits: quality.Limits = quality.DEFAULT_LIMITS, report: bool = True, resume: bool = False,
+        part: tuple[int, int] | None = None, log_every: int = 0) -> int:
     """The whole `lungseg predict` command.
 
     Args:
@@ -708,40 +714,62 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         estimate: fill the dice_estimate column (False: --no-estimate).
         limits: when a mask is flagged.
         report: write the review page, index.html, and its pictures (False: --no-report).
+        resume: go on with the run `out` holds: the inputs its table lists are kept, the rest done.
+        part: (K, N): segment only the K-th of N parts of the inputs (lungseg.inference.runs.in_part).
+        log_every: print a plain progress line every this many images (0: none).
 
     Returns:
         The exit code: 0 all written, 1 some files could not be read (or a write failed).
 
     Raises:
-        LungsegError: for problems with the inputs, --out (lungseg.inference.outdir) or the model, before
-            anything is written.
+        LungsegError: for problems with the inputs, --out (lungseg.inference.outdir), the model, or an
+            earlier run that --resume cannot go on with, before anything is written.
     """
     sources, skipped = list_inputs(inputs, recursive)
+    jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
+    positions = list(range(len(jobs)))
+    if part is not None:  # names come from the whole listing, so every part names a file as the whole run does
+        positions = [i for i, job in enumerate(jobs) if runs.in_part(runs.relative_name(job.source, inputs), part)]
+        jobs = [jobs[i] for i in positions]
     folders, files = split_inputs(inputs)
-    out_dir = check_out(out, OUTPUT_NAMES, overwrite, input_folders=folders, input_files=[model, *files])
+    out_dir = check_out(out, OUTPUT_NAMES, overwrite or resume, input_folders=folders, input_files=[model, *files])
     predictor = load_predictor(model, device, threshold)
     check_available(predictor.preprocess["normalize"])  # e.g. clahe without OpenCV: stop before any output
+    record = run_record(model, inputs, recursive, skipped, predictor, part, positions)
+    done = 0
+    if resume:
+        runs.check_same_model(out_dir, record)
+        finished = runs.earlier_rows(out_dir, TABLE)
+        runs.check_prefix(finished, [job.source for job in jobs], out_dir)
+        done = len(finished)
+    elif (out_dir / runs.PARTIAL).is_file():
+        (out_dir / runs.PARTIAL).unlink()  # an earlier killed run's rows, and --overwrite was given
     if warning := synthetic_warning(model, predictor.info):
         print(warning, file=sys.stderr)
     if estimate and predictor.estimator is None:
         print(quality.NO_ESTIMATOR.format(model=model), file=sys.stderr)
-    jobs = [Job(source, name) for source, name in zip(sources, unique_names(sources))]
+    runs.write_record(out_dir, record)
     outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"], estimate, limits, report)
+    table = runs.TableWriter(out_dir, COLUMNS, TABLE)
+    progress = Progress(len(jobs), done, log_every)
     try:
-        rows = predict_all(predictor, jobs, outputs, batch_size, quiet, workers)
+        predict_all(predictor, jobs[done:], outputs, batch_size, quiet, workers, sink=progress.counting(table.add))
     except WriteFailed as failed:
+        table.close()
         return stop_after(failed, out_dir, len(jobs))
-    write_table(rows, out_dir / TABLE)
+    table.finish()
+    rows = list(runs.read_rows(out_dir / TABLE))
     if report:
-        review.write_page(out_dir, review.worst_first(review_cards(rows, skipped)),
-                          review_header(model, predictor, inputs, rows, skipped))
+        write_page(out_dir, rows, record)
     if overwrite:
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
     failed = sum(bool(row["error"]) for row in rows)
     flagged = sum(bool(row["flag"]) for row in rows)
     for line in skipped:
         print(f"skipped: {line}", file=sys.stderr)
-    print(f"{len(rows) - failed} of {len(rows) + len(skipped)} file(s) segmented into {out_dir}"
+    kept = f" ({done} kept from the earlier run)" if resume and done else ""
+    kept += f" (part {part[0]}/{part[1]} of {len(sources)} listed; join the parts with lungseg merge)" if part else ""
+    print(f"{len(rows) - failed} of {len(rows) + len(skipped)} file(s) segmented into {out_dir}{kept}"
           + (f"; {failed} could not be read (see the error column of {TABLE})" if failed else "")
           + (f"; {len(skipped)} skipped (listed above on stderr)" if skipped else ""))
     print(f"{flagged} of {len(rows) - failed} flagged: see the flag column of {TABLE}"
@@ -749,36 +777,99 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     return 1 if failed else 0
 
 
-def review_cards(rows: list[dict], skipped: list[str]) -> list[review.Card]:
-    """The review page's cards: one per CSV row, then one per skipped input (as unreadable).
+def run_record(model: str, inputs: list[str], recursive: bool, skipped: list[str], predictor: Predictor,
+               part: tuple[int, int] | None, positions: list[int]) -> dict:
+    """What run.json says of a run (lungseg.inference.runs): the model and its sha256, the inputs,
+    the skipped files, what the review page's header needs, and for a part its place."""
+    header = review.model_header("", model, predictor.info)
+    record = {"model": model, "model_sha256": runs.file_sha256(model), "inputs": inputs, "recursive": recursive,
+              "skipped": skipped, "trained_on": header.trained_on, "saved": header.trained}
+    if part is not None:
+        record |= {"part": f"{part[0]}/{part[1]}", "positions": positions}
+    return record
+
+
+class Progress:
+    """Counts of done, failed and flagged images as rows arrive, and with log_every a plain line
+    every so many images: images per second and the time left (for batch logs).
 
     Args:
-        rows: the run's CSV rows (with the pictures' paths, which the CSV leaves out).
+        total: the images of this run (part). done: those an earlier run finished (--resume).
+        log_every: a line every this many images; 0 for none.
+    """
+
+    def __init__(self, total: int, done: int = 0, log_every: int = 0):
+        self.total, self.done, self.log_every = total, done, log_every
+        self.failed = self.flagged = self.new = 0
+        self.started = time.perf_counter()
+
+    def counting(self, sink):
+        """`sink`, counting each row on its way."""
+        def count(row: dict) -> None:
+            sink(row)
+            self.done, self.new = self.done + 1, self.new + 1
+            self.failed += bool(row["error"])
+            self.flagged += bool(row["flag"])
+            if self.log_every and (self.new % self.log_every == 0 or self.done == self.total):
+                print(self.line(), file=sys.stderr, flush=True)
+        return count
+
+    def line(self) -> str:
+        """One line: done of total, failed, flagged, images per second, time left."""
+        rate = self.new / max(time.perf_counter() - self.started, 1e-9)
+        left = (self.total - self.done) / rate if rate else float("inf")
+        return (f"{self.done} of {self.total} done, {self.failed} failed, {self.flagged} flagged; "
+                f"{rate:.1f} images/s, {_duration(left)} left")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def write_page(folder: Path, rows: list[dict], record: dict) -> Path:
+    """The review page of the table in `folder`, from the rows as written and the run's record, so
+    that a merged run's page equals the one an undivided run writes.
+
+    Args:
+        folder: the --out folder. rows: its table's rows (text). record: its run.json.
+    """
+    cards = review_cards(folder, rows, record["skipped"])
+    header = review.Header(title=f"lungseg predict: {', '.join(record['inputs'])}", model=record["model"],
+                           trained_on=record["trained_on"], trained=record["saved"],
+                           images=len(rows) + len(record["skipped"]), flagged=sum(bool(row["flag"]) for row in rows),
+                           unreadable=sum(bool(row["error"]) for row in rows) + len(record["skipped"]))
+    return review.write_page(folder, review.worst_first(cards), header)
+
+
+def review_cards(folder: Path, rows: list[dict], skipped: list[str]) -> list[review.Card]:
+    """The review page's cards: one per table row, then one per skipped input (as unreadable).
+
+    Args:
+        folder: the --out folder (where the pictures are looked for). rows: the table's rows, as text.
         skipped: the listing's skipped inputs, each "path: why".
 
     Returns:
         The cards, in the rows' order.
     """
-    cards = [review.Card(name=Path(row["input"]).name, input=row["input"], thumbnail=row.get("thumbnail_file"),
-                         overlay=row["overlay_file"] or row.get("thumbnail_file"), xray=row.get("view_file"),
-                         flags=row["flag"].split("; ") if row["flag"] else [], estimate=row["dice_estimate"],
-                         areas=review.area_words(row["right_lung_cm2"], row["left_lung_cm2"], row["right_lung_px"],
-                                                 row["left_lung_px"]),
-                         error=row["error"] or "") for row in rows]
+    def number(text: str) -> float | None:
+        return float(text) if text else None
+
+    cards = []
+    for row in rows:
+        stem = Path(row["mask_file"]).stem if row["mask_file"] else ""
+        thumbnail = f"{review.THUMBNAILS}/{stem}.jpg" if stem and (folder / review.THUMBNAILS / f"{stem}.jpg").is_file() else None
+        view = f"{review.VIEWS}/{stem}.jpg" if thumbnail else None
+        cards.append(review.Card(name=Path(row["input"]).name, input=row["input"], thumbnail=thumbnail,
+                                 overlay=row["overlay_file"] or thumbnail, xray=view,
+                                 flags=row["flag"].split("; ") if row["flag"] else [], estimate=number(row["dice_estimate"]),
+                                 areas=review.area_words(number(row["right_lung_cm2"]), number(row["left_lung_cm2"]),
+                                                         number(row["right_lung_px"]), number(row["left_lung_px"])),
+                                 error=row["error"]))
     for line in skipped:
         source, _, why = line.partition(": ")
         cards.append(review.Card(name=Path(source).name, input=source, error=why or line))
     return cards
-
-
-def review_header(model: str, predictor: Predictor, inputs: list[str], rows: list[dict], skipped: list[str]) -> review.Header:
-    """The review page's header: the model, what it was trained on and when, and the counts.
-
-    Args:
-        model: the model file. predictor: the loaded model (its info). inputs: as given.
-        rows: the run's CSV rows. skipped: the listing's skipped inputs.
-    """
-    header = review.model_header(f"lungseg predict: {', '.join(inputs)}", model, predictor.info)
-    header.images, header.flagged = len(rows) + len(skipped), sum(bool(row["flag"]) for row in rows)
-    header.unreadable = sum(bool(row["error"]) for row in rows) + len(skipped)
-    return header
