@@ -686,6 +686,8 @@ def _collect(writing: deque[Future], sink, progress: tqdm, keep: int) -> None:
         row = writing.popleft().result()
         if row["error"]:
             tqdm.write(f"error: {row['error']}", file=sys.stderr)
+            progress.failed = getattr(progress, "failed", 0) + 1  # shown on the bar, beside the rate and the time left
+            progress.set_postfix_str(f"{progress.failed} failed", refresh=False)
         sink(row)
         progress.update()
 
@@ -736,8 +738,10 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     predictor = load_predictor(model, device, threshold)
     check_available(predictor.preprocess["normalize"])  # e.g. clahe without OpenCV: stop before any output
     record = run_record(model, inputs, recursive, skipped, predictor, part, positions)
-    done = 0
+    done, page_current = 0, False
     if resume:
+        # a finished run's page is written after its table: with both there and nothing left, it stays
+        page_current = (out_dir / TABLE).is_file() and (out_dir / review.PAGE).is_file()
         runs.check_same_model(out_dir, record)
         finished = runs.earlier_rows(out_dir, TABLE)
         runs.check_prefix(finished, [job.source for job in jobs], out_dir)
@@ -759,7 +763,7 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         return stop_after(failed, out_dir, len(jobs))
     table.finish()
     rows = list(runs.read_rows(out_dir / TABLE))
-    if report:
+    if report and not (page_current and done == len(jobs)):
         write_page(out_dir, rows, record)
     if overwrite:
         remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
