@@ -410,7 +410,7 @@ def merge(args: argparse.Namespace) -> int:
     out = check_out(args.out, predicting.OUTPUT_NAMES, args.overwrite, input_folders=parts)
     record, count = runs.merge_parts(parts, out, predicting.COLUMNS, predicting.TABLE, (review.THUMBNAILS, review.VIEWS))
     if not args.no_report:
-        predicting.write_page(out, list(runs.read_rows(out / predicting.TABLE)), record)
+        predicting.write_page(out, runs.read_rows(out / predicting.TABLE), record)
     print(f"{count} image(s) of {len(parts)} parts merged into {out}")
     return 0
 

@@ -54,6 +54,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -577,21 +578,22 @@ def write_table(rows: list[dict], path: Path) -> None:
     write_csv(pd.DataFrame(rows, columns=COLUMNS, dtype=object), path)
 
 
-def written_files(rows: list[dict], folder: Path) -> list[Path]:
-    """Every file a run wrote: the table and each row's mask and overlay.
+def written_files(rows: Iterable[dict], folder: Path) -> list[Path]:
+    """Every file a run wrote: the table, its record, the page, and each row's mask, overlay and pictures.
 
     Args:
-        rows: the run's CSV rows.
+        rows: the run's table rows (read once).
         folder: the --out folder.
 
     Returns:
         The files' paths.
     """
-    names = [TABLE, runs.RECORD, *(row[column] for row in rows for column in ("mask_file", "overlay_file") if row[column])]
-    for stem in (Path(row["mask_file"]).stem for row in rows if row["mask_file"]):
-        names += [f"{pictures}/{stem}.jpg" for pictures in (review.THUMBNAILS, review.VIEWS)]
-    if (folder / review.PAGE).is_file():
-        names.append(review.PAGE)
+    names = [TABLE, runs.RECORD] + ([review.PAGE] if (folder / review.PAGE).is_file() else [])
+    for row in rows:
+        names += [row[column] for column in ("mask_file", "overlay_file") if row[column]]
+        if row["mask_file"]:
+            stem = Path(row["mask_file"]).stem
+            names += [f"{pictures}/{stem}.jpg" for pictures in (review.THUMBNAILS, review.VIEWS)]
     return [folder / name for name in names]
 
 
@@ -761,22 +763,22 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     except WriteFailed as failed:
         table.close()
         return stop_after(failed, out_dir, len(jobs))
-    table.finish()
-    rows = list(runs.read_rows(out_dir / TABLE))
+    table.finish()  # the rows are read back from the table a pass at a time: 100,000 of them never wait in memory
     if report and not (page_current and done == len(jobs)):
-        write_page(out_dir, rows, record)
+        write_page(out_dir, runs.read_rows(out_dir / TABLE), record)
     if overwrite:
-        remove_stale(out_dir, OUTPUT_NAMES, written_files(rows, out_dir))
-    failed = sum(bool(row["error"]) for row in rows)
-    flagged = sum(bool(row["flag"]) for row in rows)
+        remove_stale(out_dir, OUTPUT_NAMES, written_files(runs.read_rows(out_dir / TABLE), out_dir))
+    total = failed = flagged = 0
+    for row in runs.read_rows(out_dir / TABLE):
+        total, failed, flagged = total + 1, failed + bool(row["error"]), flagged + bool(row["flag"])
     for line in skipped:
         print(f"skipped: {line}", file=sys.stderr)
     kept = f" ({done} kept from the earlier run)" if resume and done else ""
     kept += f" (part {part[0]}/{part[1]} of {len(sources)} listed; join the parts with lungseg merge)" if part else ""
-    print(f"{len(rows) - failed} of {len(rows) + len(skipped)} file(s) segmented into {out_dir}{kept}"
+    print(f"{total - failed} of {total + len(skipped)} file(s) segmented into {out_dir}{kept}"
           + (f"; {failed} could not be read (see the error column of {TABLE})" if failed else "")
           + (f"; {len(skipped)} skipped (listed above on stderr)" if skipped else ""))
-    print(f"{flagged} of {len(rows) - failed} flagged: see the flag column of {TABLE}"
+    print(f"{flagged} of {total - failed} flagged: see the flag column of {TABLE}"
           + (f", or open {out_dir / review.PAGE} (worst first)" if report else ""))
     return 1 if failed else 0
 
@@ -834,46 +836,40 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def write_page(folder: Path, rows: list[dict], record: dict) -> Path:
-    """The review page of the table in `folder`, from the rows as written and the run's record, so
+def write_page(folder: Path, rows: Iterable[dict], record: dict) -> Path:
+    """The review page of the table in `folder`, from its rows as written and the run's record, so
     that a merged run's page equals the one an undivided run writes.
 
     Args:
-        folder: the --out folder. rows: its table's rows (text). record: its run.json.
+        folder: the --out folder. rows: its table's rows, as text (read once). record: its run.json.
     """
-    cards = review_cards(folder, rows, record["skipped"])
+    cards, flagged, failed = [], 0, len(record["skipped"])
+    for row in rows:
+        cards.append(review_card(folder, row))
+        flagged, failed = flagged + bool(row["flag"]), failed + bool(row["error"])
+    for line in record["skipped"]:
+        source, _, why = line.partition(": ")
+        cards.append(review.Card(name=Path(source).name, input=source, error=why or line))
     header = review.Header(title=f"lungseg predict: {', '.join(record['inputs'])}", model=record["model"],
-                           trained_on=record["trained_on"], trained=record["saved"],
-                           images=len(rows) + len(record["skipped"]), flagged=sum(bool(row["flag"]) for row in rows),
-                           unreadable=sum(bool(row["error"]) for row in rows) + len(record["skipped"]))
+                           trained_on=record["trained_on"], trained=record["saved"], images=len(cards),
+                           flagged=flagged, unreadable=failed)
     return review.write_page(folder, review.worst_first(cards), header)
 
 
-def review_cards(folder: Path, rows: list[dict], skipped: list[str]) -> list[review.Card]:
-    """The review page's cards: one per table row, then one per skipped input (as unreadable).
+def review_card(folder: Path, row: dict) -> review.Card:
+    """One table row as a card of the review page.
 
     Args:
-        folder: the --out folder (where the pictures are looked for). rows: the table's rows, as text.
-        skipped: the listing's skipped inputs, each "path: why".
-
-    Returns:
-        The cards, in the rows' order.
+        folder: the --out folder (where the pictures are looked for). row: the row, as text.
     """
     def number(text: str) -> float | None:
         return float(text) if text else None
 
-    cards = []
-    for row in rows:
-        stem = Path(row["mask_file"]).stem if row["mask_file"] else ""
-        thumbnail = f"{review.THUMBNAILS}/{stem}.jpg" if stem and (folder / review.THUMBNAILS / f"{stem}.jpg").is_file() else None
-        view = f"{review.VIEWS}/{stem}.jpg" if thumbnail else None
-        cards.append(review.Card(name=Path(row["input"]).name, input=row["input"], thumbnail=thumbnail,
-                                 overlay=row["overlay_file"] or thumbnail, xray=view,
-                                 flags=row["flag"].split("; ") if row["flag"] else [], estimate=number(row["dice_estimate"]),
-                                 areas=review.area_words(number(row["right_lung_cm2"]), number(row["left_lung_cm2"]),
-                                                         number(row["right_lung_px"]), number(row["left_lung_px"])),
-                                 error=row["error"]))
-    for line in skipped:
-        source, _, why = line.partition(": ")
-        cards.append(review.Card(name=Path(source).name, input=source, error=why or line))
-    return cards
+    stem = Path(row["mask_file"]).stem if row["mask_file"] else ""
+    thumbnail = f"{review.THUMBNAILS}/{stem}.jpg" if stem and (folder / review.THUMBNAILS / f"{stem}.jpg").is_file() else None
+    return review.Card(name=Path(row["input"]).name, input=row["input"], thumbnail=thumbnail,
+                       overlay=row["overlay_file"] or thumbnail, xray=f"{review.VIEWS}/{stem}.jpg" if thumbnail else None,
+                       flags=row["flag"].split("; ") if row["flag"] else [], estimate=number(row["dice_estimate"]),
+                       areas=review.area_words(number(row["right_lung_cm2"]), number(row["left_lung_cm2"]),
+                                               number(row["right_lung_px"]), number(row["left_lung_px"])),
+                       error=row["error"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import io
 import json
 import os
@@ -215,22 +216,27 @@ def merge_parts(parts: list[Path], out: Path, columns: list[str], table: str, pi
         if record["inputs"] != first["inputs"] or record["recursive"] != first["recursive"]:
             raise DataError(f"parts of different runs: {parts[0]} read {first['inputs']}, {folder} read {record['inputs']}")
     given = sorted(parse_part(record["part"]) for record in records)
-    count = given[0][1]
-    if [k for k, _ in given] != list(range(1, count + 1)) or any(n != count for _, n in given):
-        raise DataError(f"merge needs each of the {count} parts once; given: {', '.join(r['part'] for r in records)}")
-    placed = []
-    for folder, record in zip(parts, records):
-        rows = list(read_rows(folder / table))
-        placed += [(position, folder, row) for position, row in zip(record["positions"], rows)]
-    placed.sort(key=lambda item: item[0])
+    expected = given[0][1]
+    if [k for k, _ in given] != list(range(1, expected + 1)) or any(n != expected for _, n in given):
+        raise DataError(f"merge needs each of the {expected} parts once; given: {', '.join(r['part'] for r in records)}")
+    # each part's rows are in the whole listing's order already: merge the streams, holding no table
+    streams = [_placed(i, folder, record["positions"], table) for i, (folder, record) in enumerate(zip(parts, records))]
+    count = 0
     with atomic_path(out / table) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         handle.write(_line(columns, {c: c for c in columns}))
-        for _, folder, row in placed:
+        for _, _, folder, row in heapq.merge(*streams, key=lambda item: item[:2]):
             handle.write(_line(columns, {c: row.get(c) or None for c in columns}))
             _link_files(folder, out, row, pictures)
+            count += 1
     whole = {key: value for key, value in first.items() if key not in ("part", "positions")}
     write_record(out, whole)
-    return whole, len(placed)
+    return whole, count
+
+
+def _placed(number: int, folder: Path, positions: list[int], table: str) -> Iterator[tuple]:
+    """(position in the whole listing, part number, folder, row) for each row of one part's table."""
+    for position, row in zip(positions, read_rows(folder / table)):
+        yield position, number, folder, row
 
 
 def _link_files(part: Path, out: Path, row: dict, pictures: Iterable[str]) -> None:
