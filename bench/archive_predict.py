@@ -10,6 +10,8 @@ U-Net):
   resumed        the same run killed with SIGKILL 3 times at random rows, then `--resume`d to the
                  end: its folder must equal the reference byte for byte (every file)
   parts          4 runs with --part K/4 and `lungseg merge`: the merged folder must equal the reference
+  ray            the same run with --ray on a Ray started on this machine (actors with one torch thread
+                 each, one per core): its folder must equal the reference; its throughput against the local run
   resume done    `--resume` on the finished folder of --large inputs: what resuming costs when
                  nothing is left (target: under 5 s)
   memory         the peak RSS of a run over --images inputs and over --large inputs: a listing
@@ -126,12 +128,16 @@ def main() -> None:
                         "--out", str(scratch / "merged")], env=env, check=True, capture_output=True)
         rows.append({"run": "4 parts, merged", "seconds": time.perf_counter() - started,
                      "same_as_uninterrupted": files(scratch / "merged") == reference})
+        ray_seconds, _ = run(command(model, small, scratch / "ray", "--ray"))
+        rows.append({"run": "--ray, a local Ray (start included)", "seconds": ray_seconds,
+                     "same_as_uninterrupted": files(scratch / "ray") == reference})
         seconds, rss_large = run(command(model, large, scratch / "large-out"))
         rows.append({"run": f"uninterrupted, {args.large} images", "seconds": seconds, "same_as_uninterrupted": ""})
         resume_seconds, _ = run(command(model, large, scratch / "large-out", "--resume"))
         rows.append({"run": f"--resume of the finished {args.large}", "seconds": resume_seconds, "same_as_uninterrupted": ""})
     print_table("lungseg predict on an archive (2 cores)", rows)
-    memory = {"peak_rss_mb_small": rss_small, "peak_rss_mb_large": rss_large, "ratio": rss_large / rss_small}
+    memory = {"peak_rss_mb_small": rss_small, "peak_rss_mb_large": rss_large, "ratio": rss_large / rss_small,
+              "ray_throughput_vs_local": rows[0]["seconds"] / ray_seconds}
     print(json.dumps(memory))
     write_results("archive_predict", rows, model=str(model.name), **memory)
 

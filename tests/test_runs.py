@@ -153,3 +153,27 @@ def test_log_every_prints_a_plain_line_every_n_images(model, archive, tmp_path, 
     lines = [line for line in capsys.readouterr().err.splitlines() if " done, " in line]
     assert [line.split(" of ")[0] for line in lines] == ["10", "20", "30", "40", "41"]
     assert lines[-1].startswith("41 of 41 done, 1 failed") and "images/s" in lines[-1] and "left" in lines[-1]
+
+
+# --------------------------------------------------------------------------- on Ray (lungseg.inference.cluster)
+
+
+def _needs_ray():
+    pytest.importorskip("ray.data", reason="ray is not installed: pip install -e '.[ray]'")
+
+
+def test_a_ray_run_writes_the_local_run_byte_for_byte(model, archive, whole, tmp_path, capsys):
+    _needs_ray()
+    assert predict(model, archive, tmp_path / "out", "--ray") == 1  # the broken file, as locally
+    assert files(tmp_path / "out") == whole
+    captured = capsys.readouterr()
+    assert "40 of 41 file(s) segmented" in captured.out
+    assert captured.err.count("error: ") == 1 and "broken.png" in captured.err
+
+
+def test_ray_parts_merge_into_the_local_run(model, archive, whole, tmp_path):
+    _needs_ray()
+    for k in (1, 2):
+        predict(model, archive, tmp_path / f"part{k}", "--part", f"{k}/2", "--ray")
+    assert main(["merge", str(tmp_path / "part1"), str(tmp_path / "part2"), "--out", str(tmp_path / "merged")]) == 0
+    assert files(tmp_path / "merged") == whole

@@ -132,7 +132,7 @@ def predict(args: argparse.Namespace) -> int:
                           recursive=args.recursive, quiet=args.quiet, overwrite=args.overwrite,
                           workers=args.workers, estimate=not args.no_estimate,
                           limits=predicting.quality.Limits(min_dice=args.min_dice), report=not args.no_report,
-                          resume=args.resume, part=args.part, log_every=args.log_every)
+                          resume=args.resume, part=args.part, log_every=args.log_every, ray=args.ray)
 
 
 EVALUATE_FILES = ("per_image.csv", "dice_histogram.csv", "evaluation_report.json", "metrics.json", "dice_estimate.png")
@@ -372,6 +372,9 @@ def add_predict(commands) -> None:
     predictor.add_argument("--part", type=part_of, default=None, metavar="K/N",
                            help="segment only part K of N of the inputs (by a hash of each file's path below its "
                                 "folder, so parts stay put as an archive grows); join the parts with lungseg merge")
+    predictor.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                           help="run on a Ray cluster (pip install 'lungseg[ray]'): actors hold the model, one per GPU or "
+                                "core, and write into --out, which every node must see; without ADDRESS, Ray starts here")
     predictor.add_argument("--log-every", type=positive_int, default=0, metavar="N",
                            help="a plain line every N images on stderr (done, failed, flagged, images/s, time left), "
                                 "for batch logs")

@@ -698,7 +698,7 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         batch_size: int = 16, alpha: float = 0.4, overlays: bool = True, recursive: bool = False,
         quiet: bool = False, overwrite: bool = False, workers: int | None = None, estimate: bool = True,
         limits: quality.Limits = quality.DEFAULT_LIMITS, report: bool = True, resume: bool = False,
-        part: tuple[int, int] | None = None, log_every: int = 0) -> int:
+        part: tuple[int, int] | None = None, log_every: int = 0, ray: str | None = None) -> int:
     """The whole `lungseg predict` command.
 
     Args:
@@ -721,6 +721,8 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
         resume: go on with the run `out` holds: the inputs its table lists are kept, the rest done.
         part: (K, N): segment only the K-th of N parts of the inputs (lungseg.inference.runs.in_part).
         log_every: print a plain progress line every this many images (0: none).
+        ray: run on a Ray cluster at this address ("local": one started here; lungseg.inference.cluster),
+            or None to run in this process.
 
     Returns:
         The exit code: 0 all written, 1 some files could not be read (or a write failed).
@@ -759,7 +761,12 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     table = runs.TableWriter(out_dir, COLUMNS, TABLE)
     progress = Progress(len(jobs), done, log_every)
     try:
-        predict_all(predictor, jobs[done:], outputs, batch_size, quiet, workers, sink=progress.counting(table.add))
+        if ray is None:
+            predict_all(predictor, jobs[done:], outputs, batch_size, quiet, workers, sink=progress.counting(table.add))
+        else:
+            from lungseg.inference.cluster import predict_on_ray
+
+            predict_on_ray(ray, model, device, threshold, jobs[done:], outputs, batch_size, progress.counting(table.add))
     except WriteFailed as failed:
         table.close()
         return stop_after(failed, out_dir, len(jobs))
