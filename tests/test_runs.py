@@ -152,7 +152,7 @@ def test_log_every_prints_a_plain_line_every_n_images(model, archive, tmp_path, 
     predict(model, archive, tmp_path / "out", "--log-every", "10")
     lines = [line for line in capsys.readouterr().err.splitlines() if " done, " in line]
     assert [line.split(" of ")[0] for line in lines] == ["10", "20", "30", "40", "41"]
-    assert lines[-1].startswith("41 of 41 done, 1 failed") and "images/s" in lines[-1] and "left" in lines[-1]
+    assert lines[-1].startswith("41 of 41 done, 1 failed, 0 skipped") and "images/s" in lines[-1] and "left" in lines[-1]
 
 
 # --------------------------------------------------------------------------- on Ray (lungseg.inference.cluster)

@@ -376,7 +376,7 @@ def add_predict(commands) -> None:
                            help="run on a Ray cluster (pip install 'lungseg[ray]'): actors hold the model, one per GPU or "
                                 "core, and write into --out, which every node must see; without ADDRESS, Ray starts here")
     predictor.add_argument("--log-every", type=positive_int, default=0, metavar="N",
-                           help="a plain line every N images on stderr (done, failed, flagged, images/s, time left), "
+                           help="a plain line every N images on stderr (done, failed, skipped, flagged, images/s, time left), "
                                 "for batch logs")
     add_overwrite(predictor)
     add_max_pixels(predictor)

@@ -759,7 +759,7 @@ def run(model: str, inputs: list[str], out: str, device: str = "auto", threshold
     runs.write_record(out_dir, record)
     outputs = Outputs(out_dir, alpha, overlays, predictor.preprocess["normalize"], estimate, limits, report)
     table = runs.TableWriter(out_dir, COLUMNS, TABLE)
-    progress = Progress(len(jobs), done, log_every)
+    progress = Progress(len(jobs), done, log_every, len(skipped))
     try:
         if ray is None:
             predict_all(predictor, jobs[done:], outputs, batch_size, quiet, workers, sink=progress.counting(table.add))
@@ -808,11 +808,11 @@ class Progress:
 
     Args:
         total: the images of this run (part). done: those an earlier run finished (--resume).
-        log_every: a line every this many images; 0 for none.
+        log_every: a line every this many images; 0 for none. skipped: inputs the listing passed over.
     """
 
-    def __init__(self, total: int, done: int = 0, log_every: int = 0):
-        self.total, self.done, self.log_every = total, done, log_every
+    def __init__(self, total: int, done: int = 0, log_every: int = 0, skipped: int = 0):
+        self.total, self.done, self.log_every, self.skipped = total, done, log_every, skipped
         self.failed = self.flagged = self.new = 0
         self.started = time.perf_counter()
 
@@ -828,10 +828,10 @@ class Progress:
         return count
 
     def line(self) -> str:
-        """One line: done of total, failed, flagged, images per second, time left."""
+        """One line: done of total, failed, skipped, flagged, images per second, time left."""
         rate = self.new / max(time.perf_counter() - self.started, 1e-9)
         left = (self.total - self.done) / rate if rate else float("inf")
-        return (f"{self.done} of {self.total} done, {self.failed} failed, {self.flagged} flagged; "
+        return (f"{self.done} of {self.total} done, {self.failed} failed, {self.skipped} skipped, {self.flagged} flagged; "
                 f"{rate:.1f} images/s, {_duration(left)} left")
 
 
