@@ -124,6 +124,7 @@ def test_areas_are_in_square_centimetres_where_the_spacing_is_known():
     assert area_words(120.4, 99.6, 5000, 4000) == "right 120 cm² · left 100 cm²"
     assert area_words(float("nan"), float("nan"), 5000, 4000) == "right 5,000 px · left 4,000 px"
     assert area_words(None, None, None, None) == ""
+    assert area_words("", "", "5000", "4000") == "right 5,000 px · left 4,000 px"  # as read back from predictions.csv
 
 
 # --------------------------------------------------------------------------- written by lungseg predict

@@ -260,21 +260,24 @@ def fraction(exclusive: bool):
     return parse
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for a whole number of at least 1.
+def at_least(minimum: int):
+    """An argparse type for a whole number of at least `minimum`.
 
     Args:
-        text: the value as given.
+        minimum: the smallest number allowed.
 
     Returns:
-        The number.
-
-    Raises:
-        argparse.ArgumentTypeError: anything else (argparse reports it and exits 2).
+        The parser: text -> int, raising argparse.ArgumentTypeError for anything else (argparse
+        reports it and exits 2).
     """
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {minimum}")
+        return int(text)
+    return parse
+
+
+positive_int, whole_number = at_least(1), at_least(0)
 
 
 def existing_folder(text: str) -> str:
@@ -292,23 +295,6 @@ def existing_folder(text: str) -> str:
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is not a folder" if Path(text).exists() else f"{text}: no such folder")
     return text
-
-
-def whole_number(text: str) -> int:
-    """An argparse type for a whole number of at least 0.
-
-    Args:
-        text: the value as given.
-
-    Returns:
-        The number.
-
-    Raises:
-        argparse.ArgumentTypeError: anything else (argparse reports it and exits 2).
-    """
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
-    return int(text)
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:

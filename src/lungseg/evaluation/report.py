@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from lungseg.core.io import atomic_path, write_csv, write_json
@@ -79,24 +78,22 @@ def write_review(folder: Path, result: Evaluation, header: review.Header, alpha:
         The page's path.
     """
     truth = truth_column(result.scores)
+    review.sweep_pictures(folder, ERRORS)  # once, not before each of the set's pictures
     cards = []
     for i, row in enumerate(result.scores.to_dict("records")):
         stem = str(row["id"])
         thumbnail, view = review.write_card_pictures(folder, stem, result.images[i], result.masks[i], alpha)
         errors = f"{ERRORS}/{stem}.png"
         error_picture = pictures.error_image(result.images[i], result.truths[i], result.masks[i])
-        with atomic_path(folder / errors) as tmp:
+        with atomic_path(folder / errors, sweep=False) as tmp:
             Image.fromarray(error_picture).save(tmp, format="PNG")
         flag = row.get("flag") or ""
         cards.append(review.Card(name=stem, input=stem, thumbnail=thumbnail, overlay=thumbnail, xray=view, errors=errors,
-                                 flags=flag.split("; ") if flag else [], estimate=_number(row.get("dice_estimate")),
-                                 dice=_number(row[truth])))
+                                 flags=flag.split("; ") if flag else [], estimate=review.known(row.get("dice_estimate")),
+                                 dice=review.known(row[truth])))
     header.images, header.flagged = len(cards), sum(bool(card.flags) for card in cards)
     return review.write_page(folder, review.worst_first(cards), header)
 
-
-def _number(value) -> float | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
 def headline(metrics: dict) -> dict:

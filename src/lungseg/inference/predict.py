@@ -514,7 +514,7 @@ def write_result(job: Job, mask: np.ndarray, outputs: Outputs, dice_estimate: fl
             overlay_file = str(Path("overlays") / f"{job.name}.png")
             save_rgb_png(overlay_image(grey, mask, alpha=outputs.alpha), outputs.folder / overlay_file, sweep=False)
         if outputs.review:
-            thumbnail, view = review.write_card_pictures(outputs.folder, job.name, grey, mask, outputs.alpha, sweep=False)
+            thumbnail, view = review.write_card_pictures(outputs.folder, job.name, grey, mask, outputs.alpha)
             pictures = {"thumbnail_file": thumbnail, "view_file": view}  # for the page, not the CSV
         del grey  # before quality labels the mask: one full-size picture at a time
     report = quality.assess(mask, dice_estimate, outputs.limits)  # labels the mask once, for the sides too
@@ -637,6 +637,16 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
     # disable=None: the bar shows on a terminal and stays out of logs and pipes
     with tqdm(total=len(jobs), unit="image", disable=True if quiet else None, file=sys.stderr) as progress, \
             torch_threads(1 if workers > 1 else None):
+        failed = 0
+
+        def take(row: dict) -> None:  # each finished row: an unreadable file is said and counted on the bar
+            nonlocal failed
+            if row["error"]:
+                failed += 1
+                tqdm.write(f"error: {row['error']}", file=sys.stderr)
+                progress.set_postfix_str(f"{failed} failed", refresh=False)
+            sink(row)
+
         try:
             read = partial(pool.submit, read_job, settings=settings, outputs=outputs, budgets=budgets)
             reading = deque([read(job) for job in upcoming] for upcoming in islice(batches, READ_AHEAD))
@@ -647,8 +657,8 @@ def predict_all(predictor: Predictor, jobs: list[Job], outputs: Outputs, batch_s
                 for item, probability in zip(batch, forward(predictor, batch)):
                     writing.append(pool.submit(write_job, item, probability, predictor, outputs, budgets))
                 del batch, item  # the writers own them now, and free each grey once written
-                _collect(writing, sink, progress, keep=READ_AHEAD * batch_size)
-            _collect(writing, sink, progress, keep=0)
+                _collect(writing, take, progress, keep=READ_AHEAD * batch_size)
+            _collect(writing, take, progress, keep=0)
         except OSError as error:  # every file is written atomically: nothing half-written is left
             raise WriteFailed(error, rows) from error  # rows: empty when a sink took them
         finally:  # after Ctrl-C or a failure, drop the queued work instead of waiting for it
@@ -682,14 +692,9 @@ def stop_after(failed: WriteFailed, out_dir: Path, total: int) -> int:
 
 
 def _collect(writing: deque[Future], sink, progress: tqdm, keep: int) -> None:
-    """Wait for the oldest writes until at most `keep` are pending; hand their rows to `sink` in
-    order and report each error row on stderr."""
+    """Wait for the oldest writes until at most `keep` are pending; hand their rows to `sink` in order."""
     while len(writing) > keep:
         row = writing.popleft().result()
-        if row["error"]:
-            tqdm.write(f"error: {row['error']}", file=sys.stderr)
-            progress.failed = getattr(progress, "failed", 0) + 1  # shown on the bar, beside the rate and the time left
-            progress.set_postfix_str(f"{progress.failed} failed", refresh=False)
         sink(row)
         progress.update()
 
@@ -869,14 +874,10 @@ def review_card(folder: Path, row: dict) -> review.Card:
     Args:
         folder: the --out folder (where the pictures are looked for). row: the row, as text.
     """
-    def number(text: str) -> float | None:
-        return float(text) if text else None
-
     stem = Path(row["mask_file"]).stem if row["mask_file"] else ""
     thumbnail = f"{review.THUMBNAILS}/{stem}.jpg" if stem and (folder / review.THUMBNAILS / f"{stem}.jpg").is_file() else None
     return review.Card(name=Path(row["input"]).name, input=row["input"], thumbnail=thumbnail,
                        overlay=row["overlay_file"] or thumbnail, xray=f"{review.VIEWS}/{stem}.jpg" if thumbnail else None,
-                       flags=row["flag"].split("; ") if row["flag"] else [], estimate=number(row["dice_estimate"]),
-                       areas=review.area_words(number(row["right_lung_cm2"]), number(row["left_lung_cm2"]),
-                                               number(row["right_lung_px"]), number(row["left_lung_px"])),
+                       flags=row["flag"].split("; ") if row["flag"] else [], estimate=review.known(row["dice_estimate"]),
+                       areas=review.area_words(row["right_lung_cm2"], row["left_lung_cm2"], row["right_lung_px"], row["left_lung_px"]),
                        error=row["error"])

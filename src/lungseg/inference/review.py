@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lungseg.core.io import atomic_path
+from lungseg.core.io import atomic_path, sweep_folder
 from lungseg.inference.overlay import overlay_image
 
 PAGE = "index.html"
@@ -96,6 +97,14 @@ def model_header(title: str, model: str | Path, info: dict) -> Header:
     return Header(title=title, model=str(model), trained_on=words, trained=saved)
 
 
+def known(value) -> float | None:
+    """`value` as a float, or None when it is missing: None, NaN (pandas' empty cell) or "" (a CSV's)."""
+    if value is None or value == "":
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
 def worst_first(cards: list[Card]) -> list[Card]:
     """Unreadable inputs first, then by true Dice where there is one (evaluations), else by the
     estimated Dice (lowest first), else flagged before the rest; ties by name.
@@ -107,19 +116,18 @@ def worst_first(cards: list[Card]) -> list[Card]:
         A new list, worst first.
     """
     def key(card: Card):
-        score = card.dice if card.dice is not None else card.estimate
-        known = score is not None and not math.isnan(score)
-        return (not card.error, not card.flags if not known else False, score if known else math.inf, card.name)
+        score = known(card.dice if card.dice is not None else card.estimate)
+        return (not card.error, score is None and not card.flags, math.inf if score is None else score, card.name)
     return sorted(cards, key=key)
 
 
 def area_words(right_cm2, left_cm2, right_px, left_px) -> str:
-    """The two lungs' areas, in cm² where the pixel spacing is known, else in pixels."""
-    def number(value):
-        return value is not None and not (isinstance(value, float) and math.isnan(value))
-    if number(right_cm2) and number(left_cm2):
-        return f"right {float(right_cm2):.0f} cm² · left {float(left_cm2):.0f} cm²"
-    if number(right_px) and number(left_px):
+    """The two lungs' areas, in cm² where the pixel spacing is known, else in pixels (each value a
+    number, None, NaN or "": see `known`)."""
+    right_cm2, left_cm2, right_px, left_px = map(known, (right_cm2, left_cm2, right_px, left_px))
+    if right_cm2 is not None and left_cm2 is not None:
+        return f"right {right_cm2:.0f} cm² · left {left_cm2:.0f} cm²"
+    if right_px is not None and left_px is not None:
         return f"right {int(right_px):,} px · left {int(left_px):,} px"
     return ""
 
@@ -141,14 +149,15 @@ def save_jpeg(picture: Image.Image, path: Path, sweep: bool = True) -> None:
 
 
 def write_card_pictures(folder: Path, stem: str, grey: np.ndarray, mask: np.ndarray, alpha: float = 0.4,
-                        sweep: bool = True) -> tuple[str, str]:
+                        sweep: bool = False) -> tuple[str, str]:
     """The card's thumbnail (the overlay, at most THUMBNAIL_PX) and the viewer's X-ray (at most
     VIEW_PX), as JPEGs under `folder`.
 
     Args:
         folder: the output folder (the page's). stem: the image's output name.
         grey: the X-ray, H x W uint8. mask: its mask, H x W bool or 0/1. alpha: the overlay's opacity.
-        sweep: clear stale temporaries of the folders first (False when the caller swept them once).
+        sweep: clear stale temporaries of the folders first; callers writing many images sweep the
+            folders once instead (sweep_pictures) and leave this False.
 
     Returns:
         The two paths, relative to `folder`.
@@ -160,6 +169,13 @@ def write_card_pictures(folder: Path, stem: str, grey: np.ndarray, mask: np.ndar
     save_jpeg(overlay_image(np.asarray(small), small_mask, alpha=alpha), folder / thumbnail, sweep)
     save_jpeg(shrunk(xray, VIEW_PX), folder / view, sweep)
     return thumbnail, view
+
+
+def sweep_pictures(folder: Path, *extra: str) -> None:
+    """Remove what killed writers left in the pictures' folders (THUMBNAILS, VIEWS and `extra`), once
+    before a run writes thousands of pictures (lungseg.core.io.sweep_folder)."""
+    for name in (THUMBNAILS, VIEWS, *extra):
+        sweep_folder(folder / name)
 
 
 # --------------------------------------------------------------------------- the page
@@ -174,7 +190,7 @@ def page(cards: list[Card], header: Header) -> str:
     policy = (f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
               f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")
     return (TEMPLATE.replace("{{policy}}", policy).replace("{{style}}", STYLE).replace("{{script}}", SCRIPT)
-            .replace("{{title}}", _html_text(header.title)).replace("{{data}}", data))
+            .replace("{{title}}", html.escape(header.title, quote=False)).replace("{{data}}", data))
 
 
 def write_page(folder: str | Path, cards: list[Card], header: Header) -> Path:
@@ -194,13 +210,10 @@ def write_page(folder: str | Path, cards: list[Card], header: Header) -> Path:
 def _plain(card: Card) -> dict:
     values = asdict(card)
     for key in ("estimate", "dice"):
-        value = values[key]
-        values[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
+        value = known(values[key])
+        values[key] = None if value is None else round(value, 4)
     return values
 
-
-def _html_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 TEMPLATE = """<!DOCTYPE html>
